@@ -1,0 +1,32 @@
+# Two commands do all the set-up from a fresh clone:
+#   make demo   create .venv if missing, install, run the demo offline
+#   make test   create .venv if missing, install, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/spurious demo --out demo-out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_npca.py
+	$(BIN)/python bench/bench_extract.py
+
+clean:
+	rm -rf demo-out .pytest_cache build dist src/*.egg-info

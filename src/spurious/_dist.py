@@ -1,0 +1,65 @@
+"""torch.distributed plumbing shared by the stages that shard work over ranks (``torchrun``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "dist_info", "init_distributed", "barrier", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank layout of the current process (``world_size == 1`` when not launched by torchrun)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Read rank and world size from an initialised process group or the torchrun environment."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group that torchrun describes (gloo on CPU, nccl on CUDA); no-op alone."""
+    info = dist_info()
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist_info()
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op outside a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> this rank's CUDA device when there is one, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info().local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+    return dev

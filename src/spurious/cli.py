@@ -1,0 +1,184 @@
+"""Command line: ``spurious <stage> ...`` (also ``python -m spurious``).
+
+Every subcommand calls one public function; ``--json`` prints its summary on stdout, logs and
+progress bars go to stderr. Bad input exits with status 2 and one line (``-v`` for a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from spurious import __version__
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spurious",
+        description="Find, validate, measure and remove harmful spurious features in image classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"spurious {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("extract", help="stream penultimate features phi(x) + top-k predictions to WS/features/SPLIT",
+                       description="Extract phi(x) and top-k predictions of every image into the workspace "
+                                   "feature store. Resumable; run under torchrun to shard over processes.")
+    p.add_argument("workspace", help="workspace directory (created on first use)")
+    p.add_argument("--data", required=True,
+                   help="dataset: folder:DIR, imagenet:DIR, list:FILE.csv|jsonl, pool:DIR, spurious-imagenet:DIR "
+                        "or a path (layout auto-detected)")
+    p.add_argument("--model", help="model spec (torchvision:NAME, timm:NAME, efficientnet_lite0, ARCH@CHECKPOINT); "
+                                   "default: the workspace's model")
+    p.add_argument("--split", default="train", help="feature split name (default: train)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs, max 8)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype of phi")
+    p.add_argument("--topk", type=int, default=5, help="top predictions stored per image (default 5)")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per shard (unit of resumption)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--random-weights", action="store_true",
+                   help="do not download pretrained weights (random init; for tests and offline smoke runs)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (GPU only)")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing split made with other settings")
+    _common(p)
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("npca", help="class-wise neural PCA of the training features -> WS/npca",
+                       description="Fit mu_k and the top-L eigenpairs of cov(w_k * phi) per class.")
+    p.add_argument("workspace")
+    p.add_argument("--split", default="train", help="labelled feature split (default: train)")
+    p.add_argument("--components", default="128", help="L per class (default 128) or 'all'")
+    p.add_argument("--classes", nargs="+", default=None, help="class indices or names (default: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["float32", "float64"], default="float32")
+    p.add_argument("--overwrite", action="store_true")
+    _common(p)
+    p.set_defaults(func=_cmd_npca)
+
+    p = sub.add_parser("models", help="list valid model specs", description="List model specs (fnmatch pattern).")
+    p.add_argument("pattern", nargs="?", default=None, help="e.g. 'timm:convnext*'")
+    _common(p)
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("demo", help="run the pipeline end to end on generated data, offline",
+                       description="Generate a small dataset, extract features with the bundled real "
+                                   "EfficientNet-Lite0, fit neural PCA and check the logit identity.")
+    p.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
+    p.add_argument("--fast", action="store_true", help="fewer images")
+    _common(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from spurious.extract import extract
+
+    r = extract(args.workspace, data=args.data, model=args.model, split=args.split, batch_size=args.batch_size,
+                num_workers=args.workers, dtype=args.dtype, topk=args.topk, shard_size=args.shard_size,
+                device=args.device, pretrained=not args.random_weights, overwrite=args.overwrite,
+                progress=not args.no_progress, amp=args.amp)
+    if not r.complete:  # non-zero torchrun rank: rank 0 reports
+        return 0
+    _emit(args, r.to_dict(), [
+        f"extracted {r.num_rows} images ({r.num_failed} undecodable skipped, {r.num_skipped_files} non-image files "
+        f"ignored) -> {r.path}",
+        f"D={r.dim} {r.dtype}; shards computed {r.shards_computed}, reused {r.shards_reused}; "
+        f"{r.images_per_second:.1f} images/s",
+    ])
+    return 0
+
+
+def _cmd_npca(args: argparse.Namespace) -> int:
+    from spurious.npca import npca
+
+    comps: Any = args.components
+    if comps != "all":
+        try:
+            comps = int(comps)
+        except ValueError:
+            raise ValueError(f"--components must be a positive integer or 'all', got {args.components!r}") from None
+    r = npca(args.workspace, split=args.split, n_components=comps, classes=args.classes, device=args.device,
+             precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
+    _emit(args, r.to_dict(), [
+        f"neural PCA: {r.classes_fitted} classes fitted, {r.classes_reused} reused, "
+        f"{len(r.classes_skipped)} skipped (< 2 images) -> {r.path}",
+        f"{r.seconds:.1f} s ({r.seconds_per_class:.3f} s/class on {r.device})",
+    ])
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from spurious.models import list_models
+
+    names = list_models(args.pattern)
+    if args.json:
+        print(json.dumps(names))
+    else:
+        print("\n".join(names))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spurious.demo import run_demo
+
+    r = run_demo(args.out, fast=args.fast, progress=not args.no_progress)
+    _emit(args, r.to_dict(), r.summary_lines())
+    return 0
+
+
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spurious`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        warnings.simplefilter("default")
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("spurious: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as err:
+        if args.verbose:
+            traceback.print_exc()
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"spurious {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # a bug or an environment failure: still one line unless -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"spurious {args.command}: {type(err).__name__}: {err} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,421 @@
+"""Stage 1, ``extract``: stream penultimate features ``phi(x)`` and top-k predictions to the store.
+
+Resumable (finished shards are never recomputed; a killed run picks up where it stopped) and
+distributed (under ``torchrun`` each rank writes its own shards, rank 0 merges). The store layout
+is documented in :mod:`spurious.store`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from spurious import __version__
+from spurious._dist import barrier, init_distributed, resolve_device
+from spurious._io import atomic_path, read_json, save_npy, utc_now, write_json
+from spurious.store import FeatureStore, shard_name
+from spurious.workspace import IncompatibleArtifactError, Workspace
+
+__all__ = ["ExtractResult", "extract", "default_num_workers"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """Summary of one ``extract`` run (also what ``--json`` prints)."""
+
+    path: str
+    split: str
+    num_records: int
+    num_rows: int
+    num_failed: int
+    num_skipped_files: int
+    dim: int
+    dtype: str
+    shards_total: int
+    shards_computed: int
+    shards_reused: int
+    images_computed: int
+    seconds: float
+    images_per_second: float
+    world_size: int
+    complete: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_num_workers() -> int:
+    """Decoding workers: all CPUs this process may use, capped at 8 (at least 1)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+class _ShardBatches(Sampler[list[int]]):
+    """Batches of dataset indices that never straddle a shard boundary, shard by shard."""
+
+    def __init__(self, shards: list[tuple[int, int, int]], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        self.shard_of_batch: list[int] = []
+        for shard, start, stop in shards:
+            for b in range(start, stop, batch_size):
+                self.batches.append(list(range(b, min(b + batch_size, stop))))
+                self.shard_of_batch.append(shard)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _shard_done(shards_dir: Path, i: int, plan_hash: str) -> bool:
+    marker = shards_dir / f"{shard_name(i)}.json"
+    if not marker.is_file():
+        return False
+    try:
+        meta = read_json(marker)
+    except (OSError, ValueError):
+        return False
+    if meta.get("plan") != plan_hash:
+        return False
+    return all((shards_dir / f"{shard_name(i)}.{w}.npy").is_file() for w in _SHARD_ARRAYS)
+
+
+_SHARD_ARRAYS = ("phi", "rows", "topk_index", "topk_logit", "logsumexp")
+
+
+def _plan_hash(plan: dict[str, Any]) -> str:
+    from spurious._io import sha256_strings
+
+    return sha256_strings([json.dumps(plan, sort_keys=True)])
+
+
+def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device) -> Any:
+    from spurious.models import Classifier, load_model
+
+    if isinstance(model, Classifier):
+        return model.to(device).eval()
+    if model is None:
+        if not (ws_root / "manifest.json").is_file():
+            raise ValueError(
+                f"{ws_root} is a new workspace: pass the model (--model SPEC, e.g. torchvision:resnet50)"
+            )
+        model = Workspace.open(ws_root).model_spec
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a spec string or a spurious.models.Classifier, got {type(model).__name__}")
+    return load_model(model, pretrained=pretrained, device=device).eval()
+
+
+def _resolve_data(data: Any, classifier: Any) -> Any:
+    from spurious.datasets import ImageDataset, open_dataset
+
+    if isinstance(data, ImageDataset):
+        return data if data.transform is not None else data.with_transform(classifier.preprocessing)
+    if isinstance(data, (str, os.PathLike)):
+        return open_dataset(data, transform=classifier.preprocessing)
+    raise TypeError(f"data must be a dataset spec/path or a spurious.datasets.ImageDataset, got {type(data).__name__}")
+
+
+def extract(
+    workspace: str | os.PathLike[str],
+    *,
+    data: Any,
+    model: Any = None,
+    split: str = "train",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    dtype: str = "float16",
+    topk: int = 5,
+    shard_size: int = 4096,
+    device: str | torch.device | None = "auto",
+    pretrained: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    amp: bool = False,
+) -> ExtractResult:
+    """Extract ``phi(x)`` and top-k predictions of every image of ``data`` into ``WS/features/<split>``.
+
+    Args:
+        workspace: workspace directory (created on first use; later runs must use the same model).
+        data: dataset spec (``folder:DIR``, ``imagenet:DIR``, ``list:FILE``, ``pool:DIR``,
+            ``spurious-imagenet:DIR`` or a bare path) or a :class:`spurious.datasets.ImageDataset`.
+        model: model spec (see :func:`spurious.models.load_model`) or a ``Classifier``; defaults
+            to the workspace's model.
+        split: name of the feature split (``train``, ``val``, ``pool`` ...).
+        batch_size: images per forward pass.
+        num_workers: decoding processes (default :func:`default_num_workers`; 0 decodes in-process).
+        dtype: storage dtype of ``phi``: ``float16`` (default, half the disk) or ``float32``.
+        topk: number of top predictions stored per image (capped at the number of classes).
+        shard_size: images per shard: the unit of resumption and of work per rank.
+        device: ``auto`` (this rank's GPU if any, else CPU), ``cpu``, ``cuda:N``.
+        pretrained: load hub weights for ``torchvision:``/``timm:`` specs (needs internet).
+        overwrite: discard an existing store of this split made from other data or settings.
+        progress: show a progress bar on stderr (rank 0 only).
+        amp: run the forward pass under CUDA bfloat16 autocast (GPU only; features are stored as
+            float16/32 either way).
+
+    Returns:
+        An :class:`ExtractResult`. ``complete`` is False only on non-zero ranks, which leave the merge to rank 0.
+
+    Raises:
+        FileNotFoundError: the data path does not exist.
+        ValueError: bad arguments, an empty dataset, or float16 overflow (use ``dtype="float32"``).
+        IncompatibleArtifactError: the workspace or split was made with another model or dataset.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("topk", topk)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    info = init_distributed(dev)
+    ws_root = Path(workspace)
+    classifier = _resolve_model(model, ws_root, pretrained, dev)
+    dataset = _resolve_data(data, classifier)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.spec} holds no images")
+    if info.is_main:
+        ws = Workspace.create(ws_root, classifier)
+    barrier()
+    ws = Workspace.open(ws_root)
+    ws.check_model(classifier.fingerprint(), classifier.spec)
+    out = ws.features_dir(split)
+    shards_dir = out / "shards"
+    k = min(topk, classifier.num_classes)
+    n_records = len(dataset)
+    n_shards = math.ceil(n_records / shard_size)
+    plan = {
+        "model": {"spec": classifier.spec, "fingerprint": classifier.fingerprint()},
+        "data": {"spec": dataset.spec, "kind": dataset.kind, "fingerprint": dataset.fingerprint(),
+                 "num_records": n_records},
+        "dim": int(classifier.num_features),
+        "dtype": dtype,
+        "topk": k,
+        "shard_size": shard_size,
+    }
+    phash = _plan_hash(plan)
+
+    if info.is_main:
+        _prepare_output(out, plan, overwrite)
+    barrier()
+    if (out / "manifest.json").is_file():  # finished earlier with the same plan: nothing to do
+        store = FeatureStore(out)
+        return _result(store, split, 0, n_shards, 0, time.perf_counter() - t0, info.world_size, True)
+
+    mine = [i for i in range(n_shards) if i % info.world_size == info.rank]
+    todo = [i for i in mine if not _shard_done(shards_dir, i, phash)]
+    reused = len(mine) - len(todo)
+    if reused:
+        log.info("rank %d: resuming, %d of %d shards already done", info.rank, reused, len(mine))
+    ranges = [(i, i * shard_size, min((i + 1) * shard_size, n_records)) for i in todo]
+    n_todo_images = sum(stop - start for _, start, stop in ranges)
+    computed = _run_shards(classifier, dataset, ranges, shards_dir, phash, k, dtype, batch_size,
+                           num_workers, dev, progress and info.is_main, amp)
+    barrier()
+    if not info.is_main:
+        seconds = time.perf_counter() - t0
+        return ExtractResult(str(out), split, n_records, 0, 0, 0, plan["dim"], dtype, n_shards, computed,
+                             reused, n_todo_images, seconds, n_todo_images / max(seconds, 1e-9),
+                             info.world_size, False)
+    store = _merge(out, dataset, plan, phash, n_shards, time.perf_counter() - t0)
+    barrier()
+    return _result(store, split, computed, n_shards, n_todo_images, time.perf_counter() - t0,
+                   info.world_size, True, reused_override=n_shards - computed)
+
+
+def _result(store: FeatureStore, split: str, computed: int, n_shards: int, images: int, seconds: float,
+            world: int, complete: bool, reused_override: int | None = None) -> ExtractResult:
+    m = store.manifest
+    return ExtractResult(
+        path=str(store.path), split=split, num_records=m["data"]["num_records"], num_rows=len(store),
+        num_failed=m["failed"]["count"], num_skipped_files=m["skipped_files"]["count"], dim=store.dim,
+        dtype=str(store.dtype), shards_total=n_shards, shards_computed=computed,
+        shards_reused=n_shards - computed if reused_override is None else reused_override,
+        images_computed=images, seconds=round(seconds, 3),
+        images_per_second=round(images / max(seconds, 1e-9), 2), world_size=world, complete=complete,
+    )
+
+
+def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        old = read_json(plan_path)
+        if old != plan:
+            if not overwrite:
+                raise IncompatibleArtifactError(_plan_mismatch(out, old, plan))
+            shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise IncompatibleArtifactError(f"{out} exists but holds no extraction plan; pass overwrite=True (--overwrite)")
+    elif out.exists() and overwrite:
+        shutil.rmtree(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    if not plan_path.is_file():
+        write_json(plan_path, plan)
+
+
+def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    if old["model"] != new["model"]:
+        diffs.append(f"model {old['model']['spec']!r} (fingerprint {old['model']['fingerprint']}) vs "
+                     f"{new['model']['spec']!r} (fingerprint {new['model']['fingerprint']})")
+    if old["data"] != new["data"]:
+        diffs.append(f"data {old['data']['spec']!r} ({old['data']['num_records']} images, fingerprint "
+                     f"{old['data']['fingerprint']}) vs {new['data']['spec']!r} ({new['data']['num_records']} "
+                     f"images, fingerprint {new['data']['fingerprint']})")
+    if old["dim"] != new["dim"]:
+        diffs.append(f"feature dimension {old['dim']} vs {new['dim']}")
+    for key in ("dtype", "topk", "shard_size"):
+        if old[key] != new[key]:
+            diffs.append(f"{key} {old[key]!r} vs {new[key]!r}")
+    return (f"{out} was extracted with other settings: {'; '.join(diffs)}; use another --split name, "
+            "or --overwrite to discard it")
+
+
+@torch.inference_mode()
+def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]], shards_dir: Path,
+                phash: str, k: int, dtype: str, batch_size: int, num_workers: int | None,
+                device: torch.device, progress: bool, amp: bool) -> int:
+    from spurious.datasets import collate_images
+
+    if not ranges:
+        return 0
+    sampler = _ShardBatches(ranges, batch_size)
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_images,
+                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if workers > 0 else None)
+    remaining = {shard: stop - start for shard, start, stop in ranges}
+    bounds = {shard: (start, stop) for shard, start, stop in ranges}
+    buffers: dict[int, dict[str, list[Any]]] = {}
+    bar = tqdm(total=sum(remaining.values()), unit="img", desc="extract", disable=not progress,
+               dynamic_ncols=True, smoothing=0.05)
+    use_amp = amp and device.type == "cuda"
+    done = 0
+    try:
+        for (images, indices, failed), shard in zip(loader, sampler.shard_of_batch):
+            buf = buffers.setdefault(shard, {"phi": [], "rows": [], "idx": [], "logit": [], "lse": [],
+                                             "failed": []})
+            if len(indices):
+                x = images.to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    phi, logits = classifier.phi_and_logits(x)
+                phi = phi.float()
+                logits = logits.float()
+                top = logits.topk(k, dim=1)
+                buf["phi"].append(phi.cpu().numpy())
+                buf["rows"].append(indices.numpy().astype(np.int64))
+                buf["idx"].append(top.indices.cpu().numpy().astype(np.int32))
+                buf["logit"].append(top.values.cpu().numpy())
+                buf["lse"].append(torch.logsumexp(logits, dim=1).cpu().numpy())
+            buf["failed"].extend((dataset.records[i].id, reason) for i, reason in failed)
+            n = len(indices) + len(failed)
+            remaining[shard] -= n
+            bar.update(n)
+            if remaining[shard] == 0:
+                _write_shard(shards_dir, shard, bounds[shard], buffers.pop(shard), phash, dtype,
+                             classifier.num_features, k)
+                done += 1
+    finally:
+        bar.close()
+    return done
+
+
+def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dict[str, list[Any]],
+                 phash: str, dtype: str, dim: int, k: int) -> None:
+    stem = shards_dir / shard_name(shard)
+
+    def cat(key: str, shape: tuple[int, ...], dt: Any) -> np.ndarray:
+        return np.concatenate(buf[key]) if buf[key] else np.zeros(shape, dtype=dt)
+
+    phi32 = cat("phi", (0, dim), np.float32)
+    phi = phi32.astype(dtype)
+    if not np.isfinite(phi).all():
+        if np.isfinite(phi32).all():
+            raise ValueError(f"features of shard {shard} overflow float16 (max |phi| = {np.abs(phi32).max():.3g}); "
+                             "re-run with dtype='float32' (--dtype float32)")
+        raise ValueError(f"the model produced non-finite features in shard {shard}; check the model and inputs")
+    arrays = {
+        "phi": phi,
+        "rows": cat("rows", (0,), np.int64),
+        "topk_index": cat("idx", (0, k), np.int32),
+        "topk_logit": cat("logit", (0, k), np.float32),
+        "logsumexp": cat("lse", (0,), np.float32),
+    }
+    order = np.argsort(arrays["rows"], kind="stable")  # already sorted; keep the invariant explicit
+    for name, arr in arrays.items():
+        save_npy(f"{stem}.{name}.npy", arr[order])
+    write_json(f"{stem}.json", {"index": shard, "start": bounds[0], "stop": bounds[1], "rows": int(phi.shape[0]),
+                                "failed": buf["failed"], "plan": phash})
+
+
+def _merge(out: Path, dataset: Any, plan: dict[str, Any], phash: str, n_shards: int, seconds: float) -> FeatureStore:
+    shards_dir = out / "shards"
+    missing = [i for i in range(n_shards) if not _shard_done(shards_dir, i, phash)]
+    if missing:
+        raise RuntimeError(f"cannot merge {out}: shards {missing[:10]} are not finished; re-run extract to resume")
+    labels_all = dataset.labels()
+    shards, failed = [], []
+    label_parts = []
+    with atomic_path(out / "index.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        row = 0
+        for i in range(n_shards):
+            meta = read_json(shards_dir / f"{shard_name(i)}.json")
+            rows = np.load(shards_dir / f"{shard_name(i)}.rows.npy")
+            for r in rows:
+                rec = dataset.records[int(r)]
+                fh.write(json.dumps({"row": row, "id": rec.id, "label": int(rec.label)}) + "\n")
+                row += 1
+            label_parts.append(labels_all[rows])
+            failed.extend(meta["failed"])
+            shards.append({"index": i, "start": meta["start"], "stop": meta["stop"], "rows": meta["rows"]})
+    labels = np.concatenate(label_parts).astype(np.int64) if label_parts else np.zeros(0, np.int64)
+    save_npy(out / "labels.npy", labels)
+    if failed:
+        with atomic_path(out / "failed.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps({"id": i, "reason": r}) + "\n" for i, r in failed), encoding="utf-8")
+        warnings.warn(f"{len(failed)} of {len(dataset)} images could not be decoded and were skipped "
+                      f"(first: {failed[0][0]}: {failed[0][1]}); the full list is in {out / 'failed.jsonl'}",
+                      stacklevel=3)
+    skipped = list(getattr(dataset, "skipped", []))
+    if skipped:
+        warnings.warn(f"{len(skipped)} files in {dataset.root} are not images and were ignored "
+                      f"(first: {skipped[0][0]}: {skipped[0][1]})", stacklevel=3)
+    manifest = {
+        "format": "spurious-features",
+        "version": 1,
+        "package_version": __version__,
+        "created": utc_now(),
+        **plan,
+        "data": {**plan["data"], "class_names": getattr(dataset, "class_names", None)},
+        "num_rows": int(labels.shape[0]),
+        "shards": shards,
+        "failed": {"count": len(failed), "examples": failed[:20]},
+        "skipped_files": {"count": len(skipped), "examples": [list(s) for s in skipped[:20]]},
+        "seconds": round(seconds, 3),
+    }
+    write_json(out / "manifest.json", manifest)
+    return FeatureStore(out)

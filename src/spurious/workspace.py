@@ -1,0 +1,191 @@
+"""The workspace: one directory per (model, datasets) audit, shared by every stage.
+
+Layout (see the README)::
+
+    WS/manifest.json          model spec, fingerprint, label space, package version
+    WS/head.safetensors       the model's linear head W [K, D], b [K] (float32)
+    WS/features/<split>/      feature store written by ``extract`` (see :mod:`spurious.store`)
+    WS/npca/                  class-wise neural PCA written by ``npca``
+
+Stages refuse to mix artifacts of different models or datasets: every artifact records the
+model fingerprint (a hash of the head weights) and the data fingerprint it was made from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spurious import __version__
+from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+
+__all__ = ["IncompatibleArtifactError", "Workspace"]
+
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class IncompatibleArtifactError(ValueError):
+    """An artifact was made with another model, dataset or feature dimension than this run uses."""
+
+
+class Workspace:
+    """Handle on a workspace directory.
+
+    Use :meth:`create` (first stage that knows the model) or :meth:`open` (every later stage).
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> Workspace:
+        """Open an existing workspace; ``FileNotFoundError`` when it was never created."""
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{root} is not a spurious workspace (no manifest.json); "
+                "create one with `spurious extract WS --model SPEC --data DATA`"
+            )
+        manifest = read_json(path)
+        if manifest.get("format") != "spurious-workspace":
+            raise ValueError(f"{path} is not a spurious workspace manifest (format={manifest.get('format')!r})")
+        return cls(root, manifest)
+
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], classifier: Any) -> Workspace:
+        """Open ``root`` for ``classifier`` (a :class:`spurious.models.Classifier`), creating it if new.
+
+        Raises:
+            IncompatibleArtifactError: the workspace exists and was made with another model.
+        """
+        root = Path(root)
+        W, b = (t.detach().float().cpu() for t in classifier.head())
+        model = {
+            "spec": classifier.spec,
+            "fingerprint": classifier.fingerprint(),
+            "num_classes": int(classifier.num_classes),
+            "num_features": int(classifier.num_features),
+            "class_names_hash": sha256_strings(classifier.class_names),
+            "preprocessing": classifier.preprocessing.to_dict(),
+        }
+        if (root / "manifest.json").is_file():
+            ws = cls.open(root)
+            ws.check_model(model["fingerprint"], model["spec"])
+            return ws
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"workspace path {root} exists and is not a directory; pick another path")
+        root.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+
+        with atomic_path(root / "head.safetensors") as tmp:
+            save_file({"W": W.contiguous(), "b": b.contiguous()}, str(tmp))
+        manifest = {
+            "format": "spurious-workspace",
+            "version": 1,
+            "package_version": __version__,
+            "created": utc_now(),
+            "model": model,
+            "class_names": list(classifier.class_names),
+        }
+        write_json(root / "manifest.json", manifest)
+        return cls(root, manifest)
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    def model_spec(self) -> str:
+        return str(self.manifest["model"]["spec"])
+
+    @property
+    def model_fingerprint(self) -> str:
+        return str(self.manifest["model"]["fingerprint"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["model"]["num_classes"])
+
+    @property
+    def num_features(self) -> int:
+        return int(self.manifest["model"]["num_features"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model's linear head: ``W`` float32 [K, D] and ``b`` float32 [K]."""
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(self.root / "head.safetensors"))
+        return tensors["W"], tensors["b"]
+
+    def check_model(self, fingerprint: str, spec: str | None = None) -> None:
+        """Raise :class:`IncompatibleArtifactError` unless ``fingerprint`` is this workspace's model."""
+        if fingerprint != self.model_fingerprint:
+            raise IncompatibleArtifactError(
+                f"workspace {self.root} was made with model {self.model_spec!r} "
+                f"(fingerprint {self.model_fingerprint}); this run uses "
+                f"{spec or 'another model'!r} (fingerprint {fingerprint}); "
+                "use a separate workspace directory per model"
+            )
+
+    def resolve_class(self, k: int | str) -> int:
+        """Class index from an index or a class name; ``ValueError`` naming the valid range."""
+        names = self.class_names
+        if isinstance(k, str) and not k.lstrip("-").isdigit():
+            if k in names:
+                return names.index(k)
+            import difflib
+
+            close = difflib.get_close_matches(k, names, n=5)
+            hint = f"; did you mean: {', '.join(close)}" if close else ""
+            raise ValueError(f"unknown class {k!r}{hint} (classes are 0..{len(names) - 1} or their names)")
+        idx = int(k)
+        if not 0 <= idx < len(names):
+            raise ValueError(f"unknown class {idx}: this model has classes 0..{len(names) - 1}")
+        return idx
+
+    # ------------------------------------------------------------------ artifact paths
+    def features_dir(self, split: str) -> Path:
+        if not _SPLIT_RE.match(split):
+            raise ValueError(f"invalid split name {split!r}: use letters, digits, '_', '-' or '.'")
+        return self.root / "features" / split
+
+    def splits(self) -> list[str]:
+        """Names of the feature splits that finished extracting."""
+        base = self.root / "features"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "manifest.json").is_file())
+
+    @property
+    def npca_dir(self) -> Path:
+        return self.root / "npca"
+
+    def feature_store(self, split: str) -> Any:
+        """Open the finished feature store of ``split`` (a :class:`spurious.store.FeatureStore`)."""
+        from spurious.store import FeatureStore
+
+        path = self.features_dir(split)
+        if not (path / "manifest.json").is_file():
+            have = ", ".join(self.splits()) or "none"
+            raise FileNotFoundError(
+                f"no finished features for split {split!r} in {self.root} (finished splits: {have}); "
+                f"run `spurious extract {self.root} --data DATA --split {split}` first"
+            )
+        store = FeatureStore(path)
+        self.check_model(store.model_fingerprint, store.manifest["model"].get("spec"))
+        return store
+
+
+def head_tensors(ws: Workspace, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The workspace head as float32 torch tensors on ``device``."""
+    W, b = ws.head()
+    return torch.from_numpy(W).to(device), torch.from_numpy(b).to(device)

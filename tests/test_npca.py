@@ -1,0 +1,97 @@
+"""Neural PCA against float64 numpy oracles, the exact logit identity, and the stage on a real store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spurious.npca import alpha, fit_class
+
+
+def _power_law_features(rng: np.random.Generator, n: int, d: int, offset: float = 0.5) -> np.ndarray:
+    lam = np.arange(1, d + 1, dtype=np.float64) ** -1.2
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (rng.standard_normal((n, d)) * np.sqrt(lam)) @ q.T + offset
+
+
+def _oracle(phi: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    psi = phi.astype(np.float64) * w
+    evals, evecs = np.linalg.eigh(np.cov(psi, rowvar=False))
+    return evals[::-1], evecs[:, ::-1]
+
+
+@pytest.mark.parametrize("n,d", [(60, 96), (200, 48)], ids=["gram N<D", "covariance N>D"])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_fit_class_matches_numpy_eigh(n: int, d: int, precision: str) -> None:
+    rng = np.random.default_rng(0)
+    phi = _power_law_features(rng, n, d).astype(np.float16).astype(np.float32)
+    w = rng.uniform(0.2, 1.5, size=d)
+    L = 20
+    basis = fit_class(phi, w, 0.3, k=3, n_components=L, precision=precision)
+    ref_vals, ref_vecs = _oracle(phi, w)
+    assert basis.lam.shape == (L,) and basis.v.shape == (L, d)
+    np.testing.assert_allclose(basis.lam, ref_vals[:L], rtol=1e-4)
+    np.testing.assert_allclose(basis.mu, (phi.astype(np.float64) * w).mean(0), rtol=1e-5, atol=1e-6)
+    # eigenvectors up to sign; the spectrum here is well separated among the top 10
+    dots = np.abs(np.sum(basis.v[:10].astype(np.float64) * ref_vecs[:, :10].T, axis=1))
+    np.testing.assert_allclose(dots, 1.0, atol=1e-3)
+    assert np.all(basis.v.sum(axis=1) >= 0)  # sign convention <1, v_l> >= 0
+
+
+def test_components_capped_at_n_minus_1() -> None:
+    rng = np.random.default_rng(1)
+    phi = rng.standard_normal((5, 32)).astype(np.float32)
+    basis = fit_class(phi, np.ones(32), 0.0, n_components=128)
+    assert basis.num_components == 4
+
+
+def test_logit_identity_with_all_components_on_unseen_inputs() -> None:
+    rng = np.random.default_rng(2)
+    d = 40
+    phi = np.abs(_power_law_features(rng, 25, d))  # N < D: the null space must be completed
+    w, b = rng.standard_normal(d), 0.7
+    basis = fit_class(phi, w, b, n_components="all", precision="float64")
+    assert basis.num_components == d
+    new = np.abs(rng.standard_normal((9, d))) * 2
+    logits = new @ w + b
+    recon = alpha(new, basis).sum(axis=1) + basis.offset()
+    np.testing.assert_allclose(recon, logits, rtol=1e-6, atol=1e-6)
+
+
+def test_alpha_matches_definition_and_is_sign_invariant() -> None:
+    rng = np.random.default_rng(3)
+    phi = rng.standard_normal((30, 16))
+    w = rng.standard_normal(16)
+    basis = fit_class(phi, w, 0.0, n_components=6, precision="float64")
+    x = rng.standard_normal((4, 16))
+    psi = x * w
+    v = basis.v.astype(np.float64)
+    direct = v.sum(1)[None, :] * ((psi - basis.mu.astype(np.float64)) @ v.T)
+    np.testing.assert_allclose(alpha(x, basis), direct, rtol=1e-6, atol=1e-9)
+    flipped = type(basis)(**{**basis.__dict__, "v": -basis.v})
+    np.testing.assert_allclose(alpha(x, flipped), direct, rtol=1e-6, atol=1e-9)
+    # torch input: same values, differentiable, subset of components in the order asked
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    at = alpha(xt, basis, components=[4, 1])
+    np.testing.assert_allclose(at.detach().numpy(), direct[:, [4, 1]], rtol=1e-6, atol=1e-9)
+    at.sum().backward()
+    assert xt.grad is not None and torch.any(xt.grad != 0)
+
+
+def test_fit_class_errors() -> None:
+    rng = np.random.default_rng(4)
+    phi = rng.standard_normal((10, 8))
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_class(phi[:1], np.ones(8), 0.0)
+    with pytest.raises(ValueError, match=r"w must have shape \[8\]"):
+        fit_class(phi, np.ones(7), 0.0)
+    with pytest.raises(ValueError, match="n_components must be a positive integer"):
+        fit_class(phi, np.ones(8), 0.0, n_components=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fit_class(phi, np.ones(8), 0.0, precision="float16")
+    basis = fit_class(phi, np.ones(8), 0.0, n_components=3)
+    with pytest.raises(ValueError, match=r"phi must have shape \[N, 8\]"):
+        alpha(np.ones((2, 9)), basis)
+    with pytest.raises(ValueError, match="component index out of range"):
+        alpha(np.ones((2, 8)), basis, components=[3])
