@@ -95,3 +95,106 @@ def test_fit_class_errors() -> None:
         alpha(np.ones((2, 9)), basis)
     with pytest.raises(ValueError, match="component index out of range"):
         alpha(np.ones((2, 8)), basis, components=[3])
+
+
+# ---------------------------------------------------------------------------- the stage on a store
+
+
+def _ws(tmp_path, per_class, tiny=True, seed=0):  # type: ignore[no-untyped-def]
+    from conftest import tiny_classifier, write_images
+    from spurious.extract import extract
+
+    data = write_images(tmp_path / "data", per_class, seed=seed)
+    extract(tmp_path / "ws", model=tiny_classifier(num_classes=len(per_class)), data=data, num_workers=0,
+            progress=False, dtype="float32", shard_size=8)
+    return tmp_path / "ws"
+
+
+def test_stage_matches_oracle_and_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from spurious.npca import load_npca, npca
+    from spurious.workspace import Workspace
+
+    ws = _ws(tmp_path, {"a": 9, "b": 30, "c": 1})
+    with pytest.warns(UserWarning, match="fewer than 2 training images"):
+        r = npca(ws, n_components=5, progress=False)
+    assert r.classes_fitted == 2 and r.classes_skipped == [2]
+    store = Workspace.open(ws).feature_store("train")
+    W, b = Workspace.open(ws).head()
+    pca = load_npca(ws)
+    assert pca.classes == [0, 1] and 2 not in pca
+    for k in (0, 1):  # class 0: N=9 < D=12 (Gram path); class 1: N=30 > D (covariance path)
+        phi = store.phi(store.rows_of_class(k)).astype(np.float64)
+        ref_vals, ref_vecs = _oracle(phi, W[k].astype(np.float64))
+        basis = pca[k]
+        assert basis.n == len(phi) and basis.num_components == 5
+        np.testing.assert_allclose(basis.lam, ref_vals[:5], rtol=1e-4)
+        dots = np.abs(np.sum(basis.v[:3].astype(np.float64) * ref_vecs[:, :3].T, axis=1))
+        np.testing.assert_allclose(dots, 1.0, atol=1e-3)
+        assert basis.b == pytest.approx(float(b[k]))
+    with pytest.raises(KeyError, match="class 2 has no neural PCA components"):
+        pca[2]
+    with pytest.warns(UserWarning):
+        again = npca(ws, n_components=5, progress=False)
+    assert again.classes_fitted == 0 and again.classes_reused == 2
+    with pytest.raises(ValueError, match="holds neural PCA made with other inputs"):
+        npca(ws, n_components=4, progress=False)
+    with pytest.warns(UserWarning):
+        npca(ws, n_components=4, progress=False, overwrite=True)
+    assert load_npca(ws)[0].num_components == 4
+
+
+def test_stage_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from spurious.npca import npca
+
+    with pytest.raises(FileNotFoundError, match="not a spurious workspace"):
+        npca(tmp_path / "none")
+    ws = _ws(tmp_path, {"a": 4, "b": 4})
+    with pytest.raises(ValueError, match="unknown class 7"):
+        npca(ws, classes=[7], progress=False)
+    with pytest.raises(ValueError, match="unknown class 'zebra'"):
+        npca(ws, classes=["zebra"], progress=False)
+    with pytest.raises(FileNotFoundError, match="no finished features for split 'val'"):
+        npca(ws, split="val", progress=False)
+    r = npca(ws, classes=["c1"], n_components=2, progress=False)
+    assert r.classes_fitted == 1
+
+
+def test_dimension_mismatch_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from spurious.npca import npca
+    from spurious.workspace import IncompatibleArtifactError
+
+    ws = _ws(tmp_path, {"a": 4, "b": 4})
+    m = ws / "features" / "train" / "manifest.json"
+    meta = json.loads(m.read_text())
+    meta["dim"] = 13
+    m.write_text(json.dumps(meta))
+    with pytest.raises(IncompatibleArtifactError, match="feature dimension mismatch"):
+        npca(ws, progress=False)
+
+
+@pytest.mark.slow
+def test_logit_identity_on_real_images_with_the_real_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """EfficientNet-Lite0 (real weights) on augmented scikit-image photos; identity on unseen images."""
+    from spurious.demo import draw_photo_dataset, draw_shapes_dataset
+    from spurious.extract import extract
+    from spurious.npca import load_npca, npca
+    from spurious.workspace import Workspace
+
+    train = draw_photo_dataset(tmp_path / "train", per_class=10, seed=0)
+    unseen = draw_shapes_dataset(tmp_path / "pool", per_class=2, seed=3)
+    ws = tmp_path / "ws"
+    extract(ws, model="efficientnet_lite0", data=f"imagenet:{train}", num_workers=0, progress=False)
+    extract(ws, data=f"pool:{unseen}", split="pool", num_workers=0, progress=False)
+    npca(ws, n_components="all", precision="float64", progress=False)
+    W, b = Workspace.open(ws).head()
+    phi = Workspace.open(ws).feature_store("pool").phi().astype(np.float64)
+    pca = load_npca(ws)
+    assert pca.classes == [281, 967]
+    for k in pca.classes:
+        basis = pca[k]
+        assert basis.num_components == W.shape[1] == 1280
+        logits = phi @ W[k].astype(np.float64) + float(b[k])
+        recon = basis.alpha(phi).sum(axis=1) + basis.offset()
+        np.testing.assert_allclose(recon, logits, rtol=1e-4, atol=1e-4)

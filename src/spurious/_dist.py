@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "barrier", "resolve_device"]
+__all__ = ["DistInfo", "all_sum", "barrier", "dist_info", "init_distributed", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
     return dev
+
+
+def all_sum(value: int) -> int:
+    """Sum an integer over all ranks (identity outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,10 +23,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from spurious import __version__
-from spurious._dist import barrier, init_distributed, resolve_device
-from spurious._io import atomic_path, read_json, save_npy, utc_now, write_json
-from spurious.store import FeatureStore, shard_name
+from spurious._dist import all_sum, barrier, init_distributed, resolve_device
+from spurious._io import read_json, sha256_strings, write_json
+from spurious.store import FeatureStore, finalize_store, shard_done, write_shard
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = ["ExtractResult", "extract", "default_num_workers"]
@@ -89,25 +87,7 @@ class _ShardBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def _shard_done(shards_dir: Path, i: int, plan_hash: str) -> bool:
-    marker = shards_dir / f"{shard_name(i)}.json"
-    if not marker.is_file():
-        return False
-    try:
-        meta = read_json(marker)
-    except (OSError, ValueError):
-        return False
-    if meta.get("plan") != plan_hash:
-        return False
-    return all((shards_dir / f"{shard_name(i)}.{w}.npy").is_file() for w in _SHARD_ARRAYS)
-
-
-_SHARD_ARRAYS = ("phi", "rows", "topk_index", "topk_logit", "logsumexp")
-
-
 def _plan_hash(plan: dict[str, Any]) -> str:
-    from spurious._io import sha256_strings
-
     return sha256_strings([json.dumps(plan, sort_keys=True)])
 
 
@@ -227,7 +207,7 @@ def extract(
         return _result(store, split, 0, n_shards, 0, time.perf_counter() - t0, info.world_size, True)
 
     mine = [i for i in range(n_shards) if i % info.world_size == info.rank]
-    todo = [i for i in mine if not _shard_done(shards_dir, i, phash)]
+    todo = [i for i in mine if not shard_done(shards_dir, i, phash)]
     reused = len(mine) - len(todo)
     if reused:
         log.info("rank %d: resuming, %d of %d shards already done", info.rank, reused, len(mine))
@@ -235,26 +215,25 @@ def extract(
     n_todo_images = sum(stop - start for _, start, stop in ranges)
     computed = _run_shards(classifier, dataset, ranges, shards_dir, phash, k, dtype, batch_size,
                            num_workers, dev, progress and info.is_main, amp)
+    computed_all = all_sum(computed)  # gloo/nccl collective: also a barrier
+    images_all = all_sum(n_todo_images)
+    store = _merge(out, dataset, plan, phash, n_shards, time.perf_counter() - t0) if info.is_main else None
     barrier()
-    if not info.is_main:
-        seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if store is None:  # non-zero rank: rank 0 merged and reports the store
         return ExtractResult(str(out), split, n_records, 0, 0, 0, plan["dim"], dtype, n_shards, computed,
-                             reused, n_todo_images, seconds, n_todo_images / max(seconds, 1e-9),
-                             info.world_size, False)
-    store = _merge(out, dataset, plan, phash, n_shards, time.perf_counter() - t0)
-    barrier()
-    return _result(store, split, computed, n_shards, n_todo_images, time.perf_counter() - t0,
-                   info.world_size, True, reused_override=n_shards - computed)
+                             reused, n_todo_images, round(seconds, 3),
+                             round(n_todo_images / max(seconds, 1e-9), 2), info.world_size, False)
+    return _result(store, split, computed_all, n_shards, images_all, seconds, info.world_size, True)
 
 
 def _result(store: FeatureStore, split: str, computed: int, n_shards: int, images: int, seconds: float,
-            world: int, complete: bool, reused_override: int | None = None) -> ExtractResult:
+            world: int, complete: bool) -> ExtractResult:
     m = store.manifest
     return ExtractResult(
         path=str(store.path), split=split, num_records=m["data"]["num_records"], num_rows=len(store),
         num_failed=m["failed"]["count"], num_skipped_files=m["skipped_files"]["count"], dim=store.dim,
-        dtype=str(store.dtype), shards_total=n_shards, shards_computed=computed,
-        shards_reused=n_shards - computed if reused_override is None else reused_override,
+        dtype=str(store.dtype), shards_total=n_shards, shards_computed=computed, shards_reused=n_shards - computed,
         images_computed=images, seconds=round(seconds, 3),
         images_per_second=round(images / max(seconds, 1e-9), 2), world_size=world, complete=complete,
     )
@@ -346,8 +325,6 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
 
 def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dict[str, list[Any]],
                  phash: str, dtype: str, dim: int, k: int) -> None:
-    stem = shards_dir / shard_name(shard)
-
     def cat(key: str, shape: tuple[int, ...], dt: Any) -> np.ndarray:
         return np.concatenate(buf[key]) if buf[key] else np.zeros(shape, dtype=dt)
 
@@ -365,57 +342,12 @@ def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dic
         "topk_logit": cat("logit", (0, k), np.float32),
         "logsumexp": cat("lse", (0,), np.float32),
     }
-    order = np.argsort(arrays["rows"], kind="stable")  # already sorted; keep the invariant explicit
-    for name, arr in arrays.items():
-        save_npy(f"{stem}.{name}.npy", arr[order])
-    write_json(f"{stem}.json", {"index": shard, "start": bounds[0], "stop": bounds[1], "rows": int(phi.shape[0]),
-                                "failed": buf["failed"], "plan": phash})
+    write_shard(shards_dir, shard, arrays, {"start": bounds[0], "stop": bounds[1], "rows": int(phi.shape[0]),
+                                           "failed": buf["failed"], "plan": phash})
 
 
 def _merge(out: Path, dataset: Any, plan: dict[str, Any], phash: str, n_shards: int, seconds: float) -> FeatureStore:
-    shards_dir = out / "shards"
-    missing = [i for i in range(n_shards) if not _shard_done(shards_dir, i, phash)]
-    if missing:
-        raise RuntimeError(f"cannot merge {out}: shards {missing[:10]} are not finished; re-run extract to resume")
-    labels_all = dataset.labels()
-    shards, failed = [], []
-    label_parts = []
-    with atomic_path(out / "index.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        row = 0
-        for i in range(n_shards):
-            meta = read_json(shards_dir / f"{shard_name(i)}.json")
-            rows = np.load(shards_dir / f"{shard_name(i)}.rows.npy")
-            for r in rows:
-                rec = dataset.records[int(r)]
-                fh.write(json.dumps({"row": row, "id": rec.id, "label": int(rec.label)}) + "\n")
-                row += 1
-            label_parts.append(labels_all[rows])
-            failed.extend(meta["failed"])
-            shards.append({"index": i, "start": meta["start"], "stop": meta["stop"], "rows": meta["rows"]})
-    labels = np.concatenate(label_parts).astype(np.int64) if label_parts else np.zeros(0, np.int64)
-    save_npy(out / "labels.npy", labels)
-    if failed:
-        with atomic_path(out / "failed.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps({"id": i, "reason": r}) + "\n" for i, r in failed), encoding="utf-8")
-        warnings.warn(f"{len(failed)} of {len(dataset)} images could not be decoded and were skipped "
-                      f"(first: {failed[0][0]}: {failed[0][1]}); the full list is in {out / 'failed.jsonl'}",
-                      stacklevel=3)
-    skipped = list(getattr(dataset, "skipped", []))
-    if skipped:
-        warnings.warn(f"{len(skipped)} files in {dataset.root} are not images and were ignored "
-                      f"(first: {skipped[0][0]}: {skipped[0][1]})", stacklevel=3)
-    manifest = {
-        "format": "spurious-features",
-        "version": 1,
-        "package_version": __version__,
-        "created": utc_now(),
-        **plan,
-        "data": {**plan["data"], "class_names": getattr(dataset, "class_names", None)},
-        "num_rows": int(labels.shape[0]),
-        "shards": shards,
-        "failed": {"count": len(failed), "examples": failed[:20]},
-        "skipped_files": {"count": len(skipped), "examples": [list(s) for s in skipped[:20]]},
-        "seconds": round(seconds, 3),
-    }
-    write_json(out / "manifest.json", manifest)
-    return FeatureStore(out)
+    records = dataset.records
+    return finalize_store(out, plan, phash, n_shards, lambda r: (records[r].id, records[r].label),
+                          skipped=list(getattr(dataset, "skipped", [])), class_names=dataset.class_names,
+                          root=str(dataset.root), seconds=seconds)

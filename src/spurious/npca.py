@@ -12,7 +12,8 @@ matrix of the centred features (same non-zero spectrum as ``C_k``, far cheaper);
 is accumulated in chunks. Memory is ``O(D^2)`` per class whatever the split size.
 
 Artifacts: ``WS/npca/class_KKKKK.safetensors`` (``mu`` [D], ``lam`` [L], ``v`` [L, D], ``w`` [D],
-``b`` [1]; float32) and ``WS/npca/manifest.json``. Sign convention: ``<1, v_l> >= 0``.
+``b`` [1]; float32, or float64 with ``precision="float64"``) and ``WS/npca/manifest.json``.
+Sign convention: ``<1, v_l> >= 0``.
 """
 
 from __future__ import annotations
@@ -170,11 +171,13 @@ def _check_L(n_components: Any, n: int, d: int) -> int:
     return int(min(n_components, n - 1, d))
 
 
-def _basis(k: int, n: int, mu: torch.Tensor, lam: np.ndarray, V: np.ndarray, w: np.ndarray, b: float) -> ClassBasis:
-    """Pack eigenpairs (V: [D, L] columns) with the sign convention ``<1, v_l> >= 0``."""
+def _basis(k: int, n: int, mu: torch.Tensor, lam: np.ndarray, V: np.ndarray, w: np.ndarray, b: float,
+           precision: str) -> ClassBasis:
+    """Pack eigenpairs (V: [D, L] columns) with the sign convention ``<1, v_l> >= 0``; stored in ``precision``."""
+    dt = np.dtype(precision)
     V = V * np.where(V.sum(axis=0) < 0, -1.0, 1.0)[None, :]
-    return ClassBasis(k=k, n=n, mu=mu.double().cpu().numpy().astype(np.float32), lam=lam.astype(np.float32),
-                      v=np.ascontiguousarray(V.T.astype(np.float32)), w=np.asarray(w, dtype=np.float32), b=b)
+    return ClassBasis(k=k, n=n, mu=mu.double().cpu().numpy().astype(dt), lam=lam.astype(dt),
+                      v=np.ascontiguousarray(V.T.astype(dt)), w=np.asarray(w, dtype=dt), b=b)
 
 
 class _CovAccumulator:
@@ -203,7 +206,7 @@ class _CovAccumulator:
         mean_z = self.s1 / n
         C = (self.s2 - n * torch.outer(mean_z, mean_z)) / (n - 1)
         lam, V = _top_eigh(C, n_components, precision)
-        return _basis(k, n, self.shift + mean_z, lam, V, self.w_np, b)
+        return _basis(k, n, self.shift + mean_z, lam, V, self.w_np, b, precision)
 
 
 def _gram_basis(X: torch.Tensor, w: np.ndarray, b: float, k: int, L: int, precision: str,
@@ -217,7 +220,7 @@ def _gram_basis(X: torch.Tensor, w: np.ndarray, b: float, k: int, L: int, precis
     evals, U = _top_eigh(Xc @ Xc.T, L, precision)  # eigenvalues of the Gram = (n - 1) * lambda
     V = (Xc.T @ torch.as_tensor(U, dtype=dt, device=device)).double()
     V = V / V.norm(dim=0, keepdim=True).clamp_min(1e-300)
-    return _basis(k, n, mu, evals / (n - 1), V.cpu().numpy(), w, b)
+    return _basis(k, n, mu, evals / (n - 1), V.cpu().numpy(), w, b, precision)
 
 
 def _top_eigh(M: torch.Tensor, L: int, precision: str) -> tuple[np.ndarray, np.ndarray]:
@@ -385,7 +388,7 @@ def _save_basis(path: Path, basis: ClassBasis, phash: str, name: str) -> None:
     from safetensors.numpy import save_file
 
     tensors = {"mu": basis.mu, "lam": basis.lam, "v": basis.v, "w": basis.w,
-               "b": np.array([basis.b], dtype=np.float32)}
+               "b": np.array([basis.b], dtype=basis.v.dtype)}
     meta = {"class": str(basis.k), "n": str(basis.n), "name": name, "plan": phash}
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)

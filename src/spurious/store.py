@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spurious._io import read_json
+from spurious import __version__
+from spurious._io import atomic_path, read_json, save_npy, sha256_strings, utc_now, write_json
 
-__all__ = ["FeatureStore", "shard_name"]
+__all__ = ["FeatureStore", "SHARD_ARRAYS", "finalize_store", "import_features", "shard_name", "write_shard"]
+
+SHARD_ARRAYS = ("phi", "rows", "topk_index", "topk_logit", "logsumexp")
 
 
 def shard_name(i: int) -> str:
@@ -144,3 +148,136 @@ class FeatureStore:
             base = int(self._offsets[i])
             for start in range(0, shard["rows"], chunk_rows):
                 yield base + start, np.asarray(mm[start : start + chunk_rows])
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def write_shard(shards_dir: Path, shard: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write one shard's arrays (:data:`SHARD_ARRAYS`), then its done-marker ``NNNNN.json`` (atomic, in that order)."""
+    stem = shards_dir / shard_name(shard)
+    for name in SHARD_ARRAYS:
+        save_npy(f"{stem}.{name}.npy", arrays[name])
+    write_json(f"{stem}.json", {"index": shard, **meta})
+
+
+def shard_done(shards_dir: Path, shard: int, plan_hash: str) -> bool:
+    """True when shard ``shard`` was finished under the plan ``plan_hash``."""
+    marker = shards_dir / f"{shard_name(shard)}.json"
+    try:
+        meta = read_json(marker)
+    except (OSError, ValueError):
+        return False
+    if meta.get("plan") != plan_hash:
+        return False
+    return all((shards_dir / f"{shard_name(shard)}.{w}.npy").is_file() for w in SHARD_ARRAYS)
+
+
+def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: int,
+                   record: Callable[[int], tuple[str, int]], *, skipped: Sequence[tuple[str, str]] = (),
+                   class_names: Sequence[str] | None = None, root: str = "", seconds: float = 0.0) -> FeatureStore:
+    """Merge finished shards into ``index.jsonl``, ``labels.npy`` and (last) ``manifest.json``.
+
+    Args:
+        record: maps a dataset record index (``rows.npy`` entries) to ``(id, label)``.
+    """
+    shards_dir = out / "shards"
+    missing = [i for i in range(n_shards) if not shard_done(shards_dir, i, plan_hash)]
+    if missing:
+        raise RuntimeError(f"cannot merge {out}: shards {missing[:10]} are not finished; re-run to resume")
+    shards, failed, label_parts = [], [], []
+    with atomic_path(out / "index.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        row = 0
+        for i in range(n_shards):
+            meta = read_json(shards_dir / f"{shard_name(i)}.json")
+            labels = []
+            for r in np.load(shards_dir / f"{shard_name(i)}.rows.npy"):
+                rid, label = record(int(r))
+                fh.write(json.dumps({"row": row, "id": rid, "label": int(label)}) + "\n")
+                labels.append(int(label))
+                row += 1
+            label_parts.append(np.asarray(labels, dtype=np.int64))
+            failed.extend(meta["failed"])
+            shards.append({"index": i, "start": meta["start"], "stop": meta["stop"], "rows": meta["rows"]})
+    labels = np.concatenate(label_parts) if label_parts else np.zeros(0, np.int64)
+    save_npy(out / "labels.npy", labels)
+    n_records = plan["data"]["num_records"]
+    if failed:
+        with atomic_path(out / "failed.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps({"id": i, "reason": r}) + "\n" for i, r in failed), encoding="utf-8")
+        warnings.warn(f"{len(failed)} of {n_records} images could not be decoded and were skipped "
+                      f"(first: {failed[0][0]}: {failed[0][1]}); the full list is in {out / 'failed.jsonl'}",
+                      stacklevel=3)
+    if skipped:
+        warnings.warn(f"{len(skipped)} files in {root} are not images and were ignored "
+                      f"(first: {skipped[0][0]}: {skipped[0][1]})", stacklevel=3)
+    manifest = {
+        "format": "spurious-features",
+        "version": 1,
+        "package_version": __version__,
+        "created": utc_now(),
+        **plan,
+        "data": {**plan["data"], "class_names": list(class_names) if class_names is not None else None},
+        "num_rows": int(labels.shape[0]),
+        "shards": shards,
+        "failed": {"count": len(failed), "examples": failed[:20]},
+        "skipped_files": {"count": len(skipped), "examples": [list(x) for x in skipped[:20]]},
+        "seconds": round(seconds, 3),
+    }
+    write_json(out / "manifest.json", manifest)
+    return FeatureStore(out)
+
+
+def import_features(workspace: str | os.PathLike[str], phi: np.ndarray, labels: Sequence[int] | np.ndarray,
+                    ids: Sequence[str], *, split: str = "train", dtype: str = "float16", topk: int = 5,
+                    shard_size: int = 4096, data_spec: str = "import", chunk_rows: int = 65536) -> FeatureStore:
+    """Write features computed elsewhere into ``WS/features/<split>`` (the workspace must hold the head).
+
+    Top-k predictions are computed from the workspace head. ``phi`` may be a memmap: it is read
+    ``shard_size`` rows at a time. Rows are stored in the given order; ``ids`` must be unique.
+
+    Args:
+        workspace: a workspace made by :meth:`spurious.workspace.Workspace.create_from_head` (or extract).
+        phi: [N, D] features; ``labels``: [N] ints (-1 = unlabeled); ``ids``: [N] unique image ids.
+    """
+    from spurious.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    phi_shape = tuple(phi.shape)
+    labels = np.asarray(labels, dtype=np.int64)
+    ids = list(ids)
+    if len(phi_shape) != 2 or phi_shape[1] != ws.num_features:
+        raise ValueError(f"feature dimension mismatch: phi has shape {phi_shape}, the workspace model has "
+                         f"D={ws.num_features}")
+    if labels.shape != (phi_shape[0],) or len(ids) != phi_shape[0]:
+        raise ValueError(f"labels ({labels.shape[0]}) and ids ({len(ids)}) must have one entry per row of phi "
+                         f"({phi_shape[0]})")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    W, b = ws.head()
+    k = min(topk, W.shape[0])
+    n = phi_shape[0]
+    n_shards = -(-n // shard_size)
+    plan = {"model": {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint},
+            "data": {"spec": data_spec, "kind": "import", "fingerprint": sha256_strings(
+                f"{i}\t{int(y)}" for i, y in zip(ids, labels)), "num_records": n},
+            "dim": ws.num_features, "dtype": dtype, "topk": k, "shard_size": shard_size}
+    phash = sha256_strings([json.dumps(plan, sort_keys=True)])
+    out = ws.features_dir(split)
+    if out.exists():
+        raise ValueError(f"{out} already exists; pick another split name")
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True)
+    write_json(out / "plan.json", plan)
+    for i in range(n_shards):
+        start, stop = i * shard_size, min((i + 1) * shard_size, n)
+        x = np.asarray(phi[start:stop], dtype=np.float32)
+        logits = x @ W.T + b
+        idx = np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int32)
+        top = np.take_along_axis(logits, idx, 1).astype(np.float32)
+        m = logits.max(1, keepdims=True)
+        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(1))).astype(np.float32)
+        write_shard(shards_dir, i, {"phi": x.astype(dtype), "rows": np.arange(start, stop, dtype=np.int64),
+                                    "topk_index": idx, "topk_logit": top, "logsumexp": lse},
+                    {"start": start, "stop": stop, "rows": stop - start, "failed": [], "plan": phash})
+    return finalize_store(out, plan, phash, n_shards, lambda r: (ids[r], int(labels[r])))

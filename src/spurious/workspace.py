@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-
 from spurious import __version__
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
 
-__all__ = ["IncompatibleArtifactError", "Workspace"]
+__all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint"]
 
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -66,34 +64,54 @@ class Workspace:
         Raises:
             IncompatibleArtifactError: the workspace exists and was made with another model.
         """
+        W, b = (t.detach().float().cpu().numpy() for t in classifier.head())
+        return cls.create_from_head(root, W, b, spec=classifier.spec, class_names=classifier.class_names,
+                                    fingerprint=classifier.fingerprint(),
+                                    preprocessing=classifier.preprocessing.to_dict())
+
+    @classmethod
+    def create_from_head(cls, root: str | os.PathLike[str], W: np.ndarray, b: np.ndarray, *, spec: str,
+                         class_names: list[str] | None = None, fingerprint: str | None = None,
+                         preprocessing: dict[str, Any] | None = None) -> Workspace:
+        """Open or create a workspace from a bare linear head ``W`` [K, D], ``b`` [K].
+
+        For features computed elsewhere (see :func:`spurious.store.import_features`). The
+        fingerprint defaults to :func:`head_fingerprint` of ``W, b``.
+        """
         root = Path(root)
-        W, b = (t.detach().float().cpu() for t in classifier.head())
+        W = np.ascontiguousarray(W, dtype=np.float32)
+        b = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+        if W.ndim != 2 or b.shape != (W.shape[0],):
+            raise ValueError(f"head must be W [K, D] and b [K], got {W.shape} and {b.shape}")
+        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(W.shape[0])]
+        if len(names) != W.shape[0]:
+            raise ValueError(f"{len(names)} class names for a head with {W.shape[0]} classes")
         model = {
-            "spec": classifier.spec,
-            "fingerprint": classifier.fingerprint(),
-            "num_classes": int(classifier.num_classes),
-            "num_features": int(classifier.num_features),
-            "class_names_hash": sha256_strings(classifier.class_names),
-            "preprocessing": classifier.preprocessing.to_dict(),
+            "spec": spec,
+            "fingerprint": fingerprint or head_fingerprint(W, b),
+            "num_classes": int(W.shape[0]),
+            "num_features": int(W.shape[1]),
+            "class_names_hash": sha256_strings(names),
+            "preprocessing": preprocessing,
         }
         if (root / "manifest.json").is_file():
             ws = cls.open(root)
-            ws.check_model(model["fingerprint"], model["spec"])
+            ws.check_model(model["fingerprint"], spec)
             return ws
         if root.exists() and not root.is_dir():
             raise ValueError(f"workspace path {root} exists and is not a directory; pick another path")
         root.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         with atomic_path(root / "head.safetensors") as tmp:
-            save_file({"W": W.contiguous(), "b": b.contiguous()}, str(tmp))
+            save_file({"W": W, "b": b}, str(tmp))
         manifest = {
             "format": "spurious-workspace",
             "version": 1,
             "package_version": __version__,
             "created": utc_now(),
             "model": model,
-            "class_names": list(classifier.class_names),
+            "class_names": names,
         }
         write_json(root / "manifest.json", manifest)
         return cls(root, manifest)
@@ -185,7 +203,12 @@ class Workspace:
         return store
 
 
-def head_tensors(ws: Workspace, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The workspace head as float32 torch tensors on ``device``."""
-    W, b = ws.head()
-    return torch.from_numpy(W).to(device), torch.from_numpy(b).to(device)
+def head_fingerprint(W: np.ndarray, b: np.ndarray) -> str:
+    """16 hex digits identifying a head ``W`` [K, D], ``b`` [K] (sha256 of float32 bytes and shape)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(f"{W.shape[0]}x{W.shape[1]}".encode())
+    h.update(np.ascontiguousarray(W, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(b, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
