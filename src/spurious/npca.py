@@ -42,6 +42,7 @@ __all__ = ["ClassBasis", "NPCA", "NPCAResult", "alpha", "fit_class", "load_npca"
 log = logging.getLogger(__name__)
 
 _PRECISIONS = ("float32", "float64")
+_TORCH_LINALG_ON_CPU = False  # tests flip this to run the GPU code path (torch linear algebra) on the CPU
 
 
 @dataclass
@@ -211,26 +212,39 @@ class _CovAccumulator:
 
 def _gram_basis(X: torch.Tensor, w: np.ndarray, b: float, k: int, L: int, precision: str,
                 device: torch.device) -> ClassBasis:
-    """Top-L eigenpairs of ``C = Xc^T Xc / (n-1)`` through the ``n x n`` Gram matrix ``Xc Xc^T`` (n <= D)."""
-    dt = torch.float32 if precision == "float32" else torch.float64
-    psi = X.to(device, torch.float64) * torch.as_tensor(w, dtype=torch.float64, device=device)
-    mu = psi.mean(0)
-    Xc = (psi - mu).to(dt)
-    n = Xc.shape[0]
-    evals, U = _top_eigh(Xc @ Xc.T, L, precision)  # eigenvalues of the Gram = (n - 1) * lambda
-    V = (Xc.T @ torch.as_tensor(U, dtype=dt, device=device)).double()
-    V = V / V.norm(dim=0, keepdim=True).clamp_min(1e-300)
-    return _basis(k, n, mu, evals / (n - 1), V.cpu().numpy(), w, b, precision)
+    """Top-L eigenpairs of ``C = Xc^T Xc / (n-1)`` through the ``n x n`` Gram matrix ``Xc Xc^T`` (n <= D).
+
+    The mean is accumulated in float64; centring, the Gram matrix and the back-projection run in
+    ``precision`` (numpy BLAS on the CPU, torch on a GPU).
+    """
+    n = X.shape[0]
+    if device.type == "cpu" and not _TORCH_LINALG_ON_CPU:
+        dt = np.dtype(precision)
+        psi = X.numpy().astype(dt) * np.asarray(w, dtype=dt)
+        mu = psi.mean(axis=0, dtype=np.float64)
+        Xc = psi - mu.astype(dt)
+        evals, U = _top_eigh(torch.from_numpy(Xc @ Xc.T), L, precision)  # Gram eigenvalues = (n - 1) * lambda
+        V = (Xc.T @ U.astype(dt)).astype(np.float64)
+        mu_t = torch.from_numpy(mu)
+    else:
+        tdt = torch.float32 if precision == "float32" else torch.float64
+        psi64 = X.to(device, torch.float64) * torch.as_tensor(w, dtype=torch.float64, device=device)
+        mu_t = psi64.mean(0)
+        Xct = (psi64 - mu_t).to(tdt)
+        evals, U = _top_eigh(Xct @ Xct.T, L, precision)
+        V = (Xct.T @ torch.as_tensor(U, dtype=tdt, device=device)).double().cpu().numpy()
+    V /= np.maximum(np.linalg.norm(V, axis=0, keepdims=True), 1e-300)
+    return _basis(k, n, mu_t, evals / (n - 1), V, w, b, precision)
 
 
 def _top_eigh(M: torch.Tensor, L: int, precision: str) -> tuple[np.ndarray, np.ndarray]:
     """Top-L eigenpairs (descending) of a symmetric matrix: eigenvalues [L], vectors [m, L] (numpy f64)."""
     m = M.shape[0]
-    if M.device.type == "cpu":
+    if M.device.type == "cpu" and not _TORCH_LINALG_ON_CPU:
         import scipy.linalg
 
-        A = M.numpy().astype(np.float32 if precision == "float32" else np.float64)
-        A = (A + A.T) / 2
+        # LAPACK reads one triangle only: no need to symmetrise the rounding noise of X X^T
+        A = M.numpy().astype(np.float32 if precision == "float32" else np.float64, copy=False)
         if L < m:
             evals, vecs = scipy.linalg.eigh(A, subset_by_index=(m - L, m - 1), driver="evr", overwrite_a=True,
                                             check_finite=False)

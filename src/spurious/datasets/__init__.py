@@ -45,3 +45,21 @@ __all__ = [
     "parse_spurious_folder",
     "spurious_imagenet",
 ]
+
+from .planted import (  # noqa: E402 - appended re-exports of the planted dataset
+    PLANTED_FEATURES,
+    PlantedConfig,
+    PlantedDataset,
+    SpuriousFeature,
+    generate_planted,
+    load_planted,
+)
+
+__all__ += [
+    "PLANTED_FEATURES",
+    "PlantedConfig",
+    "PlantedDataset",
+    "SpuriousFeature",
+    "generate_planted",
+    "load_planted",
+]
