@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "head_fingerprint",
     "write_json",
     "read_json",
     "save_npy",
@@ -77,3 +78,18 @@ def sha256_strings(items: Any) -> str:
 def utc_now() -> str:
     """Current UTC time, ISO 8601 with seconds."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def head_fingerprint(W: np.ndarray, b: np.ndarray) -> str:
+    """16 hex digits identifying a linear head ``W`` [K, D], ``b`` [K]: sha256 of its shape and float32 bytes.
+
+    Every stage records it and refuses to mix artifacts of different models. It hashes the head
+    only (cheap), not the backbone.
+    """
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    h = hashlib.sha256()
+    h.update(f"K={W.shape[0]};D={W.shape[1]};".encode())
+    h.update(W.tobytes())
+    h.update(b.tobytes())
+    return h.hexdigest()[:16]

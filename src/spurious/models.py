@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import difflib
 import fnmatch
-import hashlib
 import itertools
 import logging
 import math
@@ -662,12 +661,10 @@ class Classifier(nn.Module):
         Identifies the weights cheaply (stages use it to refuse mixing artifacts of different
         models); it does not hash the backbone.
         """
+        from spurious._io import head_fingerprint
+
         weight, bias = self.head()
-        digest = hashlib.sha256()
-        digest.update(weight.cpu().contiguous().numpy().tobytes())
-        digest.update(bias.cpu().contiguous().numpy().tobytes())
-        digest.update(f"K={self.num_classes};D={self.num_features}".encode())
-        return digest.hexdigest()[:16]
+        return head_fingerprint(weight.cpu().numpy(), bias.cpu().numpy())
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, num_classes={self.num_classes}, num_features={self.num_features}"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from spurious import __version__
-from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious._io import atomic_path, head_fingerprint, read_json, sha256_strings, utc_now, write_json
 
 __all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint"]
 
@@ -201,14 +201,3 @@ class Workspace:
         store = FeatureStore(path)
         self.check_model(store.model_fingerprint, store.manifest["model"].get("spec"))
         return store
-
-
-def head_fingerprint(W: np.ndarray, b: np.ndarray) -> str:
-    """16 hex digits identifying a head ``W`` [K, D], ``b`` [K] (sha256 of float32 bytes and shape)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    h.update(f"{W.shape[0]}x{W.shape[1]}".encode())
-    h.update(np.ascontiguousarray(W, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(b, dtype=np.float32).tobytes())
-    return h.hexdigest()[:16]
