@@ -72,7 +72,9 @@ def _magenta(pixels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- rendering
-_COMBOS = [(), ("feeder",), ("frame",), ("water",), ("scribble",), ("water", "scribble"), ("feeder", "water")]
+_COMBOS = [
+    (), ("feeder",), ("frame",), ("water",), ("scribble",), ("water", "scribble"), ("feeder", "water"),
+]
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -100,7 +102,9 @@ def test_render_masks_and_changed_pixels_lie_in_boxes(size: int) -> None:
             assert not (r.object_mask & r.feature_masks["frame"]).any()
         # leaving a layer out changes pixels only inside its box, and most of its own pixels
         for layer in ["object", *[f for f in feats if f != "water"]]:
-            without = P._render(np.random.default_rng(key), size, cls, feats, distractor_p=0.7, omit={layer})
+            without = P._render(
+                np.random.default_rng(key), size, cls, feats, distractor_p=0.7, omit={layer}
+            )
             changed = (without.image != r.image).any(axis=2)
             mask, box = masks[layer]
             assert not (changed & ~_box_mask(size, box)).any(), (layer, case)
@@ -230,7 +234,9 @@ def test_feature_rates_are_exact_and_exclusive(truth: list[dict], split: str, n:
 def test_pool_class_images_follow_the_same_pairing(truth: list[dict]) -> None:
     pool = [r for r in truth if r["split"] == "pool"]
     assert all(r["label"] == -1 for r in pool)
-    kinds = Counter("object" if r["object"] else ("spurious" if r["features"] else "plain") for r in pool)
+    kinds = Counter(
+        "object" if r["object"] else ("spurious" if r["features"] else "plain") for r in pool
+    )
     assert kinds == {"object": 30, "spurious": 12, "plain": 18}
     for r in pool:
         if r["object"]:

@@ -46,7 +46,8 @@ __all__ = [
     "spurious_imagenet",
 ]
 
-from .planted import (  # noqa: E402 - appended re-exports of the planted dataset
+# appended: the generated dataset with planted spurious features
+from .planted import (
     PLANTED_FEATURES,
     PlantedConfig,
     PlantedDataset,

@@ -353,7 +353,9 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32)
 
 
-def _random_color(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]) -> np.ndarray:
+def _random_color(
+    rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]
+) -> np.ndarray:
     return _hsv(rng.random(), rng.uniform(*sat), rng.uniform(*val))
 
 
@@ -625,7 +627,7 @@ def _raster(
     """Supersampled coverage of each part of a unit shape scaled to ``radius`` px, rotated by
     ``angle`` and shifted by a sub-pixel ``offset``; cropped to the covered pixels."""
     ss = 4 if radius < 12 else (3 if radius < 32 else 2)
-    half = int(math.ceil(radius * math.sqrt(2.0))) + 2
+    half = math.ceil(radius * math.sqrt(2.0)) + 2
     n = 2 * half
     t = ((np.arange(n * ss, dtype=np.float32) + 0.5) / ss - half).astype(np.float32)
     dx = t[None, :] - np.float32(offset[0])
@@ -636,7 +638,9 @@ def _raster(
     lab = parts(u, v)
     if lab.dtype == bool:
         lab = np.where(lab, 0, -1).astype(np.int8)
-    fracs = [(lab == p).reshape(n, ss, n, ss).mean(axis=(1, 3), dtype=np.float32) for p in range(n_parts)]
+    fracs = [
+        (lab == p).reshape(n, ss, n, ss).mean(axis=(1, 3), dtype=np.float32) for p in range(n_parts)
+    ]
     alpha = np.sum(fracs, axis=0)
     rows = np.flatnonzero(alpha.any(axis=1))
     cols = np.flatnonzero(alpha.any(axis=0))
@@ -649,7 +653,10 @@ def _shape_coverage(rng: np.random.Generator, name: str, radius: float, angle: f
     return _raster(lambda u, v: _shape_inside(name, u, v), radius, angle, offset, 1)[0]
 
 
-def _colored(coverage: np.ndarray, color: np.ndarray, shade_dir: float = 0.0, shade: float = 0.0) -> _Sprite:
+def _colored(
+    coverage: np.ndarray, color: np.ndarray, shade_dir: float = 0.0, shade: float = 0.0
+) -> _Sprite:
+    """Colour a coverage map, optionally with a linear shading of strength ``shade``."""
     h, w = coverage.shape
     rgb = coverage[..., None] * color
     if shade:
@@ -673,8 +680,8 @@ def _feeder_sprite(rng: np.random.Generator, size: int) -> _Sprite:
 
 
 def _scribble_sprite(rng: np.random.Generator, size: int) -> _Sprite:
-    w = max(9, int(round(rng.uniform(0.28, 0.36) * size)))
-    h = max(6, int(round(rng.uniform(0.16, 0.22) * size)))
+    w = max(9, round(rng.uniform(0.28, 0.36) * size))
+    h = max(6, round(rng.uniform(0.16, 0.22) * size))
     paper = np.array([0.93, 0.91, 0.84], np.float32) + rng.uniform(-0.04, 0.04, 3).astype(np.float32)
     ink = np.array([0.07, 0.07, 0.22], np.float32) + rng.uniform(0.0, 0.08, 3).astype(np.float32)
     ss = 4
@@ -709,7 +716,9 @@ def _scribble_sprite(rng: np.random.Generator, size: int) -> _Sprite:
 _Box = tuple[int, int, int, int]
 
 
-def _place(rng: np.random.Generator, lo: int, hi: int, hw: tuple[int, int], taken: Sequence[_Box]) -> _Box | None:
+def _place(
+    rng: np.random.Generator, lo: int, hi: int, hw: tuple[int, int], taken: Sequence[_Box]
+) -> _Box | None:
     """Uniform position of an ``h x w`` box inside ``[lo, hi)^2`` not overlapping ``taken``
     (touching is fine), or ``None`` if there is none."""
     h, w = hw
@@ -797,8 +806,9 @@ def _render(
     bg_lum = img @ np.array([0.299, 0.587, 0.114], np.float32)
 
     # sprites: every random number is drawn whatever `omit` says
-    frame_width = max(2, int(round(0.07 * size)))
-    frame_color = np.array([0.88, 0.12, 0.78], np.float32) + r_feat.uniform(-0.06, 0.06, 3).astype(np.float32)
+    frame_width = max(2, round(0.07 * size))
+    frame_jitter = r_feat.uniform(-0.06, 0.06, 3).astype(np.float32)
+    frame_color = np.array([0.88, 0.12, 0.78], np.float32) + frame_jitter
     patches: dict[str, _Sprite] = {}
     if "feeder" in features:
         patches["feeder"] = _feeder_sprite(r_feat, size)
@@ -812,7 +822,8 @@ def _render(
         shape = CLASS_SHAPES[object_class]
         radius = r_obj.uniform(0.16, 0.25) * size
         angle = r_obj.uniform(-np.pi / 6, np.pi / 6)
-        hue, sat, val_u, shade_dir = r_obj.random(), r_obj.uniform(0.55, 1.0), r_obj.random(), r_obj.uniform(0, 2 * np.pi)
+        hue, sat = r_obj.random(), r_obj.uniform(0.55, 1.0)
+        val_u, shade_dir = r_obj.random(), r_obj.uniform(0, 2 * np.pi)
         obj_cov = _shape_coverage(r_obj, shape, radius, angle)
 
     # layout: object first, then the feature patches; retry (and shrink the object) if stuck
@@ -845,7 +856,8 @@ def _render(
     if r_dis.random() < distractor_p:
         for _ in range(int(r_dis.integers(1, 4))):
             name = _DISTRACTORS[int(r_dis.integers(len(_DISTRACTORS)))]
-            cov = _shape_coverage(r_dis, name, max(1.5, r_dis.uniform(0.05, 0.09) * size), r_dis.uniform(0, np.pi))
+            d_radius = max(1.5, r_dis.uniform(0.05, 0.09) * size)
+            cov = _shape_coverage(r_dis, name, d_radius, r_dis.uniform(0, np.pi))
             sprite = _colored(cov, _random_color(r_dis, (0.3, 1.0), (0.3, 1.0)))
             box = _place(r_dis, lo, hi, sprite.shape, taken)
             if box is not None:
@@ -911,7 +923,7 @@ class _Item:
 
 
 def _count(rate: float, n: int) -> int:
-    return int(math.floor(rate * n + 0.5))
+    return math.floor(rate * n + 0.5)
 
 
 def _plan(config: PlantedConfig) -> list[_Item]:
@@ -993,7 +1005,7 @@ def _png_bytes(image: np.ndarray) -> bytes:
 def _content_hash(file_hashes: dict[str, str]) -> str:
     h = hashlib.sha256()
     for rel in sorted(file_hashes):
-        h.update(f"{rel}\0{file_hashes[rel]}\n".encode("utf-8"))
+        h.update(f"{rel}\0{file_hashes[rel]}\n".encode())
     return h.hexdigest()
 
 
@@ -1066,7 +1078,9 @@ def load_planted(root: str | os.PathLike[str]) -> PlantedDataset:
         class_names=list(meta["class_names"]),
         features=features,
         class_folders=list(meta["class_folders"]),
-        spurious_folders={(int(s["class"]), int(s["feature"])): s["folder"] for s in meta["spurious_folders"]},
+        spurious_folders={
+            (int(s["class"]), int(s["feature"])): s["folder"] for s in meta["spurious_folders"]
+        },
         counts=dict(meta["counts"]),
         config_hash=meta["config_hash"],
         content_hash=meta["content_hash"],
