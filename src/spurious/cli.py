@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model spec (torchvision:NAME, timm:NAME, efficientnet_lite0, ARCH@CHECKPOINT); "
                                    "default: the workspace's model")
     p.add_argument("--split", default="train", help="feature split name (default: train)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 64 on GPU, 16 on CPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs, max 8)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype of phi")
     p.add_argument("--topk", type=int, default=5, help="top predictions stored per image (default 5)")

@@ -123,7 +123,7 @@ def extract(
     data: Any,
     model: Any = None,
     split: str = "train",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     dtype: str = "float16",
     topk: int = 5,
@@ -143,7 +143,8 @@ def extract(
         model: model spec (see :func:`spurious.models.load_model`) or a ``Classifier``; defaults
             to the workspace's model.
         split: name of the feature split (``train``, ``val``, ``pool`` ...).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: 64 on a GPU, 16 on the CPU, where large
+            batches are slower: their activations do not fit in the caches).
         num_workers: decoding processes (default :func:`default_num_workers`; 0 decodes in-process).
         dtype: storage dtype of ``phi``: ``float16`` (default, half the disk) or ``float32``.
         topk: number of top predictions stored per image (capped at the number of classes).
@@ -165,13 +166,15 @@ def extract(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = 64 if dev.type == "cuda" else 16
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("topk", topk)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     t0 = time.perf_counter()
-    dev = resolve_device(device)
     info = init_distributed(dev)
     ws_root = Path(workspace)
     classifier = _resolve_model(model, ws_root, pretrained, dev)
