@@ -313,7 +313,7 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
                 buf["idx"].append(top.indices.cpu().numpy().astype(np.int32))
                 buf["logit"].append(top.values.cpu().numpy())
                 buf["lse"].append(torch.logsumexp(logits, dim=1).cpu().numpy())
-            buf["failed"].extend((dataset.records[i].id, reason) for i, reason in failed)
+            buf["failed"].extend((dataset.record(i).id, reason) for i, reason in failed)
             n = len(indices) + len(failed)
             remaining[shard] -= n
             bar.update(n)
@@ -350,7 +350,11 @@ def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dic
 
 
 def _merge(out: Path, dataset: Any, plan: dict[str, Any], phash: str, n_shards: int, seconds: float) -> FeatureStore:
-    records = dataset.records
-    return finalize_store(out, plan, phash, n_shards, lambda r: (records[r].id, records[r].label),
+    labels = dataset.labels()
+
+    def record(r: int) -> tuple[str, int]:
+        return dataset.record(r).id, int(labels[r])
+
+    return finalize_store(out, plan, phash, n_shards, record,
                           skipped=list(getattr(dataset, "skipped", [])), class_names=dataset.class_names,
                           root=str(dataset.root), seconds=seconds)
