@@ -217,3 +217,16 @@ def test_multiworker_loader_gives_the_same_store(tmp_path: Path, image_folder: P
     sa, sb = FeatureStore(a.path), FeatureStore(b.path)
     assert sa.ids == sb.ids and b.num_failed == 2
     np.testing.assert_array_equal(sa.phi(), sb.phi())
+
+
+def test_shard_where_every_image_fails(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+    data = write_images(tmp_path / "data", {"a": 3, "b": 3})
+    for i in range(3):
+        (data / "a" / f"img_00{i}{'.png' if i % 2 else '.jpg'}").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="3 of 6 images could not be decoded"):
+        r = extract(tmp_path / "ws", model=tiny_model, data=data, shard_size=3, num_workers=0, progress=False)
+    store = FeatureStore(r.path)
+    assert (len(store), r.num_failed) == (3, 3)
+    assert store.ids == ["b/img_000.jpg", "b/img_001.png", "b/img_002.jpg"]
+    np.testing.assert_array_equal(np.asarray(store.labels), [1, 1, 1])
+    assert store.phi().shape == (3, 12)
