@@ -37,8 +37,11 @@ def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group that torchrun describes (gloo on CPU, nccl on CUDA); no-op alone."""
     info = dist_info()
     if info.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL collectives run on the current device
+            dist.init_process_group(backend="nccl")
+        else:
+            dist.init_process_group(backend="gloo")
     return dist_info()
 
 
@@ -69,6 +72,7 @@ def all_sum(value: int) -> int:
     """Sum an integer over all ranks (identity outside a process group)."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t)
     return int(t.item())
