@@ -13,6 +13,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from spurious import __version__
@@ -76,13 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("demo", help="run the pipeline end to end on generated data, offline",
-                       description="Generate a small dataset, extract features with the bundled real "
-                                   "EfficientNet-Lite0, fit neural PCA and check the logit identity.")
+    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded planted dataset, offline",
+                       description="Planted dataset + demo classifiers (trained once, cached) -> extract -> "
+                                   "npca; reports which component isolates each planted spurious feature.")
     p.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
-    p.add_argument("--fast", action="store_true", help="fewer images")
+    p.add_argument("--fast", action="store_true", help="the tiny planted dataset and tiny models (seconds)")
+    p.add_argument("--real", action="store_true",
+                   help="tour with the real ImageNet EfficientNet-Lite0 on photos shipped with scikit-image")
     _common(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("data", help="generate datasets (the planted demo data)",
+                       description="Generate datasets; see 'spurious data planted -h'.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="KIND", required=True)
+    p = data_sub.add_parser("planted", help="generate the dataset with planted spurious features",
+                            description="Generate the planted dataset (train/val/spurious/pool folders, "
+                                        "index.jsonl ground truth) into --out; an --out holding the same "
+                                        "config is reused.")
+    p.add_argument("--out", required=True, help="output folder (missing, empty, or a planted dataset)")
+    p.add_argument("--tiny", action="store_true", help="the tiny test config (6 classes, 32 px, ~270 images)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a planted dataset of another config")
+    _common(p)
+    p.set_defaults(func=_cmd_data_planted)
+
+    p = sub.add_parser("train", help="train the embedded demo classifiers",
+                       description="Train models; see 'spurious train demo -h'.")
+    train_sub = p.add_subparsers(dest="train_command", metavar="WHAT", required=True)
+    p = train_sub.add_parser("demo", help="train (or reuse) the demo:standard / demo:robust classifiers",
+                             description="Train the demo classifiers on the planted data on the CPU (cached; a "
+                                         "second run reuses the checkpoints) and print the evidence that they "
+                                         "learned the planted features.")
+    p.add_argument("--variant", choices=["standard", "robust", "both"], default="both",
+                   help="which model (default: both)")
+    p.add_argument("--tiny", action="store_true", help="the tiny planted data and a few epochs (seconds)")
+    p.add_argument("--force", action="store_true", help="retrain even when a checkpoint is cached")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache folder (default: $SPURIOUS_CACHE, else $XDG_CACHE_HOME/spurious or ~/.cache/spurious)")
+    _common(p)
+    p.set_defaults(func=_cmd_train_demo)
     return parser
 
 
@@ -145,8 +178,43 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spurious.demo import run_demo
 
-    r = run_demo(args.out, fast=args.fast, progress=not args.no_progress)
+    if args.real:
+        from spurious.demo import run_real_tour
+
+        r = run_real_tour(Path(args.out) / "real", fast=args.fast, progress=not args.no_progress)
+    else:
+        r = run_demo(args.out, fast=args.fast, progress=not args.no_progress)
     _emit(args, r.to_dict(), r.summary_lines())
+    return 0
+
+
+def _cmd_data_planted(args: argparse.Namespace) -> int:
+    from spurious.datasets.planted import PlantedConfig, generate_planted
+
+    config = PlantedConfig.tiny(seed=args.seed) if args.tiny else PlantedConfig(seed=args.seed)
+    ds = generate_planted(args.out, config, overwrite=args.overwrite)
+    summary = {
+        "root": str(ds.root), "config": dict(vars(ds.config)), "config_hash": ds.config_hash,
+        "content_hash": ds.content_hash, "counts": ds.counts, "class_names": ds.class_names,
+        "features": [f.name for f in ds.features],
+        "spurious_folders": sorted(ds.spurious_folders.values()),
+    }
+    _emit(args, summary, [
+        f"planted dataset -> {ds.root}",
+        f"{len(ds.class_names)} classes, {ds.config.image_size} px; "
+        + ", ".join(f"{k} {v}" for k, v in ds.counts.items()),
+    ])
+    return 0
+
+
+def _cmd_train_demo(args: argparse.Namespace) -> int:
+    from spurious.train import train_demo_model
+
+    variants = ["standard", "robust"] if args.variant == "both" else [args.variant]
+    infos = [train_demo_model(v, tiny=args.tiny, cache_dir=args.cache_dir, force=args.force,
+                              progress=not args.no_progress) for v in variants]
+    _emit(args, {"models": [info.to_dict() for info in infos]},
+          [line for info in infos for line in info.summary_lines()])
     return 0
 
 
@@ -163,9 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.INFO)
-    if not args.verbose:
-        warnings.simplefilter("default")
-        warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
+    with warnings.catch_warnings():  # the CLI's warning style must not leak into a caller's process
+        if not args.verbose:
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

