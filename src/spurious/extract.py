@@ -7,7 +7,6 @@ is documented in :mod:`spurious.store`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,8 +23,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from spurious._dist import all_sum, barrier, init_distributed, resolve_device
-from spurious._io import read_json, sha256_strings, write_json
-from spurious.store import FeatureStore, finalize_store, shard_done, write_shard
+from spurious._io import read_json, write_json
+from spurious.store import FeatureStore, finalize_store, plan_hash, shard_done, write_shard
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = ["ExtractResult", "extract", "default_num_workers"]
@@ -85,10 +84,6 @@ class _ShardBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def _plan_hash(plan: dict[str, Any]) -> str:
-    return sha256_strings([json.dumps(plan, sort_keys=True)])
 
 
 def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device) -> Any:
@@ -200,7 +195,7 @@ def extract(
         "topk": k,
         "shard_size": shard_size,
     }
-    phash = _plan_hash(plan)
+    phash = plan_hash(plan)
 
     if info.is_main:
         _prepare_output(out, plan, overwrite)

@@ -408,16 +408,10 @@ def _combine_head(
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device | None:
-    if device is None:
-        return None
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"invalid device {device!r}: use e.g. 'cpu', 'cuda', 'cuda:1' or 'auto'"
-        ) from e
+    """``None`` keeps the model where it is; anything else as :func:`spurious._dist.resolve_device`."""
+    from spurious._dist import resolve_device
+
+    return None if device is None else resolve_device(device)
 
 
 class Classifier(nn.Module):

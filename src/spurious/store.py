@@ -153,6 +153,11 @@ class FeatureStore:
 # ---------------------------------------------------------------------------- writing
 
 
+def plan_hash(plan: dict[str, Any]) -> str:
+    """Hash of an extraction plan; shard markers record it so a shard is reused only under the same plan."""
+    return sha256_strings([json.dumps(plan, sort_keys=True)])
+
+
 def write_shard(shards_dir: Path, shard: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write one shard's arrays (:data:`SHARD_ARRAYS`), then its done-marker ``NNNNN.json`` (atomic, in that order)."""
     stem = shards_dir / shard_name(shard)
@@ -262,7 +267,7 @@ def import_features(workspace: str | os.PathLike[str], phi: np.ndarray, labels: 
             "data": {"spec": data_spec, "kind": "import", "fingerprint": sha256_strings(
                 f"{i}\t{int(y)}" for i, y in zip(ids, labels)), "num_records": n},
             "dim": ws.num_features, "dtype": dtype, "topk": k, "shard_size": shard_size}
-    phash = sha256_strings([json.dumps(plan, sort_keys=True)])
+    phash = plan_hash(plan)
     out = ws.features_dir(split)
     if out.exists():
         raise ValueError(f"{out} already exists; pick another split name")
