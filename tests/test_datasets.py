@@ -688,3 +688,20 @@ def test_image_extensions_constant() -> None:
     expected = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
     assert IMAGE_EXTENSIONS == expected
     assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
+
+
+def test_spurious_layout_in_another_label_space(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from spurious.datasets import open_dataset, spurious_imagenet
+
+    for folder in ("planted_spurious_1_frame_1", "planted_spurious_3_scribble_3"):
+        (tmp_path / "sp" / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "sp" / folder / "0.png")
+    names = ["star", "ring", "cross", "triangle"]
+    ds = spurious_imagenet(tmp_path / "sp", class_names=names)
+    assert ds.class_names == names and list(ds.labels()) == [1, 3]
+    assert [r.meta["component"] for r in ds.records] == [1, 3]
+    assert open_dataset(f"spurious-imagenet:{tmp_path / 'sp'}", class_names=names).class_names == names
+    with pytest.raises(ValueError, match="names class 3, outside the label space of 2 classes"):
+        spurious_imagenet(tmp_path / "sp", class_names=names[:2])

@@ -267,7 +267,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, pr
     import json
     import time
 
-    from spurious.datasets import image_folder, load_planted
+    from spurious.datasets import image_folder, load_planted, spurious_imagenet
     from spurious.extract import extract
     from spurious.models import load_model
     from spurious.npca import load_npca, npca
@@ -286,7 +286,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, pr
         splits = {
             "train": image_folder(planted.train, class_names=list(planted.class_folders)),
             "val": image_folder(planted.val, class_names=list(planted.class_folders)),
-            "spurious": f"spurious-imagenet:{planted.spurious}",
+            "spurious": spurious_imagenet(planted.spurious, class_names=list(planted.class_names)),
             "pool": f"pool:{planted.pool}",
         }
         rows = {}

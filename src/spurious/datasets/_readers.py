@@ -263,17 +263,22 @@ def parse_spurious_folder(name: str) -> tuple[int, int] | None:
 
 
 def spurious_imagenet(
-    root: str | os.PathLike[str], *, transform: Transform | None = None
+    root: str | os.PathLike[str],
+    *,
+    transform: Transform | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ImageDataset:
     """Read the published Spurious ImageNet layout: one sub-folder per (class, component).
 
     See :func:`parse_spurious_folder` for the folder names. A top-level ``timestamp.txt`` is
-    ignored. Labels are ImageNet-1k class indices and ``class_names`` is
-    :func:`spurious.imagenet.class_names`.
+    ignored. Labels are the class indices of the folder names: ImageNet-1k by default
+    (``class_names`` = :func:`spurious.imagenet.class_names`), or positions in ``class_names``
+    for a benchmark in another label space (e.g. the planted dataset's ``spurious/`` split).
 
     Args:
         root: The folder holding the sub-folders (the unzipped ``images`` folder).
         transform: See :class:`ImageDataset`.
+        class_names: The label space; a folder's class index must lie in it.
 
     Returns:
         Dataset of kind ``"spurious-imagenet"``; each record's ``meta`` is
@@ -283,6 +288,7 @@ def spurious_imagenet(
         FileNotFoundError: ``root`` does not exist.
         ValueError: a sub-folder name does not parse, there are no sub-folders, or no images.
     """
+    names = imagenet.class_names() if class_names is None else _check_class_names(class_names)
     path = _existing_dir(root, "spurious-imagenet")
     top = top_level(os.fspath(path))
     if not top.dirs:
@@ -297,6 +303,11 @@ def spurious_imagenet(
                 f"{_SPURIOUS_PATTERN} (split on '_': token 2 is the class index 0-999, the last "
                 "token the component index)"
             )
+        if parsed[0] >= len(names):
+            raise ValueError(
+                f"{path}: sub-folder {folder!r} names class {parsed[0]}, outside the label space "
+                f"of {len(names)} classes; pass the benchmark's class_names"
+            )
         label_of[folder] = parsed[0]
         meta_of[folder] = {"component": parsed[1], "folder": folder}
     skipped = _top_level_files_skipped(top.files, top.other, ignore=frozenset({"timestamp.txt"}))
@@ -305,7 +316,7 @@ def spurious_imagenet(
         path,
         top.dirs,
         label_of,
-        imagenet.class_names(),
+        names,
         skipped,
         transform,
         meta_of,
@@ -626,18 +637,18 @@ def open_dataset(
     if kind is None:
         kind = _detect_kind(path)
         _log.info("auto-detected %s as %r", path, kind)
-    if class_names is not None and kind not in ("folder", "list"):
+    if class_names is not None and kind not in ("folder", "list", "spurious-imagenet"):
         raise ValueError(
             f"class_names cannot be given for a {kind!r} dataset (its label space is "
             f"{'ImageNet-1k' if kind != 'pool' else 'empty: pool images are unlabeled'}); "
-            "it applies to folder: and list: datasets"
+            "it applies to folder:, list: and spurious-imagenet: datasets"
         )
     if kind == "folder":
         return image_folder(path, transform=transform, class_names=class_names)
     if kind == "imagenet":
         return imagenet_folder(path, transform=transform)
     if kind == "spurious-imagenet":
-        return spurious_imagenet(path, transform=transform)
+        return spurious_imagenet(path, transform=transform, class_names=class_names)
     if kind == "pool":
         return image_pool(path, transform=transform)
     return file_list(path, transform=transform, class_names=class_names)
