@@ -230,3 +230,24 @@ def test_shard_where_every_image_fails(tmp_path: Path, tiny_model) -> None:  # t
     assert store.ids == ["b/img_000.jpg", "b/img_001.png", "b/img_002.jpg"]
     np.testing.assert_array_equal(np.asarray(store.labels), [1, 1, 1])
     assert store.phi().shape == (3, 12)
+
+
+@pytest.mark.slow
+def test_torchrun_rank0_rejection_fails_every_rank_quickly(tmp_path: Path) -> None:
+    """An incompatible workspace is rejected on rank 0; rank 1 must not wait for the group timeout."""
+    import timm
+
+    data = write_images(tmp_path / "data", {"x": 3, "y": 3}, size=32)
+    spec_a = _save_checkpoint(tmp_path)
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5).state_dict(), other)
+    common = ["--data", str(data), "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert _cli("extract", str(tmp_path / "ws"), "--model", spec_a, *common).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t = time.time()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",
+                        "-m", "spurious", "extract", str(tmp_path / "ws"), "--model", f"timm:test_resnet@{other}",
+                        *common], capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+    assert r.returncode != 0 and time.time() - t < 200
+    assert "was made with model" in r.stderr

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_sum", "barrier", "dist_info", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "all_sum", "barrier", "dist_info", "init_distributed", "on_main_rank", "resolve_device"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,23 @@ def all_sum(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t)
     return int(t.item())
+
+
+def on_main_rank(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only, then synchronise; a failure on rank 0 fails every rank.
+
+    Without this, the other ranks would wait at the next collective until the process-group
+    timeout when rank 0 rejects its input (e.g. an incompatible workspace).
+    """
+    result: T | None = None
+    error: BaseException | None = None
+    if dist_info().is_main:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after telling the other ranks
+            error = err
+    if all_sum(int(error is not None)):
+        if error is not None:
+            raise error
+        raise RuntimeError("rank 0 failed while preparing the shared output (its error says why)")
+    return result

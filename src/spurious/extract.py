@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from spurious._dist import all_sum, barrier, init_distributed, resolve_device
+from spurious._dist import all_sum, barrier, init_distributed, on_main_rank, resolve_device
 from spurious._io import read_json, write_json
 from spurious.store import FeatureStore, finalize_store, plan_hash, shard_done, write_shard
 from spurious.workspace import IncompatibleArtifactError, Workspace
@@ -176,9 +176,7 @@ def extract(
     dataset = _resolve_data(data, classifier)
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.spec} holds no images")
-    if info.is_main:
-        ws = Workspace.create(ws_root, classifier)
-    barrier()
+    on_main_rank(lambda: Workspace.create(ws_root, classifier))
     ws = Workspace.open(ws_root)
     ws.check_model(classifier.fingerprint(), classifier.spec)
     out = ws.features_dir(split)
@@ -197,9 +195,7 @@ def extract(
     }
     phash = plan_hash(plan)
 
-    if info.is_main:
-        _prepare_output(out, plan, overwrite)
-    barrier()
+    on_main_rank(lambda: _prepare_output(out, plan, overwrite))
     if (out / "manifest.json").is_file():  # finished earlier with the same plan: nothing to do
         store = FeatureStore(out)
         return _result(store, split, 0, n_shards, 0, time.perf_counter() - t0, info.world_size, True)

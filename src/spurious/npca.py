@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spurious import __version__
-from spurious._dist import barrier, init_distributed, resolve_device
+from spurious._dist import barrier, init_distributed, on_main_rank, resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -341,9 +341,7 @@ def npca(
             "n_components": n_components, "precision": precision}
     phash = sha256_strings([repr(sorted(plan.items()))])
     out = ws.npca_dir
-    if info.is_main:
-        _prepare_npca_dir(out, plan, overwrite)
-    barrier()
+    on_main_rank(lambda: _prepare_npca_dir(out, plan, overwrite))
 
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(len(W) + 1))
