@@ -42,3 +42,16 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     ws = Path(r["out"]) / "ws-robust-tiny"
     assert load_npca(ws).classes == list(range(cfg.num_classes))
+
+
+@pytest.mark.slow
+def test_real_model_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--real", "--fast", "--out", str(tmp_path), "--json", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["model"] == "efficientnet_lite0" and r["dim"] == 1280
+    assert r["classes"] == ["tabby", "espresso"] and r["num_train"] == 32
+    assert r["logit_identity_max_abs_error"] < 1e-9
+    # the real ImageNet model recognises the held-out espresso crops
+    assert r["top_imagenet_predictions"]["espresso"][0].startswith("espresso")
