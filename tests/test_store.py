@@ -83,3 +83,25 @@ def test_workspace_head_checks(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a directory"):
         Workspace.create_from_head(tmp_path / "file", W, b, spec="x")
+
+
+def test_prepare_artifact_dir(tmp_path: Path) -> None:
+    import json
+
+    from spurious.workspace import prepare_artifact_dir
+
+    out = tmp_path / "art"
+    prepare_artifact_dir(out, {"a": 1}, overwrite=False, mismatch=lambda old: f"old {old}")
+    (out / "part").write_text("finished work")
+    prepare_artifact_dir(out, {"a": 1}, overwrite=False, mismatch=lambda old: f"old {old}")  # same plan: kept
+    assert (out / "part").is_file()
+    with pytest.raises(IncompatibleArtifactError, match=r"old \{'a': 1\}"):
+        prepare_artifact_dir(out, {"a": 2}, overwrite=False, mismatch=lambda old: f"old {old}")
+    prepare_artifact_dir(out, {"a": 2}, overwrite=True, mismatch=str)
+    assert not (out / "part").exists() and json.loads((out / "plan.json").read_text()) == {"a": 2}
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "x").write_text("user file")
+    with pytest.raises(IncompatibleArtifactError, match="holds no plan.json"):
+        prepare_artifact_dir(stray, {"a": 1}, overwrite=False, mismatch=str)
+    assert (stray / "x").is_file()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -23,9 +22,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from spurious._dist import all_sum, barrier, init_distributed, on_main_rank, resolve_device
-from spurious._io import read_json, write_json
 from spurious.store import FeatureStore, finalize_store, plan_hash, shard_done, write_shard
-from spurious.workspace import IncompatibleArtifactError, Workspace
+from spurious.workspace import Workspace, prepare_artifact_dir
 
 __all__ = ["ExtractResult", "extract", "default_num_workers"]
 
@@ -234,20 +232,8 @@ def _result(store: FeatureStore, split: str, computed: int, n_shards: int, image
 
 
 def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
-    plan_path = out / "plan.json"
-    if plan_path.is_file():
-        old = read_json(plan_path)
-        if old != plan:
-            if not overwrite:
-                raise IncompatibleArtifactError(_plan_mismatch(out, old, plan))
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise IncompatibleArtifactError(f"{out} exists but holds no extraction plan; pass overwrite=True (--overwrite)")
-    elif out.exists() and overwrite:
-        shutil.rmtree(out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    if not plan_path.is_file():
-        write_json(plan_path, plan)
+    prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=lambda old: _plan_mismatch(out, old, plan))
+    (out / "shards").mkdir(exist_ok=True)
 
 
 def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 from spurious import __version__
 from spurious._dist import barrier, init_distributed, on_main_rank, resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
-from spurious.workspace import IncompatibleArtifactError, Workspace
+from spurious.workspace import IncompatibleArtifactError, Workspace, prepare_artifact_dir
 
 __all__ = ["ClassBasis", "NPCA", "NPCAResult", "alpha", "fit_class", "load_npca", "npca"]
 
@@ -407,17 +406,11 @@ def _save_basis(path: Path, basis: ClassBasis, phash: str, name: str) -> None:
 
 
 def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
-    ppath = out / "plan.json"
-    if ppath.is_file() and read_json(ppath) != plan:
-        if not overwrite:
-            old = read_json(ppath)
-            diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
-            raise IncompatibleArtifactError(f"{out} holds neural PCA made with other inputs ({'; '.join(diffs)}); "
-                                            "pass --overwrite to refit")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not ppath.is_file():
-        write_json(ppath, plan)
+    def mismatch(old: dict[str, Any]) -> str:
+        diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
+        return f"{out} holds neural PCA made with other inputs ({'; '.join(diffs)}); pass --overwrite to refit"
+
+    prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=mismatch)
 
 
 def _write_npca_manifest(out: Path, plan: dict[str, Any], phash: str, ws: Workspace, split: str,

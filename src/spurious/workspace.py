@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import numpy as np
 from spurious import __version__
 from spurious._io import atomic_path, head_fingerprint, read_json, sha256_strings, utc_now, write_json
 
-__all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint"]
+__all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint", "prepare_artifact_dir"]
 
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -201,3 +203,31 @@ class Workspace:
         store = FeatureStore(path)
         self.check_model(store.model_fingerprint, store.manifest["model"].get("spec"))
         return store
+
+
+def prepare_artifact_dir(out: Path, plan: dict[str, Any], *, overwrite: bool,
+                         mismatch: Callable[[dict[str, Any]], str]) -> None:
+    """Make ``out`` ready for an artifact described by ``plan`` (recorded in ``out/plan.json``).
+
+    A directory made under the same plan is kept (its finished parts are resumed); one made under
+    another plan, or a non-empty one without a plan, is refused unless ``overwrite``, which
+    deletes it.
+
+    Raises:
+        IncompatibleArtifactError: with ``mismatch(old_plan)`` as the message (or a note that the
+            directory holds no plan).
+    """
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        old = read_json(plan_path)
+        if old != plan:
+            if not overwrite:
+                raise IncompatibleArtifactError(mismatch(old))
+            shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise IncompatibleArtifactError(f"{out} exists but holds no plan.json; pass overwrite=True (--overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not plan_path.is_file():
+        write_json(plan_path, plan)
