@@ -116,7 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache folder (default: $SPURIOUS_CACHE, else $XDG_CACHE_HOME/spurious or ~/.cache/spurious)")
     _common(p)
     p.set_defaults(func=_cmd_train_demo)
+
+    from spurious._cli import register_all
+
+    register_all(sub)  # later stages (visualize, score, fix, ...) live in spurious/_cli/<stage>.py
     return parser
+
+
+def common_options(p: argparse.ArgumentParser) -> None:
+    """``--json``, ``-v`` and ``--no-progress``: every sub-command has them (for ``spurious._cli`` plugins)."""
+    _common(p)
+
+
+def emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]) -> None:
+    """Print ``summary`` as JSON with ``--json``, else the human ``lines`` (for ``spurious._cli`` plugins)."""
+    _emit(args, summary, lines)
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]) -> None:
