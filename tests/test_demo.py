@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from spurious.cli import main
@@ -13,7 +12,10 @@ from spurious.cli import main
 
 def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
     from spurious.datasets import PlantedConfig, load_planted
+    from spurious.npca import load_npca
 
     monkeypatch.setenv("SPURIOUS_CACHE", str(tmp_path / "cache"))
     code = main(["demo", "--fast", "--out", str(tmp_path / "out"), "--json", "--no-progress"])
@@ -22,26 +24,49 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     r = json.loads(out)
     cfg = PlantedConfig.tiny()
     planted = load_planted(r["planted_root"])
-    n_spurious = sum(len(f.classes) for f in planted.features) * cfg.spurious_per_feature
-    assert [m["model"] for m in r["models"]] == ["demo:robust-tiny", "demo:standard-tiny"]
+    assert r["labelers"] == "simulated"
+    assert sorted(r["planted_features"]) == sorted(f"{planted.class_names[k]}/{f.name}"
+                                                   for f in planted.features for k in f.classes)
+    root = Path(r["out"])
+    for variant in ("robust", "standard"):
+        ws = root / f"ws-{variant}"
+        assert load_npca(ws).classes == list(range(cfg.num_classes))
+        counts = json.loads((ws / "features" / "pool" / "manifest.json").read_text())["num_rows"]
+        assert counts == cfg.pool_size
+    assert [m["fix_kind"] for m in r["models"]] == ["plain", "transferred"]
     for m in r["models"]:
-        assert m["num_rows"] == {"train": cfg.num_classes * cfg.train_per_class,
-                                 "val": cfg.num_classes * cfg.val_per_class,
-                                 "spurious": n_spurious, "pool": cfg.pool_size}
         assert m["logit_identity_max_abs_error"] < 1e-9
-        # one entry per planted (class, feature); base rates are the planted ones
-        pairs = {(f["class_index"], f["feature"]): f for f in m["found"]}
-        assert set(pairs) == {(k, f.name) for f in planted.features for k in f.classes}
-        for feature in planted.features:
-            for k in feature.classes:
-                expected = np.floor(feature.rate(k) * cfg.train_per_class + 0.5) / cfg.train_per_class
-                assert pairs[(k, feature.name)]["base_rate"] == pytest.approx(expected)
-                assert pairs[(k, feature.name)]["top_k"] == cfg.train_per_class // 4
-    # the workspaces are real workspaces: later stages can open them
-    from spurious.npca import load_npca
+        assert 0.0 <= m["val_accuracy"] <= 1.0
+    # the simulated review is in the label database, two labelers per selected component, and the
+    # agreed components are exactly those both called spurious
+    ws_r = root / "ws-robust"
+    with sqlite3.connect(ws_r / "labels.sqlite") as con:
+        rows = con.execute("SELECT labeler, class, component, verdict FROM component_verdicts").fetchall()
+    assert {row[0] for row in rows} == {"sim-sheet", "sim-top20"}
+    planted_classes = sorted({k for f in planted.features for k in f.classes})
+    assert {row[1] for row in rows} == set(planted_classes)
+    by_comp: dict[tuple[int, int], list[str]] = {}
+    for _, k, l, verdict in rows:
+        by_comp.setdefault((k, l), []).append(verdict)
+    agreed = {c for c, v in by_comp.items() if v.count("spurious") == 2}
+    assert {(f["class_index"], f["component"]) for f in r["found"]} == agreed
+    for f in r["found"]:
+        assert f["precision_top20"] >= 0.8 and f["feature"] is not None
+    found = {f"{f['class_name']}/{f['feature']}" for f in r["found"]}
+    assert set(r["missed"]) == set(r["planted_features"]) - found
+    # the report exists and links the stage pages
+    report = (root / "report" / "index.html").read_text()
+    assert "simulated labelers" in report and "visualize/index.html" in report
+    assert Path(r["report"]) == root / "report" / "index.html"
 
-    ws = Path(r["out"]) / "ws-robust-tiny"
-    assert load_npca(ws).classes == list(range(cfg.num_classes))
+
+def test_interactive_demo_needs_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code = main(["demo", "--fast", "--interactive", "--out", str(tmp_path / "out")])
+    assert code == 2 and "needs a terminal" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -88,7 +88,8 @@ def test_same_seed_same_weights_other_seed_other_weights(
 def test_checkpoint_format(standard_tiny: DemoModelInfo) -> None:
     ckpt = torch.load(standard_tiny.path, map_location="cpu", weights_only=True)
     assert ckpt["format"] == "spurious-demo-model"
-    assert ckpt["arch"] == {"num_classes": 6, "widths": [16, 32, 64], "blocks": [1, 1, 1], "stem_pool": True}
+    assert ckpt["arch"] == {"num_classes": 6, "widths": [16, 32, 64], "blocks": [1, 1, 1], "stem_pool": True,
+                            "antialias": True}
     assert ckpt["class_names"] == ["star", "ring", "cross", "triangle", "crescent", "heart"]
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     assert pre.input_size == (32, 32) and pre.resize_size == 32 and pre.crop_pct == 1.0
@@ -365,6 +366,35 @@ def test_demo_net_contract() -> None:
     pre = Preprocessing(input_size=(40, 40), resize_size=40, crop_pct=1.0)
     clf = Classifier.from_module(net, pre)
     assert clf._head_parts[0].name == "fc"
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_downsampling_covers_the_input_evenly_only_when_antialiased(antialias: bool) -> None:
+    # With every conv weight 1, BN at its identity init and a positive input, each down-sampling
+    # step is linear and positive; d(sum of the output)/d(input) then counts how often each input
+    # pixel is used. Antialiased: the same count for every interior pixel of every block (so
+    # input gradients have no stride pattern); the earlier layout (3x3 stride-2 convs, max-pool,
+    # 1x1 stride-2 shortcut) uses some pixels 2-4x as often as others, or not at all.
+    net = DemoNet(3, widths=(4, 4, 4), antialias=antialias).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.fill_(1.0)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) + 1.0
+    x.requires_grad_(True)
+    block = net.stages[1][0]
+    for part in (net.stem, block.conv1, block.shortcut):
+        inp = x if part is net.stem else torch.ones(1, 4, 16, 16, requires_grad=True)
+        (grad,) = torch.autograd.grad(part(inp).sum(), inp)
+        inner = grad[0, 0, 4:-4, 4:-4]
+        spread = float(inner.max() / inner.min().clamp_min(1e-12))
+        if antialias:
+            assert spread == pytest.approx(1.0, abs=1e-4), part
+        elif part is not net.stem:  # the max-pool's pattern depends on the input; the convs' does not
+            assert spread > 1.5, part
+    assert net.arch()["antialias"] is antialias
+    legacy = {k: v for k, v in net.arch().items() if k != "antialias"}
+    assert DemoNet.from_arch(legacy).antialias is False  # checkpoints written before the flag existed
 
 
 # ----------------------------------------------------------------------------- CLI

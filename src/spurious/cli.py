@@ -77,13 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded planted dataset, offline",
-                       description="Planted dataset + demo classifiers (trained once, cached) -> extract -> "
-                                   "npca; reports which component isolates each planted spurious feature.")
+    p = sub.add_parser("demo", help="run the whole method end to end on the embedded planted dataset, offline",
+                       description="Planted dataset + demo classifiers (trained once, cached) -> extract -> npca -> "
+                                   "visualize -> component review -> retrieve -> image curation -> benchmark build "
+                                   "-> score -> fix -> score again; writes OUT/report/index.html. The human steps "
+                                   "are done by two simulated labelers answering from the planted ground truth, or "
+                                   "by you in the web UI with --interactive.")
     p.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
     p.add_argument("--fast", action="store_true", help="the tiny planted dataset and tiny models (seconds)")
     p.add_argument("--real", action="store_true",
                    help="tour with the real ImageNet EfficientNet-Lite0 on photos shipped with scikit-image")
+    p.add_argument("--interactive", action="store_true",
+                   help="label components and curate images yourself in the web UI (the demo waits for Enter)")
+    p.add_argument("--port", type=int, default=8765, help="port of the labelling UI with --interactive")
     _common(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -197,7 +203,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         r = run_real_tour(Path(args.out) / "real", fast=args.fast, progress=not args.no_progress)
     else:
-        r = run_demo(args.out, fast=args.fast, progress=not args.no_progress)
+        r = run_demo(args.out, fast=args.fast, interactive=args.interactive, progress=not args.no_progress,
+                     port=args.port)
     _emit(args, r.to_dict(), r.summary_lines())
     return 0
 

@@ -25,14 +25,15 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from spurious import __version__
 from spurious._io import atomic_path, read_json, save_npy, sha256_strings, utc_now, write_json
 
-__all__ = ["FeatureStore", "SHARD_ARRAYS", "finalize_store", "import_features", "shard_name", "write_shard"]
+__all__ = ["FeatureStore", "SHARD_ARRAYS", "ShardInfo", "finalize_store", "import_features", "shard_name",
+           "write_shard"]
 
 SHARD_ARRAYS = ("phi", "rows", "topk_index", "topk_logit", "logsumexp")
 
@@ -40,6 +41,28 @@ SHARD_ARRAYS = ("phi", "rows", "topk_index", "topk_logit", "logsumexp")
 def shard_name(i: int) -> str:
     """File stem of shard ``i`` (``00042``)."""
     return f"{i:05d}"
+
+
+class ShardInfo(NamedTuple):
+    """One non-empty shard of a finished store: its global rows are ``start_row .. start_row + rows - 1``.
+
+    Attributes:
+        index: shard number (file stem :func:`shard_name`).
+        start_row: first global row of the shard.
+        rows: number of rows.
+        directory: the store's ``shards/`` folder.
+    """
+
+    index: int
+    start_row: int
+    rows: int
+    directory: Path
+
+    def path(self, what: str = "phi") -> Path:
+        """File of one of :data:`SHARD_ARRAYS` (``phi``: ``[rows, D]``, memory-mappable with ``np.load``)."""
+        if what not in SHARD_ARRAYS:
+            raise ValueError(f"unknown shard array {what!r}; valid: {', '.join(SHARD_ARRAYS)}")
+        return self.directory / f"{shard_name(self.index)}.{what}.npy"
 
 
 class FeatureStore:
@@ -134,12 +157,21 @@ class FeatureStore:
         """Features of ``rows`` ([n, D], the store's dtype). Loads only those rows."""
         return self._take(rows, "phi")
 
-    def topk(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k predicted classes (int32 [n, k]) and their softmax probabilities (float32 [n, k])."""
+    def topk(self, rows: np.ndarray | slice | None = None, *, logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k predicted classes (int32 [n, k]) and their softmax probabilities (float32 [n, k]),
+        or with ``logits=True`` their logits as stored (float32 [n, k], descending)."""
         idx = self._take(rows, "topk_index")
         logit = self._take(rows, "topk_logit")
+        if logits:
+            return idx, logit
         lse = self._take(rows, "logsumexp")
         return idx, np.exp(logit - lse[:, None]).astype(np.float32)
+
+    def shard_table(self) -> list[ShardInfo]:
+        """The non-empty shards in row order (files and global row ranges), for streaming readers
+        that need more control than :meth:`iter_phi` (e.g. their own buffers or a resume cursor)."""
+        return [ShardInfo(int(s["index"]), int(self._offsets[i]), int(s["rows"]), self.path / "shards")
+                for i, s in enumerate(self._shards)]
 
     def iter_phi(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """Stream ``(first_row, phi[first_row:first_row + n])`` chunks in row order (bounded memory)."""

@@ -131,12 +131,12 @@ DEMO_MODEL_NAMES: tuple[str, ...] = ("standard", "robust", "standard-tiny", "rob
 
 CHECKPOINT_FORMAT = "spurious-demo-model"
 _CHECKPOINT_VERSION = 1
-_TRAIN_CODE_VERSION = 1  # bump whenever the training code changes the weights it produces
+_TRAIN_CODE_VERSION = 2  # bump whenever the training code changes the weights it produces
 
 DEMO_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 DEMO_STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
-_REFERENCE_EPS = 0.5  # L2 radius of the robust model for 3x64x64 inputs (see the module doc)
+_REFERENCE_EPS = 1.0  # L2 radius of the robust model for 3x64x64 inputs (see the module doc)
 _REFERENCE_SIZE = 64  # eps is scaled with the image side for other sizes
 
 
@@ -148,14 +148,23 @@ _REFERENCE_SIZE = 64  # eps is scaled with the image side for other sizes
 class _BasicBlock(nn.Module):
     """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, antialias: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        if antialias and stride == 2:
+            # 4x4 kernel at stride 2: every input pixel is covered by exactly two taps per axis
+            self.conv1 = nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
+        if antialias and stride == 2:
+            # average, then project (ResNet-D): no input position is skipped
+            self.shortcut = nn.Sequential(
+                nn.AvgPool2d(2, 2), nn.Conv2d(in_ch, out_ch, 1, 1, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        elif stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
             )
@@ -169,10 +178,18 @@ class _BasicBlock(nn.Module):
 class DemoNet(nn.Module):
     """A small ResNet for 32-128 px images with one final ``nn.Linear`` head.
 
-    Layout: stem (3x3 conv stride 2, BN, ReLU, optional 3x3 max-pool stride 2), then one stage
-    per entry of ``widths`` (``blocks[i]`` basic residual blocks; every stage after the first
-    halves the resolution), global average pooling, and ``fc``. The penultimate features
-    ``phi(x)`` are the pooled output of the last stage, ``D = widths[-1]``.
+    Layout: stem (conv stride 2, BN, ReLU, optional pooling stride 2), then one stage per entry
+    of ``widths`` (``blocks[i]`` basic residual blocks; every stage after the first halves the
+    resolution), global average pooling, and ``fc``. The penultimate features ``phi(x)`` are the
+    pooled output of the last stage, ``D = widths[-1]``.
+
+    ``antialias=True`` (the default) avoids down-sampling that sees only part of the input
+    grid, which makes input gradients (and feature visualizations) fall on a regular grid of
+    isolated pixels: the stem is a 6x6 conv at stride 2 followed by a 4x4 *average* pool at
+    stride 2, the down-sampling convs of the blocks are 4x4 at stride 2, and their shortcuts
+    average 2x2 before the 1x1 projection (every input pixel is covered evenly by each
+    down-sampling step). ``antialias=False`` is the earlier layout (3x3 stride-2 convs, a 3x3
+    max-pool, 1x1 stride-2 shortcuts), kept to load its checkpoints.
 
     The network expects *normalised* images (``(x - mean) / std``); :class:`~spurious.models.Classifier`
     does that, so through the adapter the input is ``[N, 3, H, W]`` in ``[0, 1]``.
@@ -181,7 +198,8 @@ class DemoNet(nn.Module):
         num_classes: ``K`` (outputs of ``fc``).
         widths: channels of each stage (default ``(32, 64, 128)``, so ``D = 128``).
         blocks: residual blocks per stage (same length as ``widths``; default one each).
-        stem_pool: max-pool after the stem conv (total stride 4 before the first stage).
+        stem_pool: pool after the stem conv (total stride 4 before the first stage).
+        antialias: the even-coverage layout above (else the earlier one).
     """
 
     def __init__(
@@ -191,6 +209,7 @@ class DemoNet(nn.Module):
         blocks: Sequence[int] | None = None,
         *,
         stem_pool: bool = True,
+        antialias: bool = True,
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -205,18 +224,21 @@ class DemoNet(nn.Module):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.widths, self.blocks, self.stem_pool = widths, blocks, bool(stem_pool)
+        self.antialias = bool(antialias)
         stem: list[nn.Module] = [
-            nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
+            nn.Conv2d(3, widths[0], 6, 2, 2, bias=False) if self.antialias
+            else nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
         if stem_pool:
-            stem.append(nn.MaxPool2d(3, 2, 1))
+            stem.append(nn.AvgPool2d(4, 2, 1) if self.antialias else nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
         stages: list[nn.Module] = []
         in_ch = widths[0]
         for i, (width, n) in enumerate(zip(widths, blocks)):
-            layers = [_BasicBlock(in_ch if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1)
+            layers = [_BasicBlock(in_ch if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1,
+                                  self.antialias)
                       for j in range(n)]
             stages.append(nn.Sequential(*layers))
             in_ch = width
@@ -250,12 +272,14 @@ class DemoNet(nn.Module):
             "widths": list(self.widths),
             "blocks": list(self.blocks),
             "stem_pool": self.stem_pool,
+            "antialias": self.antialias,
         }
 
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> DemoNet:
-        """Build from the output of :meth:`arch` (weights are random)."""
-        known = {"num_classes", "widths", "blocks", "stem_pool"}
+        """Build from the output of :meth:`arch` (weights are random; a missing ``antialias``
+        means the earlier layout, ``False``)."""
+        known = {"num_classes", "widths", "blocks", "stem_pool", "antialias"}
         unknown = sorted(set(arch) - known)
         if unknown or "num_classes" not in arch:
             raise ValueError(
@@ -266,6 +290,7 @@ class DemoNet(nn.Module):
             arch.get("widths", (32, 64, 128)),
             arch.get("blocks"),
             stem_pool=bool(arch.get("stem_pool", True)),
+            antialias=bool(arch.get("antialias", False)),
         )
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -299,7 +324,8 @@ class DemoTrainConfig:
         planted: the planted dataset to train on.
         widths: :class:`DemoNet` stage widths (``D = widths[-1]``).
         blocks: residual blocks per stage.
-        stem_pool: :class:`DemoNet` max-pool after the stem.
+        stem_pool: :class:`DemoNet` pooling after the stem.
+        antialias: :class:`DemoNet` even-coverage down-sampling (see there).
         epochs: passes over the training split.
         batch_size: images per SGD step (the last incomplete batch of an epoch is dropped).
         lr: peak learning rate of SGD (Nesterov momentum ``momentum``).
@@ -325,6 +351,7 @@ class DemoTrainConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     blocks: tuple[int, ...] = (1, 1, 1)
     stem_pool: bool = True
+    antialias: bool = True
     epochs: int = 25
     batch_size: int = 64
     lr: float = 0.1
@@ -364,6 +391,7 @@ class DemoTrainConfig:
                 raise TypeError(f"DemoTrainConfig.{name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))  # 0 and 0.0 hash alike
         object.__setattr__(self, "stem_pool", bool(self.stem_pool))
+        object.__setattr__(self, "antialias", bool(self.antialias))
         object.__setattr__(self, "flip", bool(self.flip))
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(
@@ -412,9 +440,9 @@ class DemoTrainConfig:
                 base.update(clean_epochs=4)
         else:
             planted = PlantedConfig()
-            base = {"widths": (32, 64, 128), "epochs": 25, "batch_size": 64, "lr": 0.1}
+            base = {"widths": (32, 64, 128), "epochs": 18, "batch_size": 64, "lr": 0.1}
             if robust:
-                base.update(epochs=14, clean_epochs=4)
+                base.update(epochs=16, clean_epochs=4)
         if robust:
             base.update(
                 eps=round(_REFERENCE_EPS * planted.image_size / _REFERENCE_SIZE, 6), pgd_steps=2,
@@ -777,7 +805,8 @@ def _train_net(
     stats: dict[str, Any] = {"steps": total, "adversarial_steps": adv_total, "num_train": n, "epochs": []}
 
     with _deterministic_rng(init_seed):
-        net = DemoNet(len(planted.class_names), config.widths, config.blocks, stem_pool=config.stem_pool)
+        net = DemoNet(len(planted.class_names), config.widths, config.blocks, stem_pool=config.stem_pool,
+                      antialias=config.antialias)
         net = net.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(
             [{"params": [p for p in net.parameters() if p.dim() > 1], "weight_decay": config.weight_decay},
@@ -1094,7 +1123,8 @@ def load_demo_model(
         return load_demo_checkpoint(checkpoint, spec=f"{spec}@{Path(checkpoint)}", device=device)
     config = DemoTrainConfig.for_variant(variant, tiny=tiny)
     if not pretrained:
-        net = DemoNet(config.planted.num_classes, config.widths, config.blocks, stem_pool=config.stem_pool)
+        net = DemoNet(config.planted.num_classes, config.widths, config.blocks, stem_pool=config.stem_pool,
+                      antialias=config.antialias)
         return Classifier.from_module(net.eval(), config.preprocessing(),
                                       list(CLASS_SHAPES[: config.planted.num_classes]), spec, device=device)
     cache = _resolve_cache(cache_dir)

@@ -262,6 +262,11 @@ def parse_spurious_folder(name: str) -> tuple[int, int] | None:
     return int(cls), int(comp)
 
 
+_SPURIOUS_TOP_FILES = frozenset({"timestamp.txt", "README.md", "manifest.json"})
+"""Top-level files of a Spurious ImageNet folder that are not data: the published ``timestamp.txt``
+and the dataset card and provenance that ``spurious benchmark build`` writes."""
+
+
 def spurious_imagenet(
     root: str | os.PathLike[str],
     *,
@@ -270,8 +275,8 @@ def spurious_imagenet(
 ) -> ImageDataset:
     """Read the published Spurious ImageNet layout: one sub-folder per (class, component).
 
-    See :func:`parse_spurious_folder` for the folder names. A top-level ``timestamp.txt`` is
-    ignored. Labels are the class indices of the folder names: ImageNet-1k by default
+    See :func:`parse_spurious_folder` for the folder names. Top-level ``timestamp.txt``,
+    ``README.md`` and ``manifest.json`` (written by ``spurious benchmark build``) are ignored. Labels are the class indices of the folder names: ImageNet-1k by default
     (``class_names`` = :func:`spurious.imagenet.class_names`), or positions in ``class_names``
     for a benchmark in another label space (e.g. the planted dataset's ``spurious/`` split).
 
@@ -310,7 +315,7 @@ def spurious_imagenet(
             )
         label_of[folder] = parsed[0]
         meta_of[folder] = {"component": parsed[1], "folder": folder}
-    skipped = _top_level_files_skipped(top.files, top.other, ignore=frozenset({"timestamp.txt"}))
+    skipped = _top_level_files_skipped(top.files, top.other, ignore=_SPURIOUS_TOP_FILES)
     return _class_folders(
         "spurious-imagenet",
         path,

@@ -1,0 +1,216 @@
+"""``spurious fix``: SpuFix, its transfer to another model, export, and the reference-artifact imports.
+
+One sub-parser with five forms (the first word picks the form; a workspace literally named like a
+form word is written ``./transfer``)::
+
+    spurious fix WS --components FILE                                 plain SpuFix of WS's model
+    spurious fix transfer --source WS|ALPHAS --target WS2 --components FILE
+    spurious fix export WS --format torchscript|onnx [--out FILE]
+    spurious fix import-components spurious_components.npy --out comps.json
+    spurious fix import-alphas DIR --train IMAGENET_TRAIN_DIR --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_FORMS = ("transfer", "export", "import-components", "import-alphas")
+
+_USAGE = (
+    "WS (--components FILE | --from-labels [--min-agree 2]) [--out DIR] [--precision float32|float64] [--name NAME]",
+    "transfer --source WS|ALPHAS_DIR --target WS2 (--components FILE | --from-labels) [--split train] [--out DIR]",
+    "export WS --format torchscript|onnx [--out FILE] [--fix PATH] [--model SPEC] [--device DEV]",
+    "import-components spurious_components.npy --out comps.json",
+    "import-alphas DIR --train IMAGENET_TRAIN_DIR --out OUT_DIR",
+    "(every form also takes --json, -v, --no-progress)",
+)
+
+_DESCRIPTION = """\
+Remove the dependence on spurious neural PCA components without labels or retraining (SpuFix):
+f~_k(x) = f_k(x) - sum_{l in S_k} max(alpha_l^k(x), 0). The fix is written to WS/fix/spufix.safetensors
+(+ manifest.json) and is used by `spurious score --fix` and `spurious fix export`.
+
+forms:
+  WS                 plain SpuFix of the workspace's model from its neural PCA (`spurious npca WS` first)
+  transfer           move the components of --source (a workspace with npca, or imported reference alphas)
+                     to the model of --target: matched directions over the same training images (by image id)
+  export             a fixed model that runs without this package (TorchScript or ONNX; images in [0,1] ->
+                     fixed logits); the model is loaded from the fix's model spec (or --model)
+  import-components  convert the published spurious_components.npy to a component-set JSON file.
+                     WARNING: that file is a Python pickle, and loading a pickle can execute arbitrary code;
+                     import only files from a source you trust
+  import-alphas      import the published spurious_alphas_train_<kkk>.pt files (rows in the sorted file
+                     order of each class's folder of --train), keyed by image id, for `fix transfer --source`
+
+--from-labels: the components that at least --min-agree labelers called "spurious" in `spurious label`
+(of WS; for transfer, of the --source workspace).
+
+component-set file (JSON): {"format": "spurious-components", "version": 1, "model_fingerprint": "..." | null,
+"classes": {"<k>": [l, ...]}, "source": "..."}, or a plain {"<k>": [l, ...]}; l = 0-based component index
+(by eigenvalue). See docs/fix.md."""
+
+
+def register(sub: Any) -> None:
+    """Add the ``fix`` sub-command to the argparse sub-parser action ``sub``."""
+    from spurious.cli import common_options
+
+    p = sub.add_parser("fix", help="SpuFix: remove spurious components from a model (+ transfer, export, imports)",
+                       usage="\n       ".join(f"%(prog)s {u}" if u[0] != "(" else u for u in _USAGE),
+                       description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", metavar="WS|FORM", help="workspace, or one of: " + ", ".join(_FORMS))
+    p.add_argument("path", nargs="?", default=None, metavar="PATH",
+                   help="export: the workspace; import-components: the .npy file; import-alphas: the folder")
+    p.add_argument("--components", default=None, help="component-set JSON file (WS and transfer)")
+    p.add_argument("--from-labels", action="store_true",
+                   help="WS and transfer: the agreed 'spurious' components of the (source) workspace's label store")
+    p.add_argument("--min-agree", type=int, default=2, help="--from-labels: labelers who must agree (default 2)")
+    p.add_argument("--source", default=None, help="transfer: source workspace (with npca) or imported alphas dir")
+    p.add_argument("--target", dest="target_ws", default=None, help="transfer: workspace of the model to fix")
+    p.add_argument("--split", default="train", help="transfer: the target's labelled training split (default train)")
+    p.add_argument("--out", default=None,
+                   help="WS/transfer: artifact dir (default WS/fix); export: file (default WS/fix/spufix.pt|.onnx); "
+                        "imports: output file/dir (required)")
+    p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="storage dtype of the fix")
+    p.add_argument("--name", default=None, help="label of the fix in tables (default SpuFix / SpuFix (transfer ...))")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default=None, help="export: file format")
+    p.add_argument("--fix", dest="fix_path", default=None, help="export: fix artifact (default WS/fix)")
+    p.add_argument("--model", default=None, help="export: model spec (default: the fix's model spec)")
+    p.add_argument("--device", default="cpu", help="export: device to trace on (default cpu)")
+    p.add_argument("--train", default=None, help="import-alphas: the ImageNet training folder (imagenet:DIR)")
+    common_options(p)
+    p.set_defaults(func=_cmd_fix)
+
+
+def _only(args: argparse.Namespace, form: str, allowed: set[str]) -> None:
+    """Refuse options that the chosen form ignores (a silent no-op would hide a typo)."""
+    defaults = {"components": None, "from_labels": False, "min_agree": 2, "source": None, "target_ws": None,
+                "split": "train", "out": None, "precision": "float32", "name": None, "overwrite": False,
+                "format": None, "fix_path": None, "model": None, "device": "cpu", "train": None}
+    flags = {"target_ws": "--target", "fix_path": "--fix"}
+    extra = [flags.get(k, "--" + k.replace("_", "-")) for k, v in defaults.items()
+             if k not in allowed and getattr(args, k) != v]
+    if extra:
+        raise ValueError(f"`spurious fix {form}` does not take {', '.join(extra)} (see `spurious fix -h`)")
+
+
+def _components(args: argparse.Namespace, form: str, labelled_ws: str | None) -> Any:
+    """The component set of ``--components FILE`` or ``--from-labels`` (exactly one)."""
+    if args.from_labels == (args.components is not None):
+        raise ValueError(f"`spurious fix {form}` needs exactly one of --components FILE and --from-labels")
+    if args.components is not None:
+        return args.components
+    from spurious.fix import components_from_labels
+
+    if labelled_ws is None:
+        raise ValueError("--from-labels needs a --source workspace (imported alphas carry no labels)")
+    return components_from_labels(labelled_ws, min_agree=args.min_agree)
+
+
+def _is_workspace(path: str) -> bool:
+    from spurious._io import read_json
+
+    manifest = Path(path) / "manifest.json"
+    return manifest.is_file() and read_json(manifest).get("format") == "spurious-workspace"
+
+
+def _need(value: Any, flag: str, form: str) -> Any:
+    if value is None:
+        raise ValueError(f"`spurious fix {form}` needs {flag}")
+    return value
+
+
+def _cmd_fix(args: argparse.Namespace) -> int:
+    from spurious.cli import emit
+
+    form = args.target
+    if form == "transfer":
+        return _transfer(args, emit)
+    if form == "export":
+        return _export(args, emit)
+    if form == "import-components":
+        return _import_components(args, emit)
+    if form == "import-alphas":
+        return _import_alphas(args, emit)
+    return _plain(args, emit)
+
+
+def _plain(args: argparse.Namespace, emit: Any) -> int:
+    from spurious.fix import fix
+
+    if args.path is not None:
+        raise ValueError(f"unexpected argument {args.path!r}: `spurious fix WS --components FILE` takes one "
+                         f"workspace (other forms: {', '.join(_FORMS)})")
+    _only(args, "WS", {"components", "from_labels", "min_agree", "out", "precision", "name", "overwrite"})
+    comps = _components(args, "WS", args.target)
+    r = fix(args.target, comps, out=args.out, precision=args.precision, name=args.name, overwrite=args.overwrite)
+    emit(args, r.to_dict(), r.summary_lines())
+    return 0
+
+
+def _transfer(args: argparse.Namespace, emit: Any) -> int:
+    from spurious.fix import transfer
+
+    if args.path is not None:
+        raise ValueError(f"unexpected argument {args.path!r}: use --source and --target")
+    _only(args, "transfer", {"components", "from_labels", "min_agree", "source", "target_ws", "split", "out",
+                             "precision", "name", "overwrite"})
+    source = _need(args.source, "--source WS|ALPHAS_DIR", "transfer")
+    target = _need(args.target_ws, "--target WS", "transfer")
+    comps = _components(args, "transfer", source if _is_workspace(source) else None)
+    r = transfer(source, target, comps, split=args.split, out=args.out, precision=args.precision, name=args.name,
+                 overwrite=args.overwrite)
+    emit(args, r.to_dict(), r.summary_lines())
+    return 0
+
+
+def _export(args: argparse.Namespace, emit: Any) -> int:
+    from spurious.fix import SpuFix, export, load_fix
+    from spurious.models import load_model
+
+    _only(args, "export", {"format", "out", "fix_path", "model", "device", "overwrite"})
+    ws = Path(_need(args.path, "the workspace (spurious fix export WS ...)", "export"))
+    fmt = _need(args.format, "--format torchscript|onnx", "export")
+    head = load_fix(args.fix_path if args.fix_path is not None else ws)
+    out = Path(args.out) if args.out else ws / "fix" / ("spufix.pt" if fmt == "torchscript" else "spufix.onnx")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    clf = load_model(args.model or head.model_spec, device=args.device)
+    r = export(SpuFix(clf, head), out, fmt)
+    diff = "not checked (install onnxruntime)" if r.max_abs_diff is None else \
+        f"max |logit difference| {r.max_abs_diff:.2e} ({r.verified_with})"
+    emit(args, r.to_dict(), [f"exported {head.name} of {head.model_spec} as {fmt} -> {r.path}", f"check: {diff}"])
+    return 0
+
+
+def _import_components(args: argparse.Namespace, emit: Any) -> int:
+    from spurious.fix import import_components
+
+    _only(args, "import-components", {"out", "overwrite"})
+    src = _need(args.path, "the .npy file (spurious fix import-components FILE.npy --out comps.json)",
+                "import-components")
+    out = Path(_need(args.out, "--out comps.json", "import-components"))
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    comps = import_components(src, out)
+    emit(args, {"out": str(out), "classes": len(comps.classes), "components": comps.num_components,
+                "source": comps.source},
+         [f"imported {comps.num_components} components of {len(comps.classes)} classes -> {out}"])
+    return 0
+
+
+def _import_alphas(args: argparse.Namespace, emit: Any) -> int:
+    from spurious.fix import import_alphas
+
+    _only(args, "import-alphas", {"out", "train", "overwrite"})
+    src = _need(args.path, "the folder of spurious_alphas_train_<kkk>.pt files", "import-alphas")
+    a = import_alphas(src, _need(args.train, "--train IMAGENET_TRAIN_DIR", "import-alphas"),
+                      _need(args.out, "--out DIR", "import-alphas"), overwrite=args.overwrite)
+    n = sum(int(e["n"]) for e in a.manifest["classes"])
+    emit(args, {"out": str(a.root), "classes": len(a.classes), "images": n},
+         [f"imported training alphas of {len(a.classes)} classes ({n} images, keyed by image id) -> {a.root}"])
+    return 0

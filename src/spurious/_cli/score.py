@@ -1,0 +1,95 @@
+"""``spurious score``: the spurious score of one or more models (mAUC, mAP, class extension, accuracy)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+_DESCRIPTION = """\
+How much does a model rely on known spurious features? For every class k of the spurious benchmark:
+positives = validation images of class k, negatives = spurious images of class k (the feature without
+the object), score = softmax probability of class k. Reports per class ROC-AUC, average precision (what
+the reference code computed) and the class-extension rate (spurious images predicted as k), their means
+(mAUC, mAP), and the validation accuracy; one row per model and per SpuFix variant (--fix).
+
+Writes OUT/scores.csv, scores.json, scores.md, per_class.csv, report.html (+ plots/*.png) and
+manifest.json. Predictions are cached per model under OUT/cache: re-running (also with more models)
+recomputes nothing that is cached, and an interrupted run resumes.
+
+examples:
+  spurious score --model timm:resnet50.a1_in1k --model efficientnet_lite0 \\
+      --spurious spurious_imagenet/images --val /data/imagenet/val
+  spurious score --model efficientnet_lite0 --spurious spurious_imagenet/images \\
+      --val /data/imagenet/val_flat --val-labels LOC_val_solution.csv --protocol reference
+  spurious score --model demo:standard --fix ws/fix --spurious planted/spurious --val planted/val"""
+
+
+def register(sub: Any) -> None:
+    """Add the ``score`` sub-command to the argparse sub-parser action ``sub``."""
+    from spurious.cli import common_options
+
+    p = sub.add_parser("score", help="spurious score (mAUC / mAP / class extension / accuracy) of models",
+                       description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", dest="models", action="append", required=True, metavar="SPEC",
+                   help="model spec (repeat for several models): torchvision:NAME, timm:NAME, efficientnet_lite0, "
+                        "demo:NAME, ARCH@CHECKPOINT")
+    p.add_argument("--spurious", required=True, metavar="DIR",
+                   help="spurious benchmark in the published Spurious ImageNet layout (sub-folders "
+                        "<a>_<b>_<class>_..._<component>; any subset of classes)")
+    p.add_argument("--val", required=True, metavar="DIR",
+                   help="validation images: class folders (ImageNet wnid folders or any class folders), a "
+                        "list:FILE with labels, or a flat folder with --val-labels")
+    p.add_argument("--val-labels", default=None, metavar="FILE",
+                   help="labels of a flat validation folder: ImageNet's LOC_val_solution.csv or lines "
+                        "'filename label' (wnid, class index or class name)")
+    p.add_argument("--out", default="score-out", help="output folder (default: ./score-out)")
+    p.add_argument("--fix", dest="fixes", action="append", default=[], metavar="PATH",
+                   help="SpuFix artifact (file or WS/fix folder; repeatable): adds a row '<spec> + <name>' for the "
+                        "model it was made for")
+    p.add_argument("--classes", nargs="+", default=None, metavar="K",
+                   help="classes to score (indices, names or wnids); default: every class with spurious images")
+    p.add_argument("--class-names", default=None, metavar="FILE",
+                   help="text file, one name per line: the benchmark label space (default: ImageNet-1k for wnid "
+                        "folders and flat val, else the sorted validation folder names)")
+    p.add_argument("--class-map", default=None, metavar="auto|identity|wnid|names|FILE.json",
+                   help="benchmark class -> model output: auto (default: identity, or by wnid for ImageNet-21k/12k "
+                        "heads), identity, wnid, names, or a JSON file {\"<class>\": <output>}")
+    p.add_argument("--protocol", choices=["model", "reference"], default="model",
+                   help="model: each model's own preprocessing (default); reference: spurious images resized to "
+                        "the input size without crop, as the reference code did")
+    p.add_argument("--plot-model", dest="plot_models", action="append", default=None, metavar="ROW",
+                   help="row drawn in the class-wise AUC bars (repeatable; the first also gets image strips)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 64 GPU, 16 CPU)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs, max 8)")
+    p.add_argument("--chunk-size", type=int, default=4096, help="images per cached chunk (default 4096)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--random-weights", action="store_true",
+                   help="do not download pretrained weights (random init; for offline smoke runs)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the HTML report")
+    common_options(p)
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from spurious.cli import emit
+    from spurious.score import score
+
+    class_names = None
+    if args.class_names is not None:
+        path = Path(args.class_names)
+        if not path.is_file():
+            raise FileNotFoundError(f"--class-names file {path} does not exist")
+        class_names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    r = score(args.models, spurious=args.spurious, val=args.val, out=args.out, val_labels=args.val_labels,
+              class_names=class_names, classes=args.classes, class_map=args.class_map, protocol=args.protocol,
+              fixes=args.fixes, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+              pretrained=not args.random_weights, chunk_size=args.chunk_size, progress=not args.no_progress,
+              plots=not args.no_plots, plot_models=args.plot_models)
+    if not r.complete:  # non-zero torchrun rank: rank 0 reports
+        return 0
+    emit(args, r.to_dict(), r.summary_lines())
+    return 0

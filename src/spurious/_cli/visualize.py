@@ -1,0 +1,64 @@
+"""``spurious visualize WS``: NPFVs, component selection, max-activating images, heatmaps, neuron baseline."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the ``visualize`` sub-command to the argparse sub-parser action ``sub``."""
+    from spurious.cli import common_options
+
+    p = sub.add_parser(
+        "visualize", help="NPFVs, max-activating images and GradCAM of each class's components -> WS/visualize",
+        description="For each class: feature visualizations (NPFV, L2 APGD from the gray image) of the top "
+                    "--candidates neural PCA components, ranked by the class probability at the NPFV; the first "
+                    "--keep get their max-activating training images and GradCAM heatmaps, next to the "
+                    "Salient ImageNet neuron baseline. Writes PNGs, components.json and an HTML sheet per class, "
+                    "and WS/visualize/index.html. Resumable per class; under torchrun classes are split over ranks. "
+                    "NPFVs are only meaningful for an adversarially robust model.")
+    p.add_argument("workspace", help="workspace with features of --split and npca fitted on them")
+    p.add_argument("--classes", nargs="+", default=None, help="class indices or names (default: all with components)")
+    p.add_argument("--candidates", type=int, default=128,
+                   help="components per class that get an NPFV, top by eigenvalue (default 128)")
+    p.add_argument("--keep", type=int, default=10, help="components kept per class, by NPFV class probability (default 10)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="L2 budget of the NPFV (default 30*sqrt(n/(3*224*224)), n = input values: 30 at 224 px)")
+    p.add_argument("--steps", type=int, default=200, help="APGD steps (default 200)")
+    p.add_argument("--top-images", type=int, default=5, help="max-activating images per component (default 5)")
+    p.add_argument("--split", default="train", help="labelled feature split npca was fitted on (default: train)")
+    p.add_argument("--data", default=None,
+                   help="where the training images are now (default: the dataset recorded at extraction)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per APGD/GradCAM batch (default: all components of a class in one batch)")
+    p.add_argument("--seed", type=int, default=0, help="APGD seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="discard visualizations made with other settings")
+    common_options(p)
+    p.set_defaults(func=_cmd_visualize)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from spurious.cli import emit
+    from spurious.visualize import visualize
+
+    r = visualize(args.workspace, classes=args.classes, split=args.split, candidates=args.candidates, keep=args.keep,
+                  eps=args.eps, steps=args.steps, top_images=args.top_images, device=args.device,
+                  batch_size=args.batch_size, seed=args.seed, data=args.data, overwrite=args.overwrite,
+                  progress=not args.no_progress)
+    from spurious._dist import dist_info
+
+    if not dist_info().is_main:  # under torchrun rank 0 reports
+        return 0
+    lines = [f"visualized {r.classes_done} classes ({r.classes_reused} reused) -> {r.path}",
+             (f"eps {r.eps:.3g}, {r.steps} APGD steps, {r.candidates} candidates, {r.keep} kept; "
+              f"{r.seconds:.1f} s on {r.device}"),
+             f"report: {r.index_html}"]
+    for kind, d in r.diversity.items():
+        lines.append(f"diversity of the top-5 {kind}: {d['distinct']} distinct of {d['slots']} images, "
+                     f"{d['identical_pairs']} identical pairs")
+    emit(args, r.to_dict(), lines)
+    return 0

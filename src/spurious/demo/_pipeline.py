@@ -1,0 +1,452 @@
+"""``spurious demo``: the whole method on the embedded planted data, from features to a fixed model.
+
+Planted dataset (:mod:`spurious.datasets.planted`) and the two demo classifiers (:mod:`spurious.train`,
+trained once and cached) ->
+
+1. ``extract`` every split (train / val / spurious / pool) with both models, ``npca`` per class;
+2. ``visualize`` the planted classes of the robust model (NPFVs, selection, max-activating images);
+3. *component review*: two labelers give a verdict on every selected component;
+4. ``retrieve`` spurious-only candidates from the planted pool (both models vote);
+5. *image curation*: two labelers judge every candidate (in / out / trash);
+6. ``benchmark build``: the accepted images in the published Spurious ImageNet layout;
+7. ``fix``: SpuFix of the agreed components on the robust model, ``fix transfer`` to the standard one;
+8. ``score`` both models, original and fixed, on the built benchmark and on the planted spurious split;
+9. a static report ``OUT/report/index.html``.
+
+The human steps are done either by two *simulated* labelers that answer from the planted ground truth
+(default; the report says so) or by people in the web UI (``interactive=True``: the demo serves
+``spurious label`` and waits). Simulated review: labeler ``sim-sheet`` looks at the max-activating
+images of the inspection sheet and says *spurious* when at least 80 % of them show a feature planted on
+the class (*core* when at most 20 % do, else *unsure*); labeler ``sim-top20`` applies the same rule to
+the 20 max-activating training images. Simulated curation: *out* when the image shows the component's
+feature and no class object, *in* when it shows the class object, *trash* otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DemoResult", "ModelSummary", "FoundComponent", "PreparedWorkspaces", "prepare_workspaces", "run_demo"]
+
+_SPLITS = ("train", "val", "spurious", "pool")
+_LABELERS = ("sim-sheet", "sim-top20")
+
+
+@dataclass
+class FoundComponent:
+    """A component the review agreed is spurious, with what the ground truth says about it."""
+
+    class_index: int
+    class_name: str
+    component: int
+    feature: str | None          # the planted feature most of its top-20 training images show
+    precision_top20: float       # fraction of its 20 max-activating training images showing that feature
+    npfv_probability: float      # class probability at its NPFV (the selection score)
+    retrieved: int = 0           # candidates retrieved for it
+    retrieval_precision: float = float("nan")  # fraction of the (top 50) candidates: feature, no object
+    accepted: int = 0            # images accepted into the benchmark
+
+
+@dataclass
+class ModelSummary:
+    """Scores of one demo model before and after SpuFix."""
+
+    model: str
+    val_accuracy: float
+    val_accuracy_fixed: float
+    mauc_benchmark: float
+    mauc_benchmark_fixed: float
+    mauc_planted: float
+    mauc_planted_fixed: float
+    fix_kind: str
+    logit_identity_max_abs_error: float
+
+
+@dataclass
+class DemoResult:
+    """What ``spurious demo`` did and measured (``--json`` prints :meth:`to_dict`)."""
+
+    out: str
+    fast: bool
+    labelers: str                   # "simulated" or "interactive"
+    planted_root: str
+    planted_features: list[str] = field(default_factory=list)    # "class/feature" pairs planted
+    found: list[FoundComponent] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)              # planted pairs no agreed component shows
+    models: list[ModelSummary] = field(default_factory=list)
+    benchmark: str = ""
+    benchmark_images: int = 0
+    report: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str, allow_nan=True).replace("NaN", "null"))
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"planted dataset: {self.planted_root}",
+                 f"human steps: {self.labelers} labelers"
+                 + (" (answering from the planted ground truth)" if self.labelers == "simulated" else "")]
+        for f in self.found:
+            feat = f.feature or "no planted feature"
+            lines.append(f"  found: class {f.class_name} component {f.component} -> {feat} "
+                         f"({100 * f.precision_top20:.0f}% of its top-20 training images; retrieval precision "
+                         f"{_pct(f.retrieval_precision)} of {f.retrieved} candidates; {f.accepted} accepted)")
+        for m in self.missed:
+            lines.append(f"  not found: {m}")
+        lines.append(f"benchmark: {self.benchmark_images} images -> {self.benchmark}")
+        for m in self.models:
+            lines.append(f"  {m.model:<14} mAUC built benchmark {_f(m.mauc_benchmark)} -> {_f(m.mauc_benchmark_fixed)}, "
+                         f"planted spurious split {_f(m.mauc_planted)} -> {_f(m.mauc_planted_fixed)}, "
+                         f"val acc {_f(m.val_accuracy)} -> {_f(m.val_accuracy_fixed)} ({m.fix_kind} SpuFix)")
+        lines.append(f"report: {self.report}")
+        lines.append(f"done in {self.seconds:.1f} s")
+        return lines
+
+
+def _f(x: float) -> str:
+    return "  n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.0f}%"
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class _Settings:
+    candidates: int
+    keep: int
+    steps: int
+    top_images: int
+    top_n: int
+    per_component: int
+
+
+_DEFAULT = _Settings(candidates=32, keep=10, steps=100, top_images=5, top_n=100, per_component=40)
+_FAST = _Settings(candidates=8, keep=4, steps=10, top_images=5, top_n=30, per_component=10)
+
+
+# ---------------------------------------------------------------------------- ground truth
+
+
+class _Truth:
+    """Planted ground truth keyed by the ids the feature stores use (relative to each split's root)."""
+
+    def __init__(self, planted: Any) -> None:
+        self.by_split: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in _SPLITS}
+        for rec in planted.ground_truth():
+            split, _, rel = rec["id"].partition("/")
+            if split in self.by_split:
+                self.by_split[split][rel] = rec
+        self.features_of_class: dict[int, list[str]] = {}
+        for f in planted.features:
+            for k in f.classes:
+                self.features_of_class.setdefault(k, []).append(f.name)
+
+    def features(self, split: str, image_id: str) -> set[str]:
+        rec = self.by_split[split].get(image_id)
+        return {f["name"] for f in rec["features"]} if rec else set()
+
+    def has_object(self, split: str, image_id: str) -> bool:
+        rec = self.by_split[split].get(image_id)
+        return bool(rec and rec.get("object"))
+
+    def dominant_feature(self, k: int, split: str, ids: list[str]) -> tuple[str | None, float]:
+        """The feature planted on class ``k`` that most of ``ids`` show, and the fraction showing it."""
+        best, frac = None, 0.0
+        for name in self.features_of_class.get(k, []):
+            share = float(np.mean([name in self.features(split, i) for i in ids])) if ids else 0.0
+            if share > frac:
+                best, frac = name, share
+        return best, frac
+
+
+def _verdict(share: float) -> str:
+    return "spurious" if share >= 0.8 else ("core" if share <= 0.2 else "unsure")
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+
+def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, interactive: bool = False,
+             progress: bool = True, port: int = 8765) -> DemoResult:
+    """Run the whole method on the planted data (see the module docstring) and write the report.
+
+    Args:
+        out: output folder: one workspace per model (``ws-robust``, ``ws-standard``), the built
+            benchmark (``benchmark/``), the scores (``score/``, ``score-planted/``) and the report.
+        fast: the tiny planted data, tiny models and short settings (about a minute; the tests use it).
+        interactive: people label in the web UI instead of the simulated labelers; the demo serves
+            ``spurious label`` on ``127.0.0.1:port`` and waits for Enter after each human step.
+        progress: progress bars on stderr.
+        port: port of the labelling UI with ``interactive``.
+
+    Returns:
+        A :class:`DemoResult`.
+
+    Raises:
+        ValueError: ``interactive`` without a terminal on stdin.
+    """
+    from spurious.datasets import image_folder, load_planted, spurious_imagenet
+    from spurious.npca import load_npca
+    from spurious.workspace import Workspace
+
+    if interactive and not sys.stdin.isatty():
+        raise ValueError("--interactive needs a terminal to wait for the labelers; run it in a shell "
+                         "(or drop --interactive to use the simulated labelers)")
+    t0 = time.perf_counter()
+    settings = _FAST if fast else _DEFAULT
+    out = Path(out)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - since, 2)
+        return now
+
+    # 1. models, features, neural PCA --------------------------------------------------------
+    t = time.perf_counter()
+    prep = prepare_workspaces(out, fast=fast, progress=progress)
+    t = lap("models + extract + npca", t)
+    infos, ws_dirs, identity = prep.infos, prep.workspaces, prep.logit_identity
+    planted = load_planted(prep.planted_root)
+    truth = _Truth(planted)
+    names = list(planted.class_names)
+
+    # 2. visualize the planted classes of the robust model ------------------------------------------
+    from spurious.visualize import max_activating, visualize
+
+    ws_r = ws_dirs["robust"]
+    planted_classes = sorted(truth.features_of_class)
+    visualize(ws_r, classes=planted_classes, candidates=settings.candidates, keep=settings.keep,
+              steps=settings.steps, top_images=settings.top_images, progress=progress)
+    t = lap("visualize", t)
+
+    # 3. component review ------------------------------------------------------------------------
+    from spurious.label.store import LabelStore
+
+    store = LabelStore(ws_r, sync=True)
+    wsr = Workspace.open(ws_r)
+    train = wsr.feature_store("train")
+    pca = load_npca(ws_r)
+    sheets = {k: json.loads((ws_r / "visualize" / f"class_{k:05d}" / "components.json").read_text("utf-8"))
+              for k in planted_classes}
+    comp_feature: dict[tuple[int, int], tuple[str | None, float, float]] = {}
+    for k, sheet in sheets.items():
+        for comp in sheet["components"]:
+            l = int(comp["component"])
+            shown = [img["id"] for img in comp["top_images"]]
+            top20 = max_activating(train, pca[k], [l], top=20).ids[0]
+            feat, share20 = truth.dominant_feature(k, "train", list(top20))
+            _, share_sheet = truth.dominant_feature(k, "train", shown)
+            comp_feature[(k, l)] = (feat, share20, float(comp["npfv_probability"]))
+            if not interactive:
+                store.set_component_verdict("sim-sheet", k, l, _verdict(share_sheet),
+                                            note="simulated: inspection-sheet images vs planted ground truth")
+                store.set_component_verdict("sim-top20", k, l, _verdict(share20),
+                                            note="simulated: top-20 training images vs planted ground truth")
+    if interactive:
+        _wait_for_people(ws_r, port, "review the components (Review tab), then press Enter here")
+    agreed = store.agreed_components(2)
+    t = lap("component review", t)
+
+    # 4. retrieve from the pool ----------------------------------------------------------------------
+    from spurious.retrieve import load_candidates, retrieve
+
+    result = DemoResult(out=str(out), fast=fast, labelers="interactive" if interactive else "simulated",
+                        planted_root=str(planted.root),
+                        planted_features=[f"{names[k]}/{f.name}" for f in planted.features for k in f.classes])
+    found_pairs = set()
+    for k, comps in sorted(agreed.items()):
+        for l in comps:
+            feat, share20, prob = comp_feature.get((k, l), (None, 0.0, float("nan")))
+            result.found.append(FoundComponent(k, names[k], l, feat, share20, prob))
+            if feat:
+                found_pairs.add(f"{names[k]}/{feat}")
+    result.missed = [p for p in result.planted_features if p not in found_pairs]
+    if agreed:
+        retrieve(ws_r, pool="pool", components={str(k): v for k, v in agreed.items()}, agree=[ws_dirs["standard"]],
+                 min_votes=2, top_n=settings.top_n, progress=progress, overwrite=True)
+        cands = load_candidates(ws_r)
+    else:
+        cands = []
+    t = lap("retrieve", t)
+
+    # 5. image curation ---------------------------------------------------------------------------
+    store.sync()
+    by_comp: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for c in cands:
+        by_comp.setdefault((int(c["class"]), int(c["component"])), []).append(c)
+    for (k, l), items in by_comp.items():
+        feat = comp_feature.get((k, l), (None,))[0]
+        good = [feat in truth.features("pool", c["id"]) and not truth.has_object("pool", c["id"]) for c in items]
+        for f in result.found:
+            if (f.class_index, f.component) == (k, l):
+                f.retrieved = len(items)
+                f.retrieval_precision = float(np.mean(good[:50])) if items else float("nan")
+        if not interactive:
+            for c, ok in zip(items, good):
+                verdict = "out" if ok else ("in" if truth.has_object("pool", c["id"]) else "trash")
+                for who in _LABELERS:
+                    store.set_image_verdict(who, k, l, c["id"], verdict)
+    if interactive and cands:
+        _wait_for_people(ws_r, port, "curate the retrieved images (Curate tab), then press Enter here")
+    accepted = store.accepted_images(2)
+    for f in result.found:
+        f.accepted = len(accepted.get((f.class_index, f.component), []))
+    t = lap("image curation", t)
+
+    # 6. benchmark build -----------------------------------------------------------------------------
+    from spurious.benchmark import build_benchmark
+
+    bench_dir = out / "benchmark"
+    if accepted:
+        b = build_benchmark(ws_r, bench_dir, per_component=settings.per_component, min_agree=2,
+                            name="planted-spurious (demo)", overwrite=True)
+        result.benchmark, result.benchmark_images = b.out, b.images
+    t = lap("benchmark build", t)
+
+    # 7. fix and transfer ------------------------------------------------------------------------------
+    from spurious.fix import fix, load_fix, transfer
+
+    fixes = []
+    if agreed:
+        comps = {str(k): v for k, v in agreed.items()}
+        fix(ws_r, comps, overwrite=True)
+        transfer(ws_r, ws_dirs["standard"], comps, overwrite=True)
+        fixes = [load_fix(ws_r), load_fix(ws_dirs["standard"])]
+    t = lap("fix", t)
+
+    # 8. score before / after ------------------------------------------------------------------------------
+    from spurious.score import score
+
+    specs = [infos["robust"].spec, infos["standard"].spec]
+    val_spec = image_folder(planted.val, class_names=list(planted.class_folders))
+    scored: dict[str, Any] = {}
+    if result.benchmark_images:
+        scored["benchmark"] = score(specs, spurious=bench_dir, val=val_spec, class_names=names,
+                                    fixes=fixes, out=out / "score", progress=progress)
+    scored["planted"] = score(specs, spurious=spurious_imagenet(planted.spurious, class_names=names), val=val_spec,
+                              class_names=names, classes=planted_classes, fixes=fixes, out=out / "score-planted",
+                              progress=progress)
+    t = lap("score", t)
+    for variant, info, head in zip(("robust", "standard"), (infos["robust"], infos["standard"]),
+                                   fixes or [None, None]):
+        def get(which: str, fixed: bool) -> tuple[float, float]:
+            res = scored.get(which)
+            if res is None:
+                return float("nan"), float("nan")
+            label = f"{info.spec} + {head.name}" if fixed and head is not None else info.spec
+            try:
+                row = res.row(label)
+            except KeyError:
+                return float("nan"), float("nan")
+            return row.mauc, row.val_accuracy
+
+        mb, acc = get("benchmark", False)
+        mbf, _ = get("benchmark", True)
+        mp, acc_p = get("planted", False)
+        mpf, acc_pf = get("planted", True)
+        result.models.append(ModelSummary(
+            model=info.spec, val_accuracy=acc_p, val_accuracy_fixed=acc_pf, mauc_benchmark=mb,
+            mauc_benchmark_fixed=mbf, mauc_planted=mp, mauc_planted_fixed=mpf,
+            fix_kind="plain" if variant == "robust" else "transferred",
+            logit_identity_max_abs_error=identity[variant]))
+
+    # 9. report ----------------------------------------------------------------------------------------
+    from spurious.demo._report import write_report
+
+    result.timings = timings
+    result.seconds = round(time.perf_counter() - t0, 2)
+    result.report = str(write_report(out, result, scored))
+    return result
+
+
+@dataclass
+class PreparedWorkspaces:
+    """The demo's first step: ``ws-robust`` / ``ws-standard`` with features of every split and npca."""
+
+    planted_root: str
+    workspaces: dict[str, Path]        # "robust" / "standard" -> workspace folder
+    infos: dict[str, Any]              # the :class:`spurious.train` model infos (``.spec``, ``.path``, ...)
+    logit_identity: dict[str, float]   # worst |f_k - sum_l alpha_l^k - <1, mu_k> - b_k| on held-out images
+
+
+def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False,
+                       progress: bool = True) -> PreparedWorkspaces:
+    """Demo models (trained once, cached) -> ``extract`` of train/val/spurious/pool -> ``npca`` (all components).
+
+    Writes ``out/ws-robust`` and ``out/ws-standard``; finished stages are reused on a re-run. The
+    benchmark scripts use this to get realistic workspaces without running the whole demo.
+    """
+    from spurious.datasets import image_folder, load_planted, spurious_imagenet
+    from spurious.extract import extract
+    from spurious.models import load_model
+    from spurious.npca import npca
+    from spurious.train import train_demo_model
+
+    out = Path(out)
+    infos = {v: train_demo_model(v, tiny=fast, progress=progress) for v in ("robust", "standard")}
+    planted = load_planted(infos["robust"].planted_root)
+    names = list(planted.class_names)
+    ws_dirs = {v: out / f"ws-{v}" for v in infos}
+    identity: dict[str, float] = {}
+    for variant, info in infos.items():
+        clf = load_model(info.spec)
+        data = {"train": image_folder(planted.train, class_names=list(planted.class_folders)),
+                "val": image_folder(planted.val, class_names=list(planted.class_folders)),
+                "spurious": spurious_imagenet(planted.spurious, class_names=names),
+                "pool": f"pool:{planted.pool}"}
+        for split in _SPLITS:
+            extract(ws_dirs[variant], model=clf, data=data[split], split=split, num_workers=0, progress=progress)
+        npca(ws_dirs[variant], split="train", n_components="all", precision="float64", progress=progress)
+        identity[variant] = _logit_identity(ws_dirs[variant])
+    return PreparedWorkspaces(str(planted.root), ws_dirs, infos, identity)
+
+
+def _logit_identity(ws_dir: Path) -> float:
+    """Worst |f_k - (sum_l alpha_l^k + <1, mu_k> + b_k)| over the held-out images, all classes."""
+    from spurious.npca import load_npca
+    from spurious.workspace import Workspace
+
+    pca = load_npca(ws_dir)
+    ws = Workspace.open(ws_dir)
+    W, b = ws.head()
+    val = ws.feature_store("val")
+    worst = 0.0
+    for k in pca.classes:
+        phi = val.phi(val.rows_of_class(k)).astype(np.float64)
+        recon = pca[k].alpha(phi).sum(axis=1) + pca[k].offset()
+        worst = max(worst, float(np.abs(recon - (phi @ W[k].astype(np.float64) + float(b[k]))).max()))
+    return worst
+
+
+def _wait_for_people(ws_dir: Path, port: int, what: str) -> None:
+    """Serve the labelling UI in a background thread until the user presses Enter."""
+    import threading
+
+    import uvicorn
+
+    from spurious.label import create_app
+
+    app = create_app(ws_dir, allowed_hosts=["127.0.0.1", f"127.0.0.1:{port}", "localhost", f"localhost:{port}"])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        print(f"labelling UI: http://127.0.0.1:{port}/  -- {what}", file=sys.stderr)
+        input()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,1102 @@
+"""Stage 7, ``fix``: remove the dependence on spurious components without labels or retraining (SpuFix).
+
+Plain SpuFix (DESIGN.md, "Math"), for the spurious component set ``S_k`` of class ``k``::
+
+    f~_k(x) = f_k(x) - sum_{l in S_k} max(alpha_l^k(x), 0),      other classes unchanged,
+    alpha_l^k(x) = <1, v_l> <v_l, psi_k(x) - mu_k> = phi(x) . A_l - c_l     (ClassBasis.projection)
+
+Transfer to another classifier ``g`` (features ``phi'``, weights ``w'_k``, ``psi'_k = w'_k ⊙ phi'``,
+``mu'_k`` the mean of ``psi'_k`` over the same training images ``I_k``, matched by image id)::
+
+    u_l  = sum_{i in I_k} alpha_l^k(x_i) (psi'_k(x_i) - mu'_k),   normalised to unit length
+    c    = (U^T U)^{-1} U^T (psi'_k(x) - mu'_k),                 U = [u_l]_{l in S_k}  (not orthogonal)
+    beta_j = c_j <1, u_j>,          g~_k(x) = g_k(x) - sum_j max(beta_j, 0)
+
+``beta`` is again a linear form of the raw features, ``beta = phi'(x) . B_j - d_j`` with
+``B = diag(<1, u>) U^+ diag(w'_k)`` and ``d = B m'`` (``m'`` the mean of ``phi'`` over ``I_k``), so
+both kinds reduce to the same :class:`FixHead`: one stacked matrix ``A`` [M, D], offsets ``c`` [M] and
+the class of each row ``cls`` [M]; the forward pass is one matrix product, a ReLU and a scatter-add
+into the logits (no Python loop over classes). Applied to the source model itself, the transfer
+reproduces plain SpuFix (``u_l = v_l`` because ``sum_i alpha_l (psi_i - mu) = <1,v_l> (N-1) lambda_l v_l``).
+
+Artifact: ``WS/fix/spufix.safetensors`` (tensors ``A``, ``c``, ``cls``, ``comp`` and, for a transfer,
+the unit matched directions ``u``; the JSON metadata in the safetensors header under the key
+``spurious_fix``) plus ``WS/fix/manifest.json`` (the same metadata, the arguments and the file hash).
+
+Component sets (see ``docs/fix.md``): a JSON file ``{"format": "spurious-components", "version": 1,
+"model_fingerprint": ..., "classes": {"<k>": [l, ...]}, "source": ...}`` or a plain ``{"<k>": [l, ...]}``
+mapping (what the label UI exports; :func:`components_from_labels` reads the label store directly);
+the published ``spurious_components.npy`` (a pickle) is read only by the explicit
+:func:`import_components`, and the published per-class training alphas ``spurious_alphas_train_<kkk>.pt``
+by :func:`import_alphas`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spurious import __version__
+from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious.workspace import IncompatibleArtifactError, Workspace
+
+if TYPE_CHECKING:
+    from spurious.models import Classifier
+
+__all__ = [
+    "COMPONENTS_FORMAT",
+    "ComponentSet",
+    "ExportResult",
+    "FixHead",
+    "FixResult",
+    "ImportedAlphas",
+    "SpuFix",
+    "components_from_labels",
+    "export",
+    "fix",
+    "import_alphas",
+    "import_components",
+    "load_alphas",
+    "load_components",
+    "load_fix",
+    "transfer",
+]
+
+log = logging.getLogger(__name__)
+
+COMPONENTS_FORMAT = "spurious-components"
+"""``format`` field of a component-set file."""
+
+_FIX_FORMAT = "spurious-fix"
+_ALPHAS_FORMAT = "spurious-alphas"
+_VERSION = 1
+_FIX_FILE = "spufix.safetensors"
+_META_KEY = "spurious_fix"
+_PRECISIONS = ("float32", "float64")
+_EXPORT_FORMATS = ("torchscript", "onnx")
+_ALPHA_FILE_RE = re.compile(r"^spurious_alphas_train_(\d+)\.pt$")
+_COND_WARN = 1e6  # condition number of U above which the transfer warns (min-norm solution used)
+
+
+# ---------------------------------------------------------------------------- component sets
+
+
+@dataclass
+class ComponentSet:
+    """Spurious components per class: ``classes[k]`` = 0-based component indices (ranked by eigenvalue).
+
+    Attributes:
+        classes: class (index, or a class name to resolve against a workspace) -> component indices.
+        model_fingerprint: fingerprint of the model whose neural PCA the indices refer to (``None``:
+            unknown, not checked; e.g. imported reference artifacts).
+        source: free text provenance (a labeler session, a file, "spurious_components.npy").
+    """
+
+    classes: dict[int | str, list[int]]
+    model_fingerprint: str | None = None
+    source: str = ""
+
+    @property
+    def num_components(self) -> int:
+        return sum(len(v) for v in self.classes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The component-set file document: ``format``, ``version``, ``model_fingerprint``, ``classes``, ``source``."""
+        return {"format": COMPONENTS_FORMAT, "version": _VERSION, "model_fingerprint": self.model_fingerprint,
+                "classes": {str(k): [int(x) for x in v] for k, v in self.classes.items()}, "source": self.source}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the component-set JSON file (atomically); returns its path."""
+        path = Path(path)
+        write_json(path, self.to_dict())
+        return path
+
+
+def _parse_key(key: Any, where: str) -> int | str:
+    if isinstance(key, (bool, np.bool_)):
+        raise ValueError(f"{where}: class key {key!r} is not a class index or name")
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    if isinstance(key, str) and key.strip():
+        s = key.strip()
+        return int(s) if s.lstrip("-").isdigit() else s
+    raise ValueError(f"{where}: class key {key!r} is not a class index or name")
+
+
+def _parse_list(value: Any, key: Any, where: str) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"{where}: components of class {key!r} must be a list of 0-based component indices, "
+                         f"got {value!r}")
+    out: list[int] = []
+    for x in list(value):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or int(x) < 0:
+            raise ValueError(f"{where}: component {x!r} of class {key!r} is not a 0-based component index "
+                             "(a non-negative integer)")
+        out.append(int(x))
+    if len(set(out)) != len(out):
+        warnings.warn(f"{where}: class {key!r} lists a component twice ({out}); each is removed once",
+                      stacklevel=4)
+        out = sorted(set(out))
+    return out
+
+
+def _parse_mapping(mapping: Mapping[Any, Any], where: str) -> dict[int | str, list[int]]:
+    out: dict[int | str, list[int]] = {}
+    for key, value in mapping.items():
+        k = _parse_key(key, where)
+        if k in out:
+            raise ValueError(f"{where}: class {k!r} appears twice")
+        out[k] = _parse_list(value, key, where)
+    if not any(out.values()):
+        raise ValueError(f"{where}: the component set is empty (no class lists a component); "
+                         'expected {"<class>": [component, ...], ...}')
+    return out
+
+
+def load_components(source: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet) -> ComponentSet:
+    """Read a component set: a :class:`ComponentSet`, a mapping ``{class: [l, ...]}``, or a JSON file.
+
+    The file is either the documented format ``{"format": "spurious-components", "version": 1,
+    "model_fingerprint": "..." | null, "classes": {"<k>": [l, ...]}, "source": "..."}`` or a plain
+    ``{"<k>": [l, ...]}`` mapping. Class keys are indices (or class names, resolved later against
+    the workspace); components are 0-based indices into the class's neural PCA (by eigenvalue).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not JSON, a wrong ``format``/``version``, a key that is not a class, a value
+            that is not a list of non-negative integers, or no component at all.
+    """
+    if isinstance(source, ComponentSet):
+        return ComponentSet(_parse_mapping(source.classes, "component set"), source.model_fingerprint, source.source)
+    if isinstance(source, Mapping):
+        return ComponentSet(_parse_mapping(source, "component mapping"), None, "python mapping")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"components must be a file path, a mapping or a ComponentSet, got {type(source).__name__}")
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"component file {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        raise ValueError(f"{path} is a .npy file; the published spurious_components.npy is a pickle and is read "
+                         "only by the explicit import: `spurious fix import-components FILE.npy --out comps.json`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"component file {path} is not valid JSON ({err}); expected "
+                         f'{{"format": "{COMPONENTS_FORMAT}", "version": 1, "classes": {{"<k>": [l, ...]}}}} '
+                         'or a plain {"<k>": [l, ...]} mapping') from None
+    if not isinstance(data, dict):
+        raise ValueError(f"component file {path} must hold a JSON object, got {type(data).__name__}")
+    if "format" in data:
+        if data["format"] != COMPONENTS_FORMAT:
+            raise ValueError(f"component file {path} has format {data['format']!r}; expected {COMPONENTS_FORMAT!r}")
+        if data.get("version") != _VERSION:
+            raise ValueError(f"component file {path} has version {data.get('version')!r}; this package reads "
+                             f"version {_VERSION}")
+        if not isinstance(data.get("classes"), dict):
+            raise ValueError(f'component file {path} needs a "classes" object {{"<k>": [l, ...]}}')
+        fp = data.get("model_fingerprint")
+        if fp is not None and not isinstance(fp, str):
+            raise ValueError(f"component file {path}: model_fingerprint must be a string or null, got {fp!r}")
+        return ComponentSet(_parse_mapping(data["classes"], str(path)), fp, str(data.get("source") or path))
+    return ComponentSet(_parse_mapping(data, str(path)), None, str(path))
+
+
+def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> ComponentSet:
+    """Import the published ``spurious_components.npy`` (a pickled dict ``class -> [component, ...]``).
+
+    **Security:** the file is a Python pickle (``np.load(allow_pickle=True)``), which can execute
+    arbitrary code when loaded. Only import files from a source you trust. This is the only place
+    the package unpickles anything.
+
+    Args:
+        path: the ``.npy`` file (reference: 233 classes, 322 components, 0-based indices).
+        out: where to write the component-set JSON (optional).
+
+    Returns:
+        The component set (``model_fingerprint`` None: the reference model is not this package's).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file does not hold a dict of class -> list of component indices.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a .npy file ({err})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} must hold a pickled dict class -> list of component indices, got "
+                         f"{type(obj).__name__}")
+    parsed = _parse_mapping(obj, str(path))
+    bad = [k for k in parsed if not isinstance(k, int)]
+    if bad:
+        raise ValueError(f"{path}: keys must be class indices, got {bad[:5]}")
+    comps = ComponentSet(dict(sorted(parsed.items())), None, f"imported from {path.name}")
+    if out is not None:
+        comps.save(out)
+    return comps
+
+
+def components_from_labels(workspace: str | os.PathLike[str], *, min_agree: int = 2) -> ComponentSet:
+    """The agreed spurious components of the workspace's label store (``WS/labels.sqlite``, ``spurious label``).
+
+    A component counts when at least ``min_agree`` labelers gave it the verdict "spurious" (read
+    through :meth:`spurious.label.LabelStore.components_document`, the same document the label UI
+    exports as a component-set file).
+
+    Raises:
+        FileNotFoundError: no workspace, or no label store in it.
+        ValueError: no component has ``min_agree`` agreeing "spurious" verdicts yet.
+    """
+    from spurious.label.store import DB_NAME, LabelStore
+
+    ws = Workspace.open(workspace)
+    if not (ws.root / DB_NAME).is_file():
+        raise FileNotFoundError(f"no label store in {ws.root} ({DB_NAME}); review the components with "
+                                f"`spurious label {ws.root}` first, or pass a component file")
+    doc = LabelStore(ws).components_document(min_agree)
+    classes = {int(k): [int(x) for x in v] for k, v in doc["classes"].items() if v}
+    if not classes:
+        raise ValueError(f"no component of {ws.root} has {min_agree} agreeing 'spurious' verdicts yet; label more "
+                         "(spurious label WS) or lower min_agree")
+    return ComponentSet(classes, doc.get("model_fingerprint"), str(doc.get("source") or f"labels of {ws.root}"))
+
+
+def _resolve_components(comps: ComponentSet, ws: Workspace) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for key, ls in comps.classes.items():
+        if not ls:
+            continue
+        k = ws.resolve_class(key)
+        if k in out:
+            raise ValueError(f"class {key!r} is listed twice in the component set (as {k})")
+        out[k] = list(ls)
+    if not out:
+        raise ValueError("the component set is empty (no class lists a component)")
+    return dict(sorted(out.items()))
+
+
+def _check_component_model(comps: ComponentSet, fingerprint: str, spec: str, what: str) -> None:
+    if comps.model_fingerprint is not None and comps.model_fingerprint != fingerprint:
+        raise IncompatibleArtifactError(
+            f"the component set ({comps.source or 'given'}) was made for model fingerprint "
+            f"{comps.model_fingerprint}, but the {what} is {spec!r} (fingerprint {fingerprint}); component "
+            "indices only mean something for the model whose neural PCA they index")
+
+
+# ---------------------------------------------------------------------------- the head
+
+
+class FixHead(nn.Module):
+    """SpuFix correction that acts on features only (no backbone); one per fixed model.
+
+    ``forward(phi, logits) = logits - scatter_k(sum_{rows m of class k} max(phi . A_m - c_m, 0))``: the
+    rows are the plain components ``alpha_l^k`` or the transferred ``beta_j`` (both are linear forms of
+    ``phi``). One matrix product, a ReLU and a scatter-add; no Python loop over classes.
+
+    Attributes:
+        model_spec: spec of the model it fixes (``Classifier.spec``).
+        model_fingerprint: ``Classifier.fingerprint()`` of the model it fixes.
+        classes: fixed classes (sorted).
+        components: class -> its removed component indices (of the source model for a transfer).
+        name: short label for tables, e.g. ``"SpuFix"`` or ``"SpuFix (transfer from demo:robust)"``.
+        kind: ``"plain"`` or ``"transfer"``.
+        num_classes: ``K``, the number of logits it expects; ``num_features``: ``D``.
+        meta: the artifact's metadata (provenance: source model, component-set source, created, ...).
+        A: buffer [M, D]; c: buffer [M]; cls: buffer [M] int64 (class of each row); comp: [M] int64.
+    """
+
+    A: Tensor
+    c: Tensor
+    cls: Tensor
+    comp: Tensor
+
+    def __init__(self, A: Tensor | np.ndarray, c: Tensor | np.ndarray, cls: Tensor | np.ndarray,
+                 comp: Tensor | np.ndarray, *, num_classes: int, model_spec: str, model_fingerprint: str,
+                 name: str = "SpuFix", kind: str = "plain", meta: dict[str, Any] | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        """Build from the stacked linear forms (see :func:`fix` / :func:`transfer` / :func:`load_fix`).
+
+        Args:
+            A: [M, D] rows such that the component value is ``phi @ A.T - c``.
+            c: [M] offsets. cls: [M] class of each row (0..num_classes-1). comp: [M] component index.
+            num_classes: ``K`` of the fixed model.
+            dtype: storage dtype of ``A``/``c`` (float32 or float64); the forward pass follows ``phi``.
+
+        Raises:
+            ValueError: inconsistent shapes, an empty head, or a class index outside ``0..K-1``.
+        """
+        super().__init__()
+        def tensor(x: Tensor | np.ndarray, dt: torch.dtype) -> Tensor:
+            return (x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))).detach().to("cpu", dt)
+
+        A_t, c_t = tensor(A, dtype), tensor(c, dtype)
+        cls_t, comp_t = tensor(cls, torch.int64), tensor(comp, torch.int64)
+        if A_t.ndim != 2 or A_t.shape[0] == 0:
+            raise ValueError(f"A must be a non-empty [M, D] matrix, got shape {tuple(A_t.shape)}")
+        m = A_t.shape[0]
+        for name_, t in (("c", c_t), ("cls", cls_t), ("comp", comp_t)):
+            if t.shape != (m,):
+                raise ValueError(f"{name_} must have shape [{m}] (one entry per row of A), got {tuple(t.shape)}")
+        if int(cls_t.min()) < 0 or int(cls_t.max()) >= num_classes:
+            raise ValueError(f"class indices of the fix must be in 0..{num_classes - 1}, got "
+                             f"{sorted(set(cls_t.tolist()))[:10]}")
+        self.register_buffer("A", A_t.contiguous())
+        self.register_buffer("c", c_t.contiguous())
+        self.register_buffer("cls", cls_t.contiguous())
+        self.register_buffer("comp", comp_t.contiguous())
+        self.num_classes = int(num_classes)
+        self.num_features = int(A_t.shape[1])
+        self.model_spec = str(model_spec)
+        self.model_fingerprint = str(model_fingerprint)
+        self.name = str(name)
+        self.kind = str(kind)
+        self.meta = dict(meta or {})
+        comps: dict[int, list[int]] = {}
+        for k, l in zip(cls_t.tolist(), comp_t.tolist()):
+            comps.setdefault(int(k), []).append(int(l))
+        self.components = dict(sorted(comps.items()))
+        self.classes = sorted(self.components)
+
+    @property
+    def num_rows(self) -> int:
+        """``M``: the number of removed components over all classes."""
+        return int(self.A.shape[0])
+
+    def _check(self, phi: Tensor) -> None:
+        if phi.ndim != 2 or phi.shape[1] != self.num_features:
+            raise ValueError(f"phi must have shape [N, {self.num_features}] (the fixed model's features), "
+                             f"got {tuple(phi.shape)}")
+
+    def values(self, phi: Tensor) -> Tensor:
+        """Component values before the ReLU: ``alpha_l^k`` (plain) or ``beta_j`` (transfer), [N, M].
+
+        Args:
+            phi: raw penultimate features [N, D] of the fixed model; dtype and device are followed.
+        """
+        self._check(phi)
+        A = self.A.to(device=phi.device, dtype=phi.dtype)
+        return F.linear(phi, A) - self.c.to(device=phi.device, dtype=phi.dtype)
+
+    def forward(self, phi: Tensor, logits: Tensor) -> Tensor:
+        """Fixed logits ``f_k - sum_{l in S_k} max(alpha_l^k, 0)`` (or ``beta_j`` for a transfer).
+
+        Args:
+            phi: [N, D] features of the model it fixes.
+            logits: [N, K] logits of that model from the same forward pass.
+
+        Returns:
+            [N, K] fixed logits, in ``logits``' dtype, on ``phi``'s device; classes outside the fix
+            are unchanged.
+        """
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes or logits.shape[0] != phi.shape[0]:
+            raise ValueError(f"logits must have shape [N, {self.num_classes}] with the N of phi "
+                             f"{tuple(phi.shape)}, got {tuple(logits.shape)}")
+        corr = torch.relu(self.values(phi))
+        index = self.cls.to(phi.device).unsqueeze(0).expand(corr.shape[0], -1)
+        return logits.scatter_add(1, index, corr.neg().to(logits.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, kind={self.kind}, model={self.model_spec!r}, classes={len(self.classes)}, "
+                f"components={self.num_rows}, D={self.num_features}")
+
+    def save(self, path: str | os.PathLike[str], extra_tensors: Mapping[str, np.ndarray] | None = None) -> Path:
+        """Write the artifact file (safetensors + JSON metadata in the header), atomically."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        tensors = {"A": self.A.cpu().numpy(), "c": self.c.cpu().numpy(), "cls": self.cls.cpu().numpy(),
+                   "comp": self.comp.cpu().numpy()}
+        for k, v in (extra_tensors or {}).items():
+            tensors[k] = np.asarray(v)
+        with atomic_path(path) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+                      metadata={_META_KEY: json.dumps(self._metadata(), sort_keys=True)})
+        return path
+
+    def _metadata(self) -> dict[str, Any]:
+        return {**self.meta, "format": _FIX_FORMAT, "version": _VERSION, "kind": self.kind, "name": self.name,
+                "model": {**dict(self.meta.get("model") or {}), "spec": self.model_spec,
+                          "fingerprint": self.model_fingerprint, "num_classes": self.num_classes,
+                          "num_features": self.num_features},
+                "classes": self.classes, "components": {str(k): v for k, v in self.components.items()},
+                "precision": str(self.A.dtype).removeprefix("torch.")}
+
+
+def load_fix(path: str | os.PathLike[str]) -> FixHead:
+    """Load a fix artifact: a ``spufix.safetensors`` file, a ``WS/fix`` directory, or a workspace ``WS``.
+
+    Raises:
+        FileNotFoundError: no artifact there.
+        ValueError: the file is not a SpuFix artifact (or of a newer version).
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        cands = [p / _FIX_FILE, p / "fix" / _FIX_FILE]
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"no SpuFix artifact in {p} (looked for {cands[0]} and {cands[1]}); "
+                                    "make one with `spurious fix WS --components FILE`")
+        p = found
+    elif not p.is_file():
+        raise FileNotFoundError(f"fix artifact {p} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(_META_KEY)
+    except SafetensorError as err:
+        raise ValueError(f"{p} is not a safetensors file ({err})") from None
+    if raw is None:
+        raise ValueError(f"{p} is not a SpuFix artifact (no {_META_KEY!r} metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != _FIX_FORMAT or int(meta.get("version", 0)) > _VERSION:
+        raise ValueError(f"{p}: unsupported artifact format {meta.get('format')!r} version {meta.get('version')!r}")
+    t = load_file(str(p))
+    model = meta["model"]
+    return FixHead(t["A"], t["c"], t["cls"], t["comp"], num_classes=int(model["num_classes"]),
+                   model_spec=model["spec"], model_fingerprint=model["fingerprint"], name=meta.get("name", "SpuFix"),
+                   kind=meta.get("kind", "plain"), meta=meta, dtype=t["A"].dtype)
+
+
+# ---------------------------------------------------------------------------- the fixed model
+
+
+class SpuFix(nn.Module):
+    """A :class:`~spurious.models.Classifier` with the fix applied: ``forward(x in [0,1]) -> fixed logits``.
+
+    Args:
+        classifier: the model the head was made for.
+        head: its :class:`FixHead` (copied to the classifier's device when it lives elsewhere; the
+            caller's head is not moved).
+
+    Raises:
+        TypeError: wrong argument types.
+        IncompatibleArtifactError (a ValueError): the head was made for another model (fingerprints differ).
+    """
+
+    def __init__(self, classifier: Classifier, head: FixHead) -> None:
+        from spurious.models import Classifier
+
+        super().__init__()
+        if not isinstance(classifier, Classifier):
+            raise TypeError(f"classifier must be a spurious.models.Classifier, got {type(classifier).__name__}")
+        if not isinstance(head, FixHead):
+            raise TypeError(f"head must be a FixHead (see load_fix), got {type(head).__name__}")
+        fp = classifier.fingerprint()
+        if fp != head.model_fingerprint:
+            raise IncompatibleArtifactError(
+                f"the fix {head.name!r} was made for model {head.model_spec!r} (fingerprint {head.model_fingerprint}), "
+                f"not for {classifier.spec!r} (fingerprint {fp}); make a fix for this model, or transfer one to it "
+                "with `spurious fix transfer`")
+        if head.A.device != classifier.device:
+            head = copy.deepcopy(head).to(classifier.device)
+        self.classifier = classifier
+        self.head = head
+        self.spec = f"{classifier.spec}+spufix"
+
+    @property
+    def preprocessing(self) -> Any:
+        return self.classifier.preprocessing
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.num_classes
+
+    @property
+    def num_features(self) -> int:
+        return self.classifier.num_features
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.classifier.input_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.device
+
+    def phi_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``phi [N, D]`` and the FIXED logits ``[N, K]`` of images ``x [N, 3, H, W]`` in ``[0, 1]``."""
+        phi, logits = self.classifier.phi_and_logits(x)
+        return phi, self.head(phi, logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Fixed logits ``f~(x)`` [N, K] of images ``x`` [N, 3, H, W] in ``[0, 1]``."""
+        return self.phi_and_logits(x)[1]
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}"
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass
+class FixResult:
+    """Summary of a :func:`fix` / :func:`transfer` run (what ``--json`` prints)."""
+
+    path: str
+    manifest: str
+    kind: str
+    name: str
+    model_spec: str
+    model_fingerprint: str
+    num_classes_fixed: int
+    num_components: int
+    components: dict[str, list[int]]
+    source: dict[str, Any] = field(default_factory=dict)
+    matched_images: dict[str, int] = field(default_factory=dict)
+    condition_numbers: dict[str, float | None] = field(default_factory=dict)  # None: rank-deficient U
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        lines = [(f"{self.name}: {self.num_components} components of {self.num_classes_fixed} classes removed from "
+                  f"{self.model_spec} -> {self.path}")]
+        if self.matched_images:
+            n = list(self.matched_images.values())
+            conds = [float("inf") if c is None else c for c in self.condition_numbers.values()]
+            lines.append(f"matched training images per class: {min(n)}..{max(n)}; worst condition number of U: "
+                         f"{max(conds):.3g}")
+        return lines
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    target = out / _FIX_FILE
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it, or "
+                              "choose another --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write(head: FixHead, out: Path, args: dict[str, Any], extra: Mapping[str, np.ndarray] | None,
+           result_extra: dict[str, Any], seconds0: float) -> FixResult:
+    path = head.save(out / _FIX_FILE, extra)
+    manifest = {**head._metadata(), "args": args, "file": _FIX_FILE, "sha256": _file_sha256(path)}
+    write_json(out / "manifest.json", manifest)
+    return FixResult(path=str(path), manifest=str(out / "manifest.json"), kind=head.kind, name=head.name,
+                     model_spec=head.model_spec, model_fingerprint=head.model_fingerprint,
+                     num_classes_fixed=len(head.classes), num_components=head.num_rows,
+                     components={str(k): v for k, v in head.components.items()}, source=head.meta.get("source", {}),
+                     seconds=round(time.perf_counter() - seconds0, 3), **result_extra)
+
+
+def _check_precision(precision: str) -> torch.dtype:
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    return torch.float32 if precision == "float32" else torch.float64
+
+
+def _short_spec(spec: str) -> str:
+    """``demo:robust@/long/path/ckpt.pt`` -> ``demo:robust@ckpt.pt`` (for table labels)."""
+    arch, sep, ckpt = spec.partition("@")
+    return f"{arch}@{Path(ckpt).name}" if sep else spec
+
+
+def _model_meta(ws: Workspace) -> dict[str, Any]:
+    return {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint, "num_classes": ws.num_classes,
+            "num_features": ws.num_features, "workspace": str(ws.root)}
+
+
+# ---------------------------------------------------------------------------- plain SpuFix
+
+
+def fix(
+    workspace: str | os.PathLike[str],
+    components: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    precision: str = "float32",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> FixResult:
+    """Plain SpuFix of the workspace's model: ``f~_k = f_k - sum_{l in S_k} max(alpha_l^k, 0)``.
+
+    Builds the :class:`FixHead` from the workspace's neural PCA (``alpha = phi @ A.T - c`` per
+    component, :meth:`~spurious.npca.ClassBasis.projection`, in float64) and writes
+    ``OUT/spufix.safetensors`` + ``OUT/manifest.json`` (default ``OUT = WS/fix``).
+
+    Args:
+        workspace: a workspace with ``npca`` fitted.
+        components: ``S_k`` per class: a component-set file, a mapping ``{class: [l, ...]}`` (class
+            index or name; 0-based component indices by eigenvalue), or a :class:`ComponentSet`.
+        out: artifact directory (default ``WS/fix``).
+        precision: storage dtype of the head, ``float32`` (default) or ``float64``.
+        name: label for tables (default ``"SpuFix"``).
+        overwrite: replace an existing artifact in ``out``.
+
+    Raises:
+        FileNotFoundError: no workspace, no neural PCA, or no component file.
+        ValueError: bad component set, unknown class, a class without neural PCA, a component index
+            beyond the fitted ``L``, or bad ``precision``.
+        IncompatibleArtifactError: the component set names another model's fingerprint.
+        FileExistsError: an artifact exists in ``out`` and ``overwrite`` is false.
+    """
+    from spurious.npca import load_npca
+
+    t0 = time.perf_counter()
+    dtype = _check_precision(precision)
+    ws = Workspace.open(workspace)
+    comps = load_components(components)
+    _check_component_model(comps, ws.model_fingerprint, ws.model_spec, "workspace model")
+    selected = _resolve_components(comps, ws)
+    pca = load_npca(ws.root)
+    As, cs, cls, comp = [], [], [], []
+    for k, ls in selected.items():
+        if k not in pca:
+            raise ValueError(f"class {k} ({ws.class_names[k]}) has no neural PCA components in {ws.npca_dir} "
+                             f"(fitted classes: {len(pca.classes)}; classes with < 2 training images get none)")
+        A, c = pca[k].projection(ls)
+        As.append(A)
+        cs.append(c)
+        cls += [k] * len(ls)
+        comp += ls
+    out_dir = Path(out) if out is not None else ws.root / "fix"
+    _prepare_out(out_dir, overwrite)
+    meta = {"created": utc_now(), "package_version": __version__, "model": _model_meta(ws),
+            "source": {"kind": "npca", "workspace": str(ws.root), "model_spec": ws.model_spec,
+                       "model_fingerprint": ws.model_fingerprint, "npca_split": pca.manifest.get("split"),
+                       "components_source": comps.source}}
+    head = FixHead(np.concatenate(As), np.concatenate(cs), np.asarray(cls), np.asarray(comp),
+                   num_classes=ws.num_classes, model_spec=ws.model_spec, model_fingerprint=ws.model_fingerprint,
+                   name=name or "SpuFix", kind="plain", meta=meta, dtype=dtype)
+    args = {"workspace": str(workspace), "components": comps.source, "precision": precision, "name": name}
+    return _write(head, out_dir, args, None, {}, t0)
+
+
+# ---------------------------------------------------------------------------- transfer
+
+
+class ImportedAlphas:
+    """Per-class training alphas imported from the published reference artifacts (see :func:`import_alphas`).
+
+    ``alpha(k, components)`` returns the image ids and ``alpha_l^k`` of the class's training images.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        mpath = self.root / "manifest.json"
+        if not mpath.is_file():
+            raise FileNotFoundError(f"no imported alphas in {self.root} (no manifest.json); run "
+                                    "`spurious fix import-alphas DIR --train TRAIN_DIR --out OUT` first")
+        self.manifest = read_json(mpath)
+        if self.manifest.get("format") != _ALPHAS_FORMAT:
+            raise ValueError(f"{mpath} is not an imported-alphas manifest (format={self.manifest.get('format')!r})")
+        self._entries = {int(e["class"]): e for e in self.manifest["classes"]}
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self._entries)
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        return self.manifest.get("model_fingerprint")
+
+    @property
+    def model_spec(self) -> str:
+        return str(self.manifest.get("model_spec") or "reference alphas")
+
+    def alpha(self, k: int, components: Sequence[int]) -> tuple[list[str], np.ndarray]:
+        """Image ids [N_k] and ``alpha_l^k`` float64 [N_k, len(components)] of class ``k``.
+
+        Raises:
+            ValueError: class ``k`` was not imported, or a component index beyond the file's columns.
+        """
+        from safetensors import safe_open
+
+        if k not in self._entries:
+            raise ValueError(f"class {k} has no imported alphas in {self.root} (imported: {len(self._entries)} "
+                             f"classes, e.g. {self.classes[:5]})")
+        e = self._entries[k]
+        with safe_open(str(self.root / e["file"]), framework="numpy") as fh:
+            ids = json.loads(fh.metadata()["ids"])
+            a = fh.get_tensor("alpha")
+        comps = np.asarray(components, dtype=np.int64)
+        if comps.size and (comps.min() < 0 or comps.max() >= a.shape[1]):
+            raise ValueError(f"component index out of range for class {k}: the imported alphas have "
+                             f"{a.shape[1]} components (valid 0..{a.shape[1] - 1}), got {comps.tolist()}")
+        return ids, a[:, comps].astype(np.float64)
+
+
+def load_alphas(path: str | os.PathLike[str]) -> ImportedAlphas:
+    """Open a directory written by :func:`import_alphas`."""
+    return ImportedAlphas(path)
+
+
+def import_alphas(alphas_dir: str | os.PathLike[str], train: str | os.PathLike[str],
+                  out: str | os.PathLike[str], *, overwrite: bool = False) -> ImportedAlphas:
+    """Import the published per-class training alphas ``spurious_alphas_train_<kkk>.pt``, keyed by image id.
+
+    Each file holds a tensor ``[N_k, C]`` (``C >= max component + 1``) whose rows follow the sorted
+    file order of class ``k``'s folder in the ImageNet training set. The rows are matched to that
+    folder (listed with the same reader the feature store uses, so the ids are the same relative
+    paths ``<wnid>/<file>``) and stored as ``OUT/class_KKKKK.safetensors`` (``alpha`` float32
+    [N_k, C], the ids in the header) + ``OUT/manifest.json``. Files are read with
+    ``torch.load(weights_only=True)`` (no pickled code is executed).
+
+    Args:
+        alphas_dir: folder holding the ``spurious_alphas_train_<kkk>.pt`` files.
+        train: the training set (``imagenet:DIR`` or any dataset spec; labels give the class folders).
+        out: output directory.
+        overwrite: replace an existing import in ``out``.
+
+    Raises:
+        FileNotFoundError: no such folder, or no alpha files in it.
+        ValueError: a file is not a 2-D tensor, or its row count differs from the class's image count.
+        FileExistsError: ``out`` holds an import and ``overwrite`` is false.
+    """
+    from safetensors.numpy import save_file
+
+    from spurious.datasets import open_dataset
+
+    src = Path(alphas_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"alphas folder {src} does not exist")
+    files = sorted((int(m.group(1)), p) for p in src.iterdir() if (m := _ALPHA_FILE_RE.match(p.name)))
+    if not files:
+        raise FileNotFoundError(f"no spurious_alphas_train_<kkk>.pt files in {src}")
+    out_dir = Path(out)
+    if (out_dir / "manifest.json").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds imported alphas; pass overwrite=True (--overwrite)")
+    ds = open_dataset(train)
+    labels = np.asarray(ds.labels())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k, path in files:
+        rows = np.flatnonzero(labels == k)
+        t = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(t, Tensor) or t.ndim != 2:
+            raise ValueError(f"{path} must hold one 2-D tensor [N_k, components], got "
+                             f"{type(t).__name__}{'' if not isinstance(t, Tensor) else tuple(t.shape)}")
+        if t.shape[0] != rows.size:
+            raise ValueError(f"{path} has {t.shape[0]} rows but class {k} has {rows.size} images in {ds.spec}; "
+                             "the alphas must come from the same training folder (rows in sorted file order)")
+        ids = [ds.record(int(r)).id for r in rows]  # sorted by id: the sorted file order of the folder
+        fname = f"class_{k:05d}.safetensors"
+        with atomic_path(out_dir / fname) as tmp:
+            save_file({"alpha": np.ascontiguousarray(t.detach().to(torch.float32).numpy())}, str(tmp),
+                      metadata={"class": str(k), "ids": json.dumps(ids)})
+        entries.append({"class": k, "file": fname, "n": int(t.shape[0]), "n_components": int(t.shape[1]),
+                        "source_file": path.name})
+    write_json(out_dir / "manifest.json", {
+        "format": _ALPHAS_FORMAT, "version": _VERSION, "package_version": __version__, "created": utc_now(),
+        "source": str(src), "train": ds.spec, "model_spec": "reference alphas", "model_fingerprint": None,
+        "classes": entries})
+    return ImportedAlphas(out_dir)
+
+
+class _WorkspaceAlphas:
+    """Training alphas of a source workspace (its npca split), by image id."""
+
+    def __init__(self, ws: Workspace) -> None:
+        from spurious.npca import load_npca
+
+        self.ws = ws
+        self.pca = load_npca(ws.root)
+        self.split = str(self.pca.manifest.get("split", "train"))
+        self.store = ws.feature_store(self.split)
+        self.model_fingerprint: str | None = ws.model_fingerprint
+        self.model_spec = ws.model_spec
+
+    def alpha(self, k: int, components: Sequence[int]) -> tuple[list[str], np.ndarray]:
+        if k not in self.pca:
+            raise ValueError(f"class {k} has no neural PCA components in the source workspace {self.ws.root}")
+        rows = self.store.rows_of_class(k)
+        ids = self.store.ids
+        a = self.pca[k].alpha(self.store.phi(rows).astype(np.float64), components)
+        return [ids[r] for r in rows], np.asarray(a, dtype=np.float64)
+
+
+def _open_source(source: Any) -> tuple[Any, dict[str, Any]]:
+    if isinstance(source, ImportedAlphas):
+        return source, {"kind": "alphas", "path": str(source.root), "model_spec": source.model_spec,
+                        "model_fingerprint": source.model_fingerprint}
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a workspace path, an imported-alphas path or ImportedAlphas, got "
+                        f"{type(source).__name__}")
+    p = Path(source)
+    mpath = p / "manifest.json"
+    if not mpath.is_file():
+        raise FileNotFoundError(f"transfer source {p} is neither a workspace nor imported alphas (no manifest.json)")
+    fmt = read_json(mpath).get("format")
+    if fmt == _ALPHAS_FORMAT:
+        return _open_source(ImportedAlphas(p))
+    src = _WorkspaceAlphas(Workspace.open(p))
+    return src, {"kind": "workspace", "workspace": str(p), "model_spec": src.model_spec,
+                 "model_fingerprint": src.model_fingerprint, "split": src.split}
+
+
+def _transfer_class(alpha: np.ndarray, phi: np.ndarray, w: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Linear form of ``beta`` for one class, all in float64.
+
+    Args:
+        alpha: [n, m] source alphas of the matched training images; phi: [n, D'] target features;
+        w: [D'] target weight row ``w'_k``.
+
+    Returns:
+        ``B`` [m, D'], ``d`` [m] (``beta = phi' @ B.T - d``), the unit directions ``U`` [D', m] and
+        the condition number of ``U``.
+    """
+    mean = phi.mean(axis=0)
+    raw = (phi - mean).T @ alpha * w[:, None]  # [D', m] = sum_i alpha_il (psi'_i - mu')
+    norms = np.linalg.norm(raw, axis=0)
+    dead = norms <= 1e-300
+    if dead.any():
+        warnings.warn(f"class {k}: the matched direction of component(s) {np.flatnonzero(dead).tolist()} is zero "
+                      "(their alphas do not vary with the target features); they are not removed", stacklevel=4)
+    U = raw / np.where(dead, 1.0, norms)[None, :]
+    P, s, Qt = np.linalg.svd(U, full_matrices=False)
+    keep = s > max(float(s.max()) if s.size else 0.0, 1e-300) * 1e-12
+    alive = np.linalg.svd(U[:, ~dead], compute_uv=False) if (~dead).any() else np.zeros(0)
+    # fewer singular values than live columns, or a zero one: rank deficient (a zero column counts too)
+    full = alive.size == int((~dead).sum()) and alive.size > 0 and alive.min() > 0
+    cond = float(alive.max() / alive.min()) if full else float("inf")
+    if cond > _COND_WARN and (~dead).sum() > 1:
+        warnings.warn(f"class {k}: the matched directions are nearly linearly dependent (condition number "
+                      f"{cond:.3g}); the minimum-norm least-squares projection is used", stacklevel=4)
+    pinv = (Qt[keep].T / s[keep][None, :]) @ P[:, keep].T  # [m, D'] = (U^T U)^{-1} U^T
+    B = U.sum(axis=0)[:, None] * pinv * w[None, :]
+    return B, B @ mean, U, cond
+
+
+def transfer(
+    source: str | os.PathLike[str] | ImportedAlphas,
+    target: str | os.PathLike[str],
+    components: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet,
+    *,
+    split: str = "train",
+    out: str | os.PathLike[str] | None = None,
+    precision: str = "float32",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> FixResult:
+    """SpuFix transfer of the source model's spurious components to the target workspace's model.
+
+    For every class ``k`` of the component set, over the training images labelled ``k`` that both
+    sides hold (matched by image id, never by order): ``u_l = sum_i alpha_l^k(x_i)(psi'_k(x_i) -
+    mu'_k)`` normalised, ``c = (U^T U)^{-1} U^T (psi'_k(x) - mu'_k)`` (computed with an SVD
+    pseudo-inverse in float64; a warning when ``U`` is ill-conditioned), ``beta_j = c_j <1, u_j>``
+    and ``g~_k = g_k - sum_j max(beta_j, 0)``. The head goes to ``OUT`` (default ``TARGET/fix``).
+
+    Args:
+        source: a workspace with neural PCA and the features of its npca split, or imported
+            reference alphas (:func:`import_alphas`).
+        target: the workspace of the model to fix (features of ``split``; no npca needed).
+        components: ``S_k`` per class, indices into the *source* model's components.
+        split: the target's labelled training split.
+        out, precision, name, overwrite: as in :func:`fix`.
+
+    Raises:
+        FileNotFoundError: missing workspace, features, npca of the source, or component file.
+        ValueError: bad component set, unknown class or component, a class without source alphas,
+            or no shared image ids for a class.
+        IncompatibleArtifactError: the component set was made for another model than the source.
+        FileExistsError: an artifact exists in ``out`` and ``overwrite`` is false.
+    """
+    t0 = time.perf_counter()
+    dtype = _check_precision(precision)
+    src, src_meta = _open_source(source)
+    tws = Workspace.open(target)
+    comps = load_components(components)
+    if src.model_fingerprint is not None:
+        _check_component_model(comps, src.model_fingerprint, src.model_spec, "transfer source model")
+    selected = _resolve_components(comps, tws)
+    store = tws.feature_store(split)
+    W, _ = tws.head()
+    ids_t = store.ids
+    Bs, ds, Us, cls, comp = [], [], [], [], []
+    matched: dict[str, int] = {}
+    conds: dict[str, float | None] = {}
+    partial = []
+    for k, ls in selected.items():
+        sids, alpha = src.alpha(k, ls)
+        trows = store.rows_of_class(k)
+        where = {ids_t[r]: r for r in trows}
+        pairs = [(i, where[s]) for i, s in enumerate(sids) if s in where]
+        if not pairs:
+            ex_s = sids[0] if sids else "(none)"
+            ex_t = ids_t[trows[0]] if trows.size else "(none)"
+            raise ValueError(f"class {k}: the source and the target share no training image ids (source ids look "
+                             f"like {ex_s!r}, target ids of class {k} like {ex_t!r}); the transfer needs the "
+                             "features of the same training images in both workspaces")
+        if len(pairs) < len(sids):
+            partial.append((k, len(pairs), len(sids)))
+        si = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        ti = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
+        order = np.argsort(ti, kind="stable")  # read the target store in row order
+        si, ti = si[order], ti[order]
+        phi = store.phi(ti).astype(np.float64)
+        B, d, U, cond = _transfer_class(alpha[si], phi, W[k].astype(np.float64), k)
+        Bs.append(B)
+        ds.append(d)
+        Us.append(U.T)
+        cls += [k] * len(ls)
+        comp += ls
+        matched[str(k)] = len(pairs)
+        conds[str(k)] = cond if np.isfinite(cond) else None  # None: rank deficient (JSON has no infinity)
+    if partial:
+        k, got, total = partial[0]
+        warnings.warn(f"{len(partial)} classes use only the training images found in both workspaces (e.g. class "
+                      f"{k}: {got} of {total} source images)", stacklevel=2)
+    out_dir = Path(out) if out is not None else tws.root / "fix"
+    _prepare_out(out_dir, overwrite)
+    meta = {"created": utc_now(), "package_version": __version__, "model": _model_meta(tws),
+            "source": {**src_meta, "components_source": comps.source, "target_split": split},
+            "transfer": {"matched_images": matched, "condition_numbers": conds}}
+    head = FixHead(np.concatenate(Bs), np.concatenate(ds), np.asarray(cls), np.asarray(comp),
+                   num_classes=tws.num_classes, model_spec=tws.model_spec, model_fingerprint=tws.model_fingerprint,
+                   name=name or f"SpuFix (transfer from {_short_spec(src_meta['model_spec'])})", kind="transfer",
+                   meta=meta, dtype=dtype)
+    args = {"source": str(source if not isinstance(source, ImportedAlphas) else source.root), "target": str(target),
+            "components": comps.source, "split": split, "precision": precision, "name": name}
+    extra = {"u": np.concatenate(Us).astype(np.dtype(precision))}
+    return _write(head, out_dir, args, extra, {"matched_images": matched, "condition_numbers": conds}, t0)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    """Summary of :func:`export`: the file, its format, and the check against the wrapper."""
+
+    path: str
+    format: str
+    max_abs_diff: float | None
+    verified_with: str | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export(fixed: SpuFix, path: str | os.PathLike[str], format: Literal["torchscript", "onnx"] = "torchscript",
+           *, batch_size: int = 2, opset: int = 17, verify: bool = True) -> ExportResult:
+    """Export the fixed model so that it runs without this package: images in ``[0, 1]`` -> fixed logits.
+
+    ``torchscript``: a traced module (``torch.jit.load(path)(x)``), with the fix metadata as the
+    extra file ``spurious_fix.json``. ``onnx``: input ``images`` [N, 3, H, W] float in ``[0, 1]``,
+    output ``logits`` [N, K], dynamic batch size (legacy TorchScript-based exporter; needs the
+    ``onnx`` package). The normalisation is inside the export. Traced in the model's dtype on its
+    device, in eval mode (the caller's train/eval state is restored).
+
+    Args:
+        fixed: the :class:`SpuFix` model.
+        path: output file (written atomically).
+        format: ``torchscript`` or ``onnx``.
+        batch_size: batch size of the tracing example (the export accepts any batch size).
+        opset: ONNX opset (>= 16 for the scatter-add with repeated indices).
+        verify: reload the export and compare with the wrapper on a batch of another size
+            (ONNX: only when ``onnxruntime`` is installed).
+
+    Returns:
+        :class:`ExportResult` with the largest absolute logit difference of the check.
+
+    Raises:
+        TypeError: ``fixed`` is not a :class:`SpuFix`.
+        ValueError: unknown ``format`` or ``opset`` < 16.
+        ImportError: ONNX export without the ``onnx`` package.
+    """
+    if not isinstance(fixed, SpuFix):
+        raise TypeError(f"fixed must be a SpuFix (SpuFix(classifier, load_fix(...))), got {type(fixed).__name__}")
+    if format not in _EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {_EXPORT_FORMATS}, got {format!r}")
+    if format == "onnx" and int(opset) < 16:
+        raise ValueError(f"opset must be >= 16 (ScatterElements with reduction='add'), got {opset}")
+    t0 = time.perf_counter()
+    path = Path(path)
+    dev = fixed.device
+    dtype = next((p.dtype for p in fixed.classifier.parameters() if p.is_floating_point()), torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand((batch_size, *fixed.input_size), generator=gen).to(dev, dtype)
+    was_training = fixed.training
+    fixed.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")  # TorchScript still works
+            meta = json.dumps(fixed.head._metadata(), sort_keys=True)
+            if format == "torchscript":
+                traced = torch.jit.trace(fixed, example, check_trace=False)
+                with atomic_path(path) as tmp:
+                    torch.jit.save(traced, str(tmp), _extra_files={"spurious_fix.json": meta})
+            else:
+                try:
+                    import onnx
+                except ImportError as err:
+                    raise ImportError("ONNX export needs the onnx package: pip install onnx onnxruntime") from err
+                with atomic_path(path) as tmp:
+                    torch.onnx.export(fixed, (example,), str(tmp), dynamo=False, input_names=["images"],
+                                      output_names=["logits"], opset_version=int(opset),
+                                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+                    model = onnx.load(str(tmp))
+                    onnx.helper.set_model_props(model, {"spurious_fix": meta, "spec": fixed.spec})
+                    onnx.save(model, str(tmp))
+            diff, how = _verify_export(fixed, path, format, example.dtype, dev) if verify else (None, None)
+    finally:
+        fixed.train(was_training)
+    if diff is not None:
+        ref = 1e-4 if example.dtype == torch.float64 else 1e-3
+        if diff > ref:
+            warnings.warn(f"the exported model differs from the wrapper by up to {diff:.3g} in the logits",
+                          stacklevel=2)
+    return ExportResult(path=str(path), format=format, max_abs_diff=diff, verified_with=how,
+                        seconds=round(time.perf_counter() - t0, 3))
+
+
+def _verify_export(fixed: SpuFix, path: Path, format: str, dtype: torch.dtype, dev: torch.device
+                   ) -> tuple[float | None, str | None]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand((3, *fixed.input_size), generator=gen).to(dev, dtype)
+    want = fixed(x)
+    if format == "torchscript":
+        got = torch.jit.load(str(path), map_location=dev)(x)
+        return float((got - want).abs().max()), "torch.jit.load"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.info("onnxruntime is not installed; the ONNX export was not checked")
+        return None, None
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"images": x.cpu().numpy()})[0]
+    except Exception as err:  # onnxruntime's own error types, e.g. no float64 kernel for an operator
+        warnings.warn(f"onnxruntime cannot run the export here, so it was not checked ({err})", stacklevel=3)
+        return None, None
+    return float(np.abs(got - want.cpu().numpy()).max()), "onnxruntime"

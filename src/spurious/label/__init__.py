@@ -1,0 +1,48 @@
+"""Stage ``label``: people review components and curate retrieved images (DESIGN.md "Interfaces").
+
+* :class:`LabelStore` (``WS/labels.sqlite``, no web imports): verdicts per labeler, the agreed
+  spurious components (:meth:`LabelStore.agreed_components`, the sets ``S_k`` of SpuFix), the
+  accepted benchmark images (:meth:`LabelStore.accepted_images`) and the exports.
+* :func:`create_app` / :func:`serve` (``spurious label WS``): the FastAPI web UI; imported lazily,
+  so ``from spurious.label import LabelStore`` does not load the web stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spurious.label.store import (
+    COMPONENT_VERDICTS,
+    FILTERS,
+    IMAGE_VERDICTS,
+    SCHEMA_VERSION,
+    ComponentRow,
+    CurateRow,
+    LabelStore,
+    SyncResult,
+    UnknownItemError,
+    check_labeler,
+)
+
+__all__ = [
+    "COMPONENT_VERDICTS",
+    "FILTERS",
+    "IMAGE_VERDICTS",
+    "SCHEMA_VERSION",
+    "ComponentRow",
+    "CurateRow",
+    "LabelStore",
+    "SyncResult",
+    "UnknownItemError",
+    "check_labeler",
+    "create_app",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "serve"):
+        from spurious.label import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

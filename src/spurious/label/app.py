@@ -1,0 +1,520 @@
+"""The labelling web UI (``spurious label WS``): FastAPI + Jinja2 pages and a small vanilla-JS file.
+
+Pages (every one needs a labeler name, kept in the ``spurious_labeler`` cookie; ``/login`` asks for it):
+
+========================================  ===========================================================
+``GET  /``                                progress counts, per-class table, exports
+``GET  /class/{k}``                       overview of class ``k``: components, votes, notes, curation
+``GET  /review`` / ``/review/{k}/{l}``    one component per page; ``?filter=all|unlabeled|disagreements&cls=K``
+``GET  /curate`` / ``/curate/{k}/{l}``    the retrieved candidates of a component in a grid (same filters)
+``POST /api/review/{k}/{l}``              JSON ``{"verdict": "spurious"|"core"|"unsure", "note": str|null}``
+``POST /api/curate/{k}/{l}``              JSON ``{"id": image id, "verdict": "in"|"out"|"trash"}``
+``GET  /api/progress``                    the signed-in labeler's progress counts (JSON)
+``POST /api/sync``                        re-scan ``WS/visualize`` and ``WS/retrieve``
+``GET  /export/labels.json|.csv``         every verdict plus the agreed results
+``GET  /export/components.json``          the component-set file of ``spurious fix``
+``GET  /img/{key}``                       a registered image by its opaque key; anything else is 404
+========================================  ===========================================================
+
+Unknown verdicts are rejected with 422; Jinja2 autoescaping is on for every template, and the pages
+run no inline script (a Content-Security-Policy forbids it), so data and user text show as text.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlencode
+
+import jinja2
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from spurious import __version__
+from spurious.label.store import (
+    IMAGE_VERDICTS,
+    MAX_NOTE_CHARS,
+    ComponentRow,
+    CurateRow,
+    LabelStore,
+    UnknownItemError,
+    _check_min_agree,
+    check_labeler,
+    curate_progress,
+    file_key,
+    review_progress,
+    select,
+)
+from spurious.workspace import Workspace
+
+__all__ = ["COOKIE", "LOOPBACK_HOSTS", "create_app", "is_loopback", "serve"]
+
+
+COOKIE = "spurious_labeler"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_HERE = Path(__file__).parent
+_KEY_RE = re.compile(r"^[0-9a-f]{24}$")
+_CSP = ("default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+_KEYS_REVIEW = {"s": "spurious", "c": "core", "u": "unsure"}
+_KEYS_CURATE = {"i": "in", "o": "out", "t": "trash"}
+
+
+class ReviewVerdict(BaseModel):
+    """Body of ``POST /api/review/{k}/{l}``."""
+
+    verdict: Literal["spurious", "core", "unsure"]
+    note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS)
+
+
+class CurateVerdict(BaseModel):
+    """Body of ``POST /api/curate/{k}/{l}``."""
+
+    id: str = Field(min_length=1, max_length=4096)
+    verdict: Literal["in", "out", "trash"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    import ipaddress
+
+    if host.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = _num
+    return Jinja2Templates(env=env)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
+
+
+def _parse_cls(cls: str | None, num_classes: int) -> int | None:
+    if cls is None or cls == "":
+        return None
+    if not (cls.isascii() and cls.isdigit()) or int(cls) >= num_classes:
+        raise HTTPException(422, f"cls must be a class index in 0..{num_classes - 1}, got {cls!r}")
+    return int(cls)
+
+
+def _query(filter: str, cls: int | None) -> str:
+    params = {"filter": filter}
+    if cls is not None:
+        params["cls"] = str(cls)
+    return "?" + urlencode(params)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local absolute paths are followed after sign-in (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _neighbours(rows: list[Any], key: Any, sort_key: Any) -> tuple[Any | None, Any | None]:
+    """The rows just before and after position ``key`` in the (sorted) filtered list ``rows``."""
+    prev = next_ = None
+    for row in rows:
+        k = sort_key(row)
+        if k < key:
+            prev = row
+        elif k > key and next_ is None:
+            next_ = row
+    return prev, next_
+
+
+def _review_key(row: ComponentRow) -> tuple[int, int, int]:
+    return (row.cls, row.rank, row.component)
+
+
+def _curate_key(row: CurateRow) -> tuple[int, int]:
+    return (row.cls, row.component)
+
+
+def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = True, min_agree: int = 2,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """Build the labelling app for a workspace.
+
+    Args:
+        workspace: the workspace directory; its ``labels.sqlite`` is created on first use.
+        sync: register ``WS/visualize`` and ``WS/retrieve`` now (``POST /api/sync`` does it later).
+        min_agree: labelers that must agree for a spurious component / an accepted image (>= 1).
+        allowed_hosts: accepted ``Host`` headers (``None``: any); :func:`serve` passes the loopback
+            names when it binds to loopback, which blocks DNS-rebinding pages.
+
+    Raises:
+        FileNotFoundError: not a workspace.
+        ValueError: ``min_agree`` < 1, a newer label schema, malformed stage artifacts.
+    """
+    min_agree = _check_min_agree(min_agree)
+    store = LabelStore(workspace, sync=sync)
+    templates = _templates()
+    num_classes = store.workspace.num_classes
+    app = FastAPI(title="spurious label", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = _CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    def labeler_of(request: Request) -> str | None:
+        raw = request.cookies.get(COOKIE)
+        if raw is None:
+            return None
+        try:
+            return check_labeler(unquote(raw))
+        except (TypeError, ValueError):
+            return None
+
+    def need_labeler(request: Request) -> str:
+        name = labeler_of(request)
+        if name is None:
+            raise HTTPException(401, "sign in first: GET /login")
+        return name
+
+    def login_redirect(request: Request) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+    def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("labeler", labeler_of(request))
+        context.setdefault("page", template.removesuffix(".html"))
+        return templates.TemplateResponse(request, template, {"version": __version__, "ws": str(store.root),
+                                                          "min_agree": min_agree, **context},
+                                          status_code=status_code)
+
+    def img_url(path: str | os.PathLike[str]) -> str:
+        return f"/img/{file_key(path)}"
+
+    class_label = store.class_name
+
+    # ------------------------------------------------------------------ sign-in
+    @app.get("/login", response_class=HTMLResponse)
+    def login_page(request: Request, next: str = "/") -> HTMLResponse:
+        return render(request, "login.html", next=_safe_next(next), error=None, name="")
+
+    @app.post("/login", response_model=None)
+    def login(request: Request, name: str = Form(""), next: str = Form("/")) -> Response:
+        try:
+            name = store.add_labeler(name)
+        except (TypeError, ValueError) as err:
+            return render(request, "login.html", status_code=422, next=_safe_next(next), error=str(err), name=name)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(COOKIE, quote(name, safe=""), max_age=365 * 24 * 3600, httponly=True, samesite="lax")
+        return response
+
+    @app.post("/logout")
+    def logout() -> RedirectResponse:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # ------------------------------------------------------------------ overview pages
+    @app.get("/", response_class=HTMLResponse, response_model=None)
+    def index(request: Request) -> Response:
+        me = labeler_of(request)
+        if me is None:
+            return login_redirect(request)
+        comps = store.components(me, min_agree=min_agree)
+        cur = store.curate_components(me, min_agree=min_agree)
+        classes: dict[int, dict[str, Any]] = {}
+        for r in comps:
+            c = classes.setdefault(r.cls, _class_counts(r.cls, class_label(r.cls)))
+            c["components"] += 1
+            c["mine"] += r.mine is not None
+            c["agreed"] += r.agreed
+            c["disagreements"] += r.disagreement
+        for cr in cur:
+            c = classes.setdefault(cr.cls, _class_counts(cr.cls, class_label(cr.cls)))
+            c["candidates"] += cr.candidates
+            c["judged"] += cr.judged_by_me
+            c["accepted"] += cr.accepted
+        return render(request, "index.html", progress={**review_progress(comps), **curate_progress(cur)},
+                      classes=[classes[k] for k in sorted(classes)], labelers=store.labelers())
+
+    @app.get("/class/{k}", response_class=HTMLResponse, response_model=None)
+    def class_page(request: Request, k: int) -> Response:
+        me = labeler_of(request)
+        if me is None:
+            return login_redirect(request)
+        comps = store.components(me, cls=k, min_agree=min_agree)
+        cur = store.curate_components(me, cls=k, min_agree=min_agree)
+        if not comps and not cur:
+            raise HTTPException(404, f"class {k} has nothing to label")
+        rows = []
+        for r in comps:
+            rec = store.component(r.cls, r.component)
+            png = rec.get("npfv_png")
+            rows.append({"row": r, "rec": rec, "verdicts": store.component_verdicts(r.cls, r.component),
+                         "npfv_url": img_url(store.visual_path(rec, png)) if png else None})
+        return render(request, "class.html", k=k, class_name=class_label(k), rows=rows, curate=cur)
+
+    # ------------------------------------------------------------------ review
+    @app.get("/review", response_model=None)
+    def review_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                     cls: str | None = None) -> Response:
+        me = labeler_of(request)
+        if me is None:
+            return login_redirect(request)
+        k = _parse_cls(cls, num_classes)
+        all_rows = store.components(me, min_agree=min_agree)
+        rows = select(all_rows, filter, k)
+        if rows:
+            return RedirectResponse(f"/review/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
+        return render(request, "done.html", task="review", filter=filter, cls=k, classes=_class_choices(all_rows),
+                      class_label=class_label, progress=review_progress(all_rows))
+
+    @app.get("/review/{k}/{l}", response_class=HTMLResponse, response_model=None)
+    def review_page(request: Request, k: int, l: int,
+                    filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                    cls: str | None = None) -> Response:
+        me = labeler_of(request)
+        if me is None:
+            return login_redirect(request)
+        kc = _parse_cls(cls, num_classes)
+        try:
+            rec = store.component(k, l)
+        except UnknownItemError as err:
+            raise HTTPException(404, str(err)) from None
+        all_rows = store.components(me, min_agree=min_agree)
+        here = next(r for r in all_rows if (r.cls, r.component) == (k, l))
+        filtered = select(all_rows, filter, kc)
+        prev, nxt = _neighbours(filtered, _review_key(here), _review_key)
+        q = _query(filter, kc)
+
+        def url(r: ComponentRow | None) -> str:
+            return "" if r is None else f"/review/{r.cls}/{r.component}{q}"
+
+        def vis(name: Any) -> str | None:
+            return img_url(store.visual_path(rec, name)) if name else None
+
+        tops = [{**t, "url": vis(t.get("png")), "cam_url": vis(t.get("heatmap_png"))}
+                for t in rec.get("top_images", [])]
+        verdicts = store.component_verdicts(k, l)
+        mine = verdicts.get(me, {})
+        position = filtered.index(here) + 1 if here in filtered else None
+        return render(request, "review.html", task="review", rec=rec, k=k, l=l, class_name=class_label(k), row=here,
+                      npfv_url=vis(rec.get("npfv_png")), npfv_cam_url=vis(rec.get("npfv_heatmap_png")),
+                      tops=tops, verdicts=verdicts, mine=mine.get("verdict"), note=mine.get("note", ""),
+                      prev_url=url(prev), next_url=url(nxt), filter=filter, cls=kc, query=q,
+                      position=position, total=len(filtered), keys=_KEYS_REVIEW,
+                      classes=_class_choices(all_rows), class_label=class_label,
+                      progress=review_progress(all_rows))
+
+    @app.post("/api/review/{k}/{l}")
+    def review_verdict(request: Request, k: int, l: int, body: ReviewVerdict,
+                       filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                       cls: str | None = None) -> dict[str, Any]:
+        me = need_labeler(request)
+        kc = _parse_cls(cls, num_classes)
+        try:
+            store.set_component_verdict(me, k, l, body.verdict, body.note)
+        except UnknownItemError as err:
+            raise HTTPException(404, str(err)) from None
+        rows = store.components(me, min_agree=min_agree)
+        here = next(r for r in rows if (r.cls, r.component) == (k, l))
+        filtered = select(rows, filter, kc)
+        _, nxt = _neighbours(filtered, _review_key(here), _review_key)
+        q = _query(filter, kc)
+        if nxt is not None:
+            next_url: str | None = f"/review/{nxt.cls}/{nxt.component}{q}"
+        elif filter == "unlabeled":  # wrap around to what is still unlabeled, or the "all done" page
+            next_url = f"/review/{filtered[0].cls}/{filtered[0].component}{q}" if filtered else f"/review{q}"
+        else:
+            next_url = None  # the end of the list: stay
+        return {"ok": True, "labeler": me, "verdict": body.verdict, "votes": here.votes, "agreed": here.agreed,
+                "next": next_url}
+
+    # ------------------------------------------------------------------ curate
+    @app.get("/curate", response_model=None)
+    def curate_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                     cls: str | None = None) -> Response:
+        me = labeler_of(request)
+        if me is None:
+            return login_redirect(request)
+        k = _parse_cls(cls, num_classes)
+        all_rows = store.curate_components(me, min_agree=min_agree)
+        rows = select(all_rows, filter, k)
+        if rows:
+            return RedirectResponse(f"/curate/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
+        return render(request, "done.html", task="curate", filter=filter, cls=k, classes=_class_choices(all_rows),
+                      class_label=class_label, progress=curate_progress(all_rows))
+
+    @app.get("/curate/{k}/{l}", response_class=HTMLResponse, response_model=None)
+    def curate_page(request: Request, k: int, l: int,
+                    filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                    cls: str | None = None) -> Response:
+        me = labeler_of(request)
+        if me is None:
+            return login_redirect(request)
+        kc = _parse_cls(cls, num_classes)
+        cands = store.candidates(k, l)
+        if not cands:
+            raise HTTPException(404, f"(class {k}, component {l}) has no retrieved candidates")
+        all_rows = store.curate_components(me, min_agree=min_agree)
+        here = next(r for r in all_rows if (r.cls, r.component) == (k, l))
+        filtered = select(all_rows, filter, kc)
+        prev, nxt = _neighbours(filtered, _curate_key(here), _curate_key)
+        q = _query(filter, kc)
+        votes = store.image_verdicts(k, l)
+        items = []
+        for c in cands:
+            v = votes.get(c["id"], {})
+            counts = {verdict: sum(1 for x in v.values() if x == verdict) for verdict in IMAGE_VERDICTS}
+            items.append({"rec": c, "url": img_url(c["path"]) if c.get("path") else None, "mine": v.get(me), "counts": counts,
+                          "accepted": counts["out"] >= min_agree, "disagreement": len(set(v.values())) > 1})
+        try:
+            rec = store.component(k, l)
+            npfv_url = img_url(store.visual_path(rec, rec["npfv_png"])) if rec.get("npfv_png") else None
+        except UnknownItemError:
+            rec, npfv_url = None, None
+
+        def url(r: CurateRow | None) -> str:
+            return "" if r is None else f"/curate/{r.cls}/{r.component}{q}"
+
+        return render(request, "curate.html", task="curate", k=k, l=l, class_name=class_label(k), items=items,
+                      row=here, rec=rec, npfv_url=npfv_url, prev_url=url(prev), next_url=url(nxt), filter=filter,
+                      cls=kc, query=q, keys=_KEYS_CURATE, classes=_class_choices(all_rows), class_label=class_label,
+                      progress=curate_progress(all_rows))
+
+    @app.post("/api/curate/{k}/{l}")
+    def curate_verdict(request: Request, k: int, l: int, body: CurateVerdict) -> dict[str, Any]:
+        me = need_labeler(request)
+        try:
+            store.set_image_verdict(me, k, l, body.id, body.verdict)
+        except UnknownItemError as err:
+            raise HTTPException(404, str(err)) from None
+        v = store.image_verdicts(k, l).get(body.id, {})
+        counts = {verdict: sum(1 for x in v.values() if x == verdict) for verdict in IMAGE_VERDICTS}
+        return {"ok": True, "labeler": me, "id": body.id, "verdict": body.verdict, "counts": counts,
+                "accepted": counts["out"] >= min_agree}
+
+    # ------------------------------------------------------------------ API, exports, files
+    @app.get("/api/progress")
+    def progress(request: Request) -> dict[str, Any]:
+        me = need_labeler(request)
+        return {"labeler": me, "min_agree": min_agree, **store.progress(me, min_agree=min_agree)}
+
+    @app.post("/api/sync")
+    def resync(request: Request) -> dict[str, Any]:
+        need_labeler(request)
+        r = store.sync()
+        return {"components": r.components, "candidates": r.candidates, "files": r.files, "classes": r.classes}
+
+    @app.get("/export/labels.json")
+    def export_json(request: Request) -> JSONResponse:
+        need_labeler(request)
+        return JSONResponse(store.labels_document(min_agree),
+                            headers={"Content-Disposition": 'attachment; filename="labels.json"'})
+
+    @app.get("/export/labels.csv")
+    def export_csv(request: Request) -> PlainTextResponse:
+        need_labeler(request)
+        return PlainTextResponse(store.labels_csv(min_agree), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
+
+    @app.get("/export/components.json")
+    def export_components(request: Request) -> JSONResponse:
+        need_labeler(request)
+        return JSONResponse(store.components_document(min_agree),
+                            headers={"Content-Disposition": 'attachment; filename="components.json"'})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/img/{key}")
+    def image(key: str) -> FileResponse:
+        path = store.file_path(key) if _KEY_RE.match(key) else None
+        if path is None or not path.is_file():
+            raise HTTPException(404, "no such image")
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+    return app
+
+
+def _class_counts(k: int, name: str) -> dict[str, Any]:
+    return {"k": k, "name": name, "components": 0, "mine": 0, "agreed": 0, "disagreements": 0,
+            "candidates": 0, "judged": 0, "accepted": 0}
+
+
+def _class_choices(rows: list[Any]) -> list[int]:
+    return sorted({r.cls for r in rows})
+
+
+def serve(workspace: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8765, min_agree: int = 2,
+          open_browser: bool = False, log_level: str = "info") -> None:
+    """Run the labelling app with uvicorn until interrupted.
+
+    Binding to anything but loopback exposes the labels to the network (there are no passwords):
+    a ``UserWarning`` says so. On loopback, requests must name a loopback host (DNS-rebinding guard).
+
+    Raises:
+        ValueError: ``port`` outside 0..65535 (0 = any free port), or see :func:`create_app`.
+    """
+    import uvicorn
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in 0..65535 (0 = any free port), got {port!r}")
+    loopback = is_loopback(host)
+    if not loopback:
+        warnings.warn(f"binding to {host}: anyone who can reach this address can read and change the labels "
+                      "(there are no passwords); use --host 127.0.0.1 unless this network is trusted",
+                      stacklevel=2)
+    allowed = ([*LOOPBACK_HOSTS, "[::1]", host.strip("[]")] if loopback else None)
+    app = create_app(workspace, min_agree=min_agree, allowed_hosts=allowed)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(config)
+    if open_browser:
+        import threading
+        import webbrowser
+
+        def _open() -> None:
+            import time
+
+            while not server.started and not server.should_exit:
+                time.sleep(0.05)
+            if server.started:
+                bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+                webbrowser.open(f"http://{'localhost' if loopback else host}:{bound}/")
+
+        threading.Thread(target=_open, daemon=True).start()
+    server.run()

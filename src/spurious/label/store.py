@@ -1,0 +1,779 @@
+"""Human labels of the ``label`` stage: component review and image curation, per labeler, in SQLite.
+
+``WS/labels.sqlite`` holds what ``visualize`` and ``retrieve`` produced (registered by
+:meth:`LabelStore.sync`) next to the verdicts that people gave in the web UI
+(:mod:`spurious.label.app`). Two tasks (DESIGN.md "Interfaces"):
+
+* *review*: each selected component ``(k, l)`` gets a verdict ``spurious`` / ``core`` / ``unsure``
+  (plus an optional note) per labeler; a component is an *agreed* spurious feature of class ``k``
+  when at least ``min_agree`` (default 2) labelers said ``spurious``
+  (:meth:`LabelStore.agreed_components`, the set ``S_k`` that SpuFix removes);
+* *curate*: each retrieved candidate image of ``(k, l)`` gets ``in`` (the class object is visible),
+  ``out`` (only the spurious feature, the object is absent) or ``trash`` (unusable); an image is
+  *accepted* for the spurious benchmark when at least ``min_agree`` labelers said ``out``
+  (:meth:`LabelStore.accepted_images`).
+
+Storage: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE`` write transactions on a fresh
+connection per call, so any number of threads and processes (two servers on one workspace, a
+script exporting while people label) write without losing a verdict; ``synchronous=FULL`` so a
+committed verdict survives a crash of the server. The schema is versioned with
+``PRAGMA user_version``; a database written by a newer spurious is refused with a clear error.
+Every verdict change is also appended to a history table.
+
+This module imports no web code, so ``fix``, ``retrieve`` and the benchmark builder can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import sqlite3
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spurious import __version__
+from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious.workspace import IncompatibleArtifactError, Workspace
+
+__all__ = [
+    "COMPONENT_VERDICTS",
+    "FILTERS",
+    "IMAGE_VERDICTS",
+    "SCHEMA_VERSION",
+    "ComponentRow",
+    "CurateRow",
+    "LabelStore",
+    "SyncResult",
+    "UnknownItemError",
+    "check_labeler",
+    "curate_progress",
+    "file_key",
+    "review_progress",
+    "select",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+COMPONENT_VERDICTS: tuple[str, ...] = ("spurious", "core", "unsure")
+IMAGE_VERDICTS: tuple[str, ...] = ("in", "out", "trash")
+FILTERS: tuple[str, ...] = ("all", "unlabeled", "disagreements")
+DB_NAME = "labels.sqlite"
+MAX_NOTE_CHARS = 2000
+MAX_LABELER_CHARS = 64
+_BUSY_TIMEOUT_MS = 30_000
+_LABELER_RE = re.compile(r"^[\w][\w .@+-]*$")
+_CLASS_DIR_RE = re.compile(r"^class_(\d+)$")
+_CANDIDATE_KEYS = ("class", "component", "rank", "id", "path", "alpha")
+
+_SCHEMA = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE components (
+    class INTEGER NOT NULL, component INTEGER NOT NULL, rank INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (class, component));
+CREATE TABLE candidates (
+    class INTEGER NOT NULL, component INTEGER NOT NULL, id TEXT NOT NULL, rank INTEGER NOT NULL,
+    path TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (class, component, id));
+CREATE TABLE files (key TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE labelers (name TEXT PRIMARY KEY, created TEXT NOT NULL);
+CREATE TABLE component_verdicts (
+    labeler TEXT NOT NULL, class INTEGER NOT NULL, component INTEGER NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ({", ".join(repr(v) for v in COMPONENT_VERDICTS)})),
+    note TEXT NOT NULL DEFAULT '', created TEXT NOT NULL, updated TEXT NOT NULL,
+    PRIMARY KEY (labeler, class, component));
+CREATE INDEX component_verdicts_item ON component_verdicts (class, component);
+CREATE TABLE image_verdicts (
+    labeler TEXT NOT NULL, class INTEGER NOT NULL, component INTEGER NOT NULL, id TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ({", ".join(repr(v) for v in IMAGE_VERDICTS)})),
+    created TEXT NOT NULL, updated TEXT NOT NULL,
+    PRIMARY KEY (labeler, class, component, id));
+CREATE INDEX image_verdicts_item ON image_verdicts (class, component, id);
+CREATE TABLE history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, labeler TEXT NOT NULL,
+    task TEXT NOT NULL CHECK (task IN ('review', 'curate')),
+    class INTEGER NOT NULL, component INTEGER NOT NULL, id TEXT, verdict TEXT NOT NULL, note TEXT);
+"""
+
+
+class UnknownItemError(ValueError):
+    """A verdict names a component or image that is not registered in the label store."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`LabelStore.sync` registered (counts after the scan)."""
+
+    components: int
+    candidates: int
+    files: int
+    classes: list[int]
+
+
+@dataclass(frozen=True)
+class ComponentRow:
+    """One component in the review order, with its verdict counts.
+
+    ``mine`` is the asking labeler's verdict (``None`` when unlabeled); ``votes`` maps each verdict to
+    its number of labelers; ``agreed`` is ``votes['spurious'] >= min_agree``.
+    """
+
+    cls: int
+    component: int
+    rank: int
+    mine: str | None
+    votes: dict[str, int]
+    agreed: bool
+
+    @property
+    def disagreement(self) -> bool:
+        """At least two labelers gave different verdicts."""
+        return sum(1 for n in self.votes.values() if n) > 1
+
+    def matches(self, filter: str) -> bool:
+        """``all``; ``unlabeled``: no verdict of the asking labeler; ``disagreements``: :attr:`disagreement`."""
+        return filter == "all" or (filter == "unlabeled" and self.mine is None) or \
+            (filter == "disagreements" and self.disagreement)
+
+
+@dataclass(frozen=True)
+class CurateRow:
+    """One component with retrieved candidates, in the curation order."""
+
+    cls: int
+    component: int
+    candidates: int
+    judged_by_me: int
+    disagreements: int
+    accepted: int
+
+    @property
+    def done_by_me(self) -> bool:
+        return self.judged_by_me >= self.candidates
+
+    def matches(self, filter: str) -> bool:
+        """``all``; ``unlabeled``: some candidate lacks the asking labeler's verdict; ``disagreements``:
+        some candidate got different verdicts."""
+        return filter == "all" or (filter == "unlabeled" and not self.done_by_me) or \
+            (filter == "disagreements" and self.disagreements > 0)
+
+
+def select(rows: Sequence[Any], filter: str = "all", cls: int | None = None) -> list[Any]:
+    """The rows (:class:`ComponentRow` or :class:`CurateRow`) that match ``filter`` and class ``cls``.
+
+    Raises:
+        ValueError: unknown filter (valid: :data:`FILTERS`).
+    """
+    if filter not in FILTERS:
+        raise ValueError(f"unknown filter {filter!r}; valid: {', '.join(FILTERS)}")
+    return [r for r in rows if r.matches(filter) and (cls is None or r.cls == cls)]
+
+
+def review_progress(rows: Sequence[ComponentRow]) -> dict[str, int]:
+    """Counts over :meth:`LabelStore.components` rows: total, labelled by the asking labeler, agreed
+    spurious, with disagreement."""
+    return {"components": len(rows), "components_mine": sum(r.mine is not None for r in rows),
+            "components_agreed": sum(r.agreed for r in rows),
+            "components_disagreements": sum(r.disagreement for r in rows)}
+
+
+def curate_progress(rows: Sequence[CurateRow]) -> dict[str, int]:
+    """Counts over :meth:`LabelStore.curate_components` rows: candidates, judged by the asking
+    labeler, accepted, with disagreement."""
+    return {"candidates": sum(r.candidates for r in rows), "candidates_mine": sum(r.judged_by_me for r in rows),
+            "candidates_accepted": sum(r.accepted for r in rows),
+            "candidates_disagreements": sum(r.disagreements for r in rows)}
+
+
+def check_labeler(name: Any) -> str:
+    """Validate a labeler name and return it stripped (NFC-normalised).
+
+    Allowed: 1..64 characters, letters/digits/underscore first, then also space ``.@+-``.
+
+    Raises:
+        ValueError: empty, too long, or other characters.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"labeler name must be a string, got {type(name).__name__}")
+    clean = unicodedata.normalize("NFC", name.strip())
+    if not clean or len(clean) > MAX_LABELER_CHARS or not _LABELER_RE.match(clean):
+        raise ValueError(
+            f"invalid labeler name {name!r}: use 1-{MAX_LABELER_CHARS} letters, digits, '_', and inside "
+            "the name also space . @ + - (e.g. 'alice' or 'bob.smith')"
+        )
+    return clean
+
+
+def _check_verdict(verdict: Any, valid: Sequence[str]) -> str:
+    if verdict not in valid:
+        raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(valid)}")
+    return str(verdict)
+
+
+def _check_min_agree(min_agree: Any) -> int:
+    if isinstance(min_agree, bool) or not isinstance(min_agree, int) or min_agree < 1:
+        raise ValueError(f"min_agree must be an integer >= 1, got {min_agree!r}")
+    return min_agree
+
+
+def file_key(path: str | os.PathLike[str]) -> str:
+    """The opaque key under which the web UI serves a registered file (hash of its absolute path)."""
+    return hashlib.sha256(str(Path(path).absolute()).encode("utf-8")).hexdigest()[:24]
+
+
+class LabelStore:
+    """The label database ``WS/labels.sqlite`` of a workspace.
+
+    Args:
+        workspace: workspace directory (or an open :class:`~spurious.workspace.Workspace`).
+        sync: also run :meth:`sync` (register ``WS/visualize`` and ``WS/retrieve``).
+
+    Raises:
+        FileNotFoundError: ``workspace`` is not a spurious workspace.
+        ValueError: the database has a newer schema than this spurious reads.
+        IncompatibleArtifactError: the database was made for another model.
+    """
+
+    def __init__(self, workspace: str | os.PathLike[str] | Workspace, *, sync: bool = False) -> None:
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+        self.root = self.workspace.root
+        self.path = self.root / DB_NAME
+        self._init_db()
+        if sync:
+            self.sync()
+
+    # ------------------------------------------------------------------ connection
+    @contextlib.contextmanager
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A fresh connection (one per call, so per request and per thread); a write holds
+        ``BEGIN IMMEDIATE`` until commit, so concurrent writers queue instead of failing."""
+        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            con.execute("PRAGMA synchronous = FULL")
+            if not write:
+                yield con
+                return
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def _init_db(self) -> None:
+        try:
+            with self._connect() as con:
+                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"{self.path} is not a usable SQLite database ({err}); move it away to start a "
+                             "new label store") from None
+        if str(mode).lower() != "wal":
+            log.warning("%s: SQLite refused WAL mode (journal_mode=%s); concurrent labelers may wait longer",
+                        self.path, mode)
+        with self._connect(write=True) as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"{self.path} has label schema version {version}, but spurious {__version__} reads up to "
+                    f"version {SCHEMA_VERSION}; upgrade spurious (pip install -U spurious) to open it"
+                )
+            if version == 0:
+                tables = con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+                if tables:
+                    raise ValueError(f"{self.path} is an SQLite file but not a spurious label store "
+                                     "(no schema version); move it away or pick another workspace")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+                meta = {"format": "spurious-labels", "model_fingerprint": self.workspace.model_fingerprint,
+                        "model_spec": self.workspace.model_spec, "created": utc_now(),
+                        "package_version": __version__}
+                con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        fingerprint = self.meta.get("model_fingerprint")
+        if fingerprint != self.workspace.model_fingerprint:
+            raise IncompatibleArtifactError(
+                f"{self.path} holds labels for model fingerprint {fingerprint}, but the workspace model is "
+                f"{self.workspace.model_fingerprint}; labels belong to the workspace they were made in"
+            )
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """The database's meta table (format, model fingerprint and spec, created, package version)."""
+        with self._connect() as con:
+            return {r["key"]: r["value"] for r in con.execute("SELECT key, value FROM meta")}
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+    # ------------------------------------------------------------------ registration
+    def sync(self) -> SyncResult:
+        """Register the components of ``WS/visualize`` and the candidates of ``WS/retrieve``.
+
+        Idempotent: the registered items and files are replaced by what is on disk now; verdicts
+        are never touched (a verdict on an item that disappears is kept and comes back with it).
+
+        Raises:
+            IncompatibleArtifactError: an artifact was made for another model than the workspace's.
+            ValueError: a ``components.json`` or ``candidates.jsonl`` is malformed (named in the message).
+        """
+        components, files = self._scan_visualize()
+        candidates = self._scan_retrieve()
+        files += [Path(c["path"]) for c in candidates if c["path"] is not None]  # None: a pool without files
+        keys = {file_key(p): str(p.resolve()) for p in files}
+        with self._connect(write=True) as con:
+            con.execute("DELETE FROM components")
+            con.executemany(
+                "INSERT INTO components (class, component, rank, record) VALUES (?, ?, ?, ?)",
+                [(c["class"], c["component"], c["rank"], json.dumps(c)) for c in components])
+            con.execute("DELETE FROM candidates")
+            con.executemany(
+                "INSERT INTO candidates (class, component, id, rank, path, record) VALUES (?, ?, ?, ?, ?, ?)",
+                [(c["class"], c["component"], c["id"], c["rank"], c["path"] or "", json.dumps(c)) for c in candidates])
+            con.execute("DELETE FROM files")
+            con.executemany("INSERT INTO files (key, path) VALUES (?, ?)", keys.items())
+        classes = sorted({c["class"] for c in components} | {c["class"] for c in candidates})
+        log.info("label store: %d components, %d candidates, %d files registered",
+                 len(components), len(candidates), len(keys))
+        return SyncResult(len(components), len(candidates), len(keys), classes)
+
+    def _check_manifest(self, folder: Path) -> None:
+        path = folder / "manifest.json"
+        if not path.is_file():
+            return
+        manifest = read_json(path)
+        model = manifest.get("model")
+        fingerprint = model.get("fingerprint") if isinstance(model, dict) else manifest.get("model_fingerprint")
+        if fingerprint is not None and fingerprint != self.workspace.model_fingerprint:
+            raise IncompatibleArtifactError(
+                f"{folder} was made with model fingerprint {fingerprint}, but the workspace model is "
+                f"{self.workspace.model_fingerprint}; re-run that stage in this workspace"
+            )
+
+    def visual_path(self, component: dict[str, Any], name: str) -> Path:
+        """Where the file ``name`` of a registered component record lies (its class folder of
+        ``WS/visualize``); :func:`file_key` of this path is the key the web UI serves it under."""
+        return self.root / "visualize" / str(component["folder"]) / str(name)
+
+    def _scan_visualize(self) -> tuple[list[dict[str, Any]], list[Path]]:
+        root = self.root / "visualize"
+        if not root.is_dir():
+            return [], []
+        self._check_manifest(root)
+        components: list[dict[str, Any]] = []
+        files: list[Path] = []
+        for folder in sorted(root.iterdir()):
+            m = _CLASS_DIR_RE.match(folder.name)
+            if not m or not (folder / "components.json").is_file():
+                continue
+            data = read_json(folder / "components.json")
+            for rec in _component_records(data, int(m.group(1)), folder / "components.json"):
+                rec["folder"] = folder.name
+                for name in _png_names(rec):
+                    path = self.visual_path(rec, name)
+                    if path.resolve().parent == folder.resolve():  # only files of this class folder are served
+                        files.append(path)
+                components.append(rec)
+        return components, files
+
+    def _scan_retrieve(self) -> list[dict[str, Any]]:
+        root = self.root / "retrieve"
+        path = root / "candidates.jsonl"
+        if not path.is_file():
+            return []
+        self._check_manifest(root)
+        out = []
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not JSON ({err.msg}); re-run `spurious retrieve`") from None
+                missing = [k for k in _CANDIDATE_KEYS if k not in rec] if isinstance(rec, dict) else _CANDIDATE_KEYS
+                if missing:
+                    raise ValueError(f"{path}:{lineno}: candidate record lacks {', '.join(missing)}; "
+                                     "re-run `spurious retrieve`")
+                rec["class"], rec["component"], rec["rank"] = int(rec["class"]), int(rec["component"]), int(rec["rank"])
+                rec["id"] = str(rec["id"])
+                # a pool imported without image files has no path: the candidate is labelled by id only
+                rec["path"] = str(Path(rec["path"]).absolute()) if rec["path"] else None
+                out.append(rec)
+        return out
+
+    # ------------------------------------------------------------------ items
+    def class_name(self, k: int) -> str:
+        names = self.workspace.class_names
+        return names[k] if 0 <= k < len(names) else f"class {k}"
+
+    def component(self, k: int, l: int) -> dict[str, Any]:
+        """The registered record of component ``(k, l)`` (see :func:`_component_records` for its keys).
+
+        Raises:
+            UnknownItemError: no such component is registered.
+        """
+        with self._connect() as con:
+            row = con.execute("SELECT record FROM components WHERE class = ? AND component = ?",
+                              (int(k), int(l))).fetchone()
+        if row is None:
+            raise UnknownItemError(f"component (class {k}, component {l}) is not registered; "
+                                   "run `spurious visualize` for it and reload the label store")
+        return dict(json.loads(row["record"]))
+
+    def candidates(self, k: int, l: int) -> list[dict[str, Any]]:
+        """The registered retrieval candidates of ``(k, l)`` (candidates.jsonl records), by rank."""
+        with self._connect() as con:
+            rows = con.execute("SELECT record FROM candidates WHERE class = ? AND component = ? ORDER BY rank, id",
+                               (int(k), int(l))).fetchall()
+        return [json.loads(r["record"]) for r in rows]
+
+    def file_path(self, key: str) -> Path | None:
+        """The registered file behind an opaque key, or ``None`` for any other key."""
+        with self._connect() as con:
+            row = con.execute("SELECT path FROM files WHERE key = ?", (str(key),)).fetchone()
+        return None if row is None else Path(row["path"])
+
+    def labelers(self) -> list[str]:
+        """Everyone who gave at least one verdict, or signed in, sorted."""
+        with self._connect() as con:
+            return [r[0] for r in con.execute("SELECT name FROM labelers ORDER BY name")]
+
+    def add_labeler(self, name: str) -> str:
+        """Register a labeler (on sign-in); returns the validated name."""
+        name = check_labeler(name)
+        with self._connect(write=True) as con:
+            con.execute("INSERT OR IGNORE INTO labelers (name, created) VALUES (?, ?)", (name, utc_now()))
+        return name
+
+    # ------------------------------------------------------------------ verdicts
+    def set_component_verdict(self, labeler: str, k: int, l: int, verdict: str, note: str | None = None) -> None:
+        """Store (or replace) ``labeler``'s verdict on component ``(k, l)``.
+
+        Args:
+            verdict: one of :data:`COMPONENT_VERDICTS`.
+            note: optional free text (at most 2000 characters); ``None`` keeps an earlier note.
+
+        Raises:
+            ValueError: bad labeler name, unknown verdict, note too long.
+            UnknownItemError: the component is not registered.
+        """
+        labeler = check_labeler(labeler)
+        verdict = _check_verdict(verdict, COMPONENT_VERDICTS)
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
+            raise ValueError(f"note must be a string of at most {MAX_NOTE_CHARS} characters")
+        now = utc_now()
+        with self._connect(write=True) as con:
+            if con.execute("SELECT 1 FROM components WHERE class = ? AND component = ?", (k, l)).fetchone() is None:
+                raise UnknownItemError(f"component (class {k}, component {l}) is not registered")
+            con.execute("INSERT OR IGNORE INTO labelers (name, created) VALUES (?, ?)", (labeler, now))
+            con.execute(
+                "INSERT INTO component_verdicts (labeler, class, component, verdict, note, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (labeler, class, component) DO UPDATE SET "
+                "verdict = excluded.verdict, note = coalesce(?, note), updated = excluded.updated",
+                (labeler, k, l, verdict, note or "", now, now, note))
+            con.execute("INSERT INTO history (at, labeler, task, class, component, verdict, note) "
+                        "VALUES (?, ?, 'review', ?, ?, ?, ?)", (now, labeler, k, l, verdict, note))
+
+    def set_image_verdict(self, labeler: str, k: int, l: int, image_id: str, verdict: str) -> None:
+        """Store (or replace) ``labeler``'s verdict on candidate ``image_id`` of ``(k, l)``.
+
+        Raises:
+            ValueError: bad labeler name or unknown verdict (valid: :data:`IMAGE_VERDICTS`).
+            UnknownItemError: the image is not a registered candidate of ``(k, l)``.
+        """
+        labeler = check_labeler(labeler)
+        verdict = _check_verdict(verdict, IMAGE_VERDICTS)
+        now = utc_now()
+        with self._connect(write=True) as con:
+            if con.execute("SELECT 1 FROM candidates WHERE class = ? AND component = ? AND id = ?",
+                           (k, l, str(image_id))).fetchone() is None:
+                raise UnknownItemError(f"image {image_id!r} is not a registered candidate of "
+                                       f"(class {k}, component {l})")
+            con.execute("INSERT OR IGNORE INTO labelers (name, created) VALUES (?, ?)", (labeler, now))
+            con.execute(
+                "INSERT INTO image_verdicts (labeler, class, component, id, verdict, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (labeler, class, component, id) DO UPDATE SET "
+                "verdict = excluded.verdict, updated = excluded.updated",
+                (labeler, k, l, str(image_id), verdict, now, now))
+            con.execute("INSERT INTO history (at, labeler, task, class, component, id, verdict) "
+                        "VALUES (?, ?, 'curate', ?, ?, ?, ?)", (now, labeler, k, l, str(image_id), verdict))
+
+    def component_verdicts(self, k: int, l: int) -> dict[str, dict[str, str]]:
+        """``labeler -> {"verdict", "note", "updated"}`` for component ``(k, l)``."""
+        with self._connect() as con:
+            rows = con.execute("SELECT labeler, verdict, note, updated FROM component_verdicts "
+                               "WHERE class = ? AND component = ? ORDER BY labeler", (k, l)).fetchall()
+        return {r["labeler"]: {"verdict": r["verdict"], "note": r["note"], "updated": r["updated"]} for r in rows}
+
+    def image_verdicts(self, k: int, l: int) -> dict[str, dict[str, str]]:
+        """``image id -> {labeler: verdict}`` for the candidates of ``(k, l)``."""
+        out: dict[str, dict[str, str]] = {}
+        with self._connect() as con:
+            for r in con.execute("SELECT id, labeler, verdict FROM image_verdicts WHERE class = ? AND component = ? "
+                                 "ORDER BY id, labeler", (k, l)):
+                out.setdefault(r["id"], {})[r["labeler"]] = r["verdict"]
+        return out
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every verdict ever given, oldest first (``seq, at, labeler, task, class, component, id, verdict, note``)."""
+        with self._connect() as con:
+            return [dict(r) for r in con.execute("SELECT * FROM history ORDER BY seq")]
+
+    # ------------------------------------------------------------------ listings for the UI
+    def components(self, labeler: str | None = None, *, filter: str = "all", cls: int | None = None,
+                   min_agree: int = 2) -> list[ComponentRow]:
+        """Registered components in review order (class, then rank), with verdict counts.
+
+        Args:
+            labeler: whose verdict is ``mine`` (and whose "unlabeled" the filter means).
+            filter: ``all``, ``unlabeled`` (no verdict of ``labeler``) or ``disagreements``
+                (labelers gave different verdicts).
+            cls: only this class.
+        """
+        select([], filter)  # validates the filter before the query
+        min_agree = _check_min_agree(min_agree)
+        sums = ", ".join(f"coalesce(sum(v.verdict = '{v}'), 0) AS n_{v}" for v in COMPONENT_VERDICTS)
+        sql = (f"SELECT c.class, c.component, c.rank, {sums}, "
+               "max(CASE WHEN v.labeler = ? THEN v.verdict END) AS mine "
+               "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
+               + ("WHERE c.class = ? " if cls is not None else "")
+               + "GROUP BY c.class, c.component ORDER BY c.class, c.rank, c.component")
+        params: list[Any] = [labeler] + ([int(cls)] if cls is not None else [])
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        out = []
+        for r in rows:
+            votes = {v: int(r[f"n_{v}"]) for v in COMPONENT_VERDICTS}
+            out.append(ComponentRow(r["class"], r["component"], r["rank"], r["mine"], votes,
+                                    votes["spurious"] >= min_agree))
+        return select(out, filter)
+
+    def curate_components(self, labeler: str | None = None, *, filter: str = "all", cls: int | None = None,
+                          min_agree: int = 2) -> list[CurateRow]:
+        """Components with retrieval candidates (by class, component), with curation progress.
+
+        ``filter``: ``all``, ``unlabeled`` (``labeler`` has not judged every candidate) or
+        ``disagreements`` (some candidate got different verdicts).
+        """
+        select([], filter)  # validates the filter before the query
+        min_agree = _check_min_agree(min_agree)
+        sql = (
+            "SELECT c.class, c.component, count(*) AS n, coalesce(sum(a.mine IS NOT NULL), 0) AS n_mine, "
+            "coalesce(sum(a.distinct_verdicts > 1), 0) AS n_dis, coalesce(sum(a.outs >= ?), 0) AS n_acc "
+            "FROM candidates c LEFT JOIN ("
+            "  SELECT class, component, id, count(DISTINCT verdict) AS distinct_verdicts, "
+            "  sum(verdict = 'out') AS outs, max(CASE WHEN labeler = ? THEN verdict END) AS mine "
+            "  FROM image_verdicts GROUP BY class, component, id) a "
+            "ON a.class = c.class AND a.component = c.component AND a.id = c.id "
+            + ("WHERE c.class = ? " if cls is not None else "")
+            + "GROUP BY c.class, c.component ORDER BY c.class, c.component")
+        params: list[Any] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        out = [CurateRow(r["class"], r["component"], r["n"], r["n_mine"], r["n_dis"], r["n_acc"]) for r in rows]
+        return select(out, filter)
+
+    # ------------------------------------------------------------------ agreed results
+    def agreed_components(self, min_agree: int = 2) -> dict[int, list[int]]:
+        """The agreed spurious components: ``class k -> sorted [l, ...]`` (the sets ``S_k`` of SpuFix).
+
+        A component counts when at least ``min_agree`` labelers gave it the verdict ``spurious``.
+        Classes without one are absent.
+        """
+        min_agree = _check_min_agree(min_agree)
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT class, component FROM component_verdicts WHERE verdict = 'spurious' "
+                "GROUP BY class, component HAVING count(*) >= ? ORDER BY class, component", (min_agree,)).fetchall()
+        out: dict[int, list[int]] = {}
+        for r in rows:
+            out.setdefault(int(r["class"]), []).append(int(r["component"]))
+        return out
+
+    def accepted_images(self, min_agree: int = 2) -> dict[tuple[int, int], list[dict[str, Any]]]:
+        """Candidates accepted for the spurious benchmark: ``(k, l) -> [record, ...]`` by rank.
+
+        An image counts when at least ``min_agree`` labelers said ``out`` (the spurious feature
+        without the class object). Each record is the ``candidates.jsonl`` record plus
+        ``"labelers"``: the sorted names of those who said ``out``.
+        """
+        min_agree = _check_min_agree(min_agree)
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT c.class, c.component, c.record, group_concat(v.labeler, char(0)) AS names "
+                "FROM candidates c JOIN image_verdicts v "
+                "ON v.class = c.class AND v.component = c.component AND v.id = c.id AND v.verdict = 'out' "
+                "GROUP BY c.class, c.component, c.id HAVING count(*) >= ? "
+                "ORDER BY c.class, c.component, c.rank, c.id", (min_agree,)).fetchall()
+        out: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for r in rows:
+            rec = json.loads(r["record"])
+            rec["labelers"] = sorted(r["names"].split("\0"))
+            out.setdefault((int(r["class"]), int(r["component"])), []).append(rec)
+        return out
+
+    def progress(self, labeler: str | None = None, min_agree: int = 2) -> dict[str, int]:
+        """Counts for the UI: components (total, labeled by ``labeler``, agreed spurious, disagreements)
+        and candidates (total, judged by ``labeler``, accepted)."""
+        return {**review_progress(self.components(labeler, min_agree=min_agree)),
+                **curate_progress(self.curate_components(labeler, min_agree=min_agree))}
+
+    # ------------------------------------------------------------------ exports
+    def _n_labelers(self, task: str) -> int:
+        table = "component_verdicts" if task == "review" else "image_verdicts"
+        with self._connect() as con:
+            return int(con.execute(f"SELECT count(DISTINCT labeler) FROM {table}").fetchone()[0])
+
+    def components_document(self, min_agree: int = 2) -> dict[str, Any]:
+        """The component-set document that :meth:`export_components` writes (for ``spurious fix``)."""
+        agreed = self.agreed_components(min_agree)
+        return {
+            "format": "spurious-components",
+            "version": 1,
+            "model_fingerprint": self.workspace.model_fingerprint,
+            "classes": {str(k): ls for k, ls in agreed.items()},
+            "source": f"labels: {self._n_labelers('review')} labelers, min_agree={min_agree}",
+        }
+
+    def export_components(self, path: str | os.PathLike[str], min_agree: int = 2) -> dict[str, Any]:
+        """Write the agreed spurious components as the component-set file used by ``spurious fix``.
+
+        Format: ``{"format": "spurious-components", "version": 1, "model_fingerprint": ...,
+        "classes": {"<k>": [l, ...]}, "source": "labels: <n> labelers, min_agree=<m>"}``.
+        Returns the written document.
+        """
+        doc = self.components_document(min_agree)
+        write_json(path, doc)
+        return doc
+
+    def verdict_rows(self, min_agree: int = 2) -> list[dict[str, Any]]:
+        """Every current verdict as a flat record (the CSV export), review first, then curation.
+
+        Keys: ``task, class, class_name, component, id, path, labeler, verdict, note, updated, agreed``;
+        ``agreed`` says whether the item is an agreed spurious component / an accepted image.
+        """
+        agreed = {(k, l) for k, ls in self.agreed_components(min_agree).items() for l in ls}
+        accepted = {(k, l, rec["id"]) for (k, l), recs in self.accepted_images(min_agree).items() for rec in recs}
+        rows: list[dict[str, Any]] = []
+        with self._connect() as con:
+            for r in con.execute("SELECT * FROM component_verdicts ORDER BY class, component, labeler"):
+                rows.append({"task": "review", "class": r["class"], "class_name": self.class_name(r["class"]),
+                             "component": r["component"], "id": "", "path": "", "labeler": r["labeler"],
+                             "verdict": r["verdict"], "note": r["note"], "updated": r["updated"],
+                             "agreed": (r["class"], r["component"]) in agreed})
+            for r in con.execute(
+                    "SELECT v.*, c.path FROM image_verdicts v LEFT JOIN candidates c "
+                    "ON c.class = v.class AND c.component = v.component AND c.id = v.id "
+                    "ORDER BY v.class, v.component, v.id, v.labeler"):
+                rows.append({"task": "curate", "class": r["class"], "class_name": self.class_name(r["class"]),
+                             "component": r["component"], "id": r["id"], "path": r["path"] or "",
+                             "labeler": r["labeler"], "verdict": r["verdict"], "note": "", "updated": r["updated"],
+                             "agreed": (r["class"], r["component"], r["id"]) in accepted})
+        return rows
+
+    def labels_document(self, min_agree: int = 2) -> dict[str, Any]:
+        """The JSON export: agreed components, accepted images and every verdict."""
+        accepted = self.accepted_images(min_agree)
+        return {
+            "format": "spurious-labels",
+            "version": 1,
+            "model_fingerprint": self.workspace.model_fingerprint,
+            "created": utc_now(),
+            "min_agree": min_agree,
+            "labelers": self.labelers(),
+            "agreed_components": {str(k): ls for k, ls in self.agreed_components(min_agree).items()},
+            "accepted_images": [dict(rec) for recs in accepted.values() for rec in recs],
+            "verdicts": self.verdict_rows(min_agree),
+        }
+
+    def labels_csv(self, min_agree: int = 2) -> str:
+        """The CSV export: one row per current verdict (columns of :meth:`verdict_rows`)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(_CSV_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        for row in self.verdict_rows(min_agree):
+            writer.writerow({k: str(row[k]).lower() if isinstance(row[k], bool) else row[k] for k in _CSV_FIELDS})
+        return buf.getvalue()
+
+    def export_labels(self, path: str | os.PathLike[str], format: str | None = None, min_agree: int = 2) -> Path:
+        """Write every verdict plus the agreed results, as JSON or CSV.
+
+        Args:
+            format: ``json`` or ``csv``; default from the file suffix (``.csv`` -> csv, else json).
+
+        Raises:
+            ValueError: unknown format.
+        """
+        path = Path(path)
+        fmt = format or ("csv" if path.suffix.lower() == ".csv" else "json")
+        if fmt not in ("json", "csv"):
+            raise ValueError(f"unknown export format {format!r}; valid: json, csv")
+        if fmt == "json":
+            write_json(path, self.labels_document(min_agree))
+        else:
+            text = self.labels_csv(min_agree)
+            with atomic_path(path) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+        return path
+
+
+_CSV_FIELDS = ("task", "class", "class_name", "component", "id", "path", "labeler", "verdict", "note", "updated",
+               "agreed")
+
+
+# ---------------------------------------------------------------------- visualize records
+def _first(rec: dict[str, Any], names: Sequence[str], default: Any = None) -> Any:
+    for n in names:
+        if n in rec:
+            return rec[n]
+    return default
+
+
+def _component_records(data: Any, k: int, path: Path) -> list[dict[str, Any]]:
+    """Normalise the component records of one ``components.json``: every record keeps its fields
+    and gains ``class``, ``component`` and ``rank`` (0-based) as ints."""
+    items = data.get("components") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a list of components (or {{'components': [...]}}); "
+                         "re-run `spurious visualize`")
+    out = []
+    for i, rec in enumerate(items):
+        comp = _first(rec, ("component", "l")) if isinstance(rec, dict) else None
+        if comp is None:
+            raise ValueError(f"{path}: component record {i} has no component index; re-run `spurious visualize`")
+        rec = dict(rec)
+        rec["class"] = int(k)
+        rec["component"] = int(comp)
+        rec["rank"] = int(_first(rec, ("rank",), i))
+        out.append(rec)
+    return out
+
+
+def _png_names(rec: Any) -> Iterator[str]:
+    """Every string in a record (nested) that names an image file."""
+    if isinstance(rec, dict):
+        for v in rec.values():
+            yield from _png_names(v)
+    elif isinstance(rec, list):
+        for v in rec:
+            yield from _png_names(v)
+    elif isinstance(rec, str) and rec.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
+        yield rec

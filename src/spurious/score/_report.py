@@ -1,0 +1,184 @@
+"""Result files of the ``score`` stage: CSV, Markdown, plots and the static HTML report."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spurious import _html
+from spurious._io import atomic_path
+
+from . import plots as _plots
+
+_ROW_FIELDS = ("model", "spec", "variant", "fingerprint", "mauc", "map", "mean_extension", "val_accuracy",
+               "val_complete", "classes_scored", "classes_skipped", "spurious_images", "val_images",
+               "failed_images", "class_map", "cached")
+_CLASS_FIELDS = ("model", "variant", "class_index", "class_name", "val_images", "spurious_images", "auc", "ap",
+                 "extension", "status")
+STRIP_CLASSES = 8
+STRIP_IMAGES = 6
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.6f}"
+    return v
+
+
+def _write_csv(path: Path, fields: Sequence[str], records: Sequence[dict[str, Any]]) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(fields)
+            for rec in records:
+                writer.writerow([_cell(rec[f]) for f in fields])
+    return path
+
+
+def _md(v: Any, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return "-" if v != v else f"{v:.{digits}f}"
+    return str(v).replace("|", "\\|")
+
+
+def _markdown(result: Any) -> str:
+    lines = ["# Spurious score", "",
+             f"Protocol: `{result.protocol}`; {len(result.classes)} classes requested. mAUC / mAP / extension are "
+             "means over the scored classes; higher AUC = less reliance on the spurious features.", "",
+             "| model | mAUC | mAP | class extension | val accuracy | classes scored | skipped |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        lines.append(f"| {_md(r.model)} | {_md(r.mauc)} | {_md(r.map)} | {_md(r.mean_extension)} | "
+                     f"{_md(r.val_accuracy)} | {r.classes_scored} | {r.classes_skipped} |")
+    labels = [r.model for r in result.rows]
+    auc = {(c.model, c.class_index): c for c in result.per_class}
+    lines += ["", "## ROC-AUC per class", "",
+              "| class | name | " + " | ".join(_md(m) for m in labels) + " |",
+              "|---|---|" + "---|" * len(labels)]
+    for k in result.classes:
+        cells = []
+        for m in labels:
+            c = auc[(m, k)]
+            cells.append(_md(c.auc) if c.status == "ok" else c.status)
+        lines.append(f"| {k} | {_md(result.class_names[k])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60] or "model"
+
+
+def write_outputs(result: Any, out: Path, bench: Any, preds: dict[str, tuple[Any, Any, Any]], *, plots: bool,
+                  plot_models: Sequence[str] | None = None) -> dict[str, str]:
+    """Write scores.csv, per_class.csv, scores.md and (with ``plots``) the PNGs and report.html."""
+    paths: dict[str, str] = {}
+    paths["scores_csv"] = str(_write_csv(out / "scores.csv", _ROW_FIELDS, [{f: getattr(r, f) for f in _ROW_FIELDS} for r in result.rows]))
+    paths["per_class_csv"] = str(_write_csv(out / "per_class.csv", _CLASS_FIELDS,
+                                            [{f: getattr(c, f) for f in _CLASS_FIELDS} for c in result.per_class]))
+    with atomic_path(out / "scores.md") as tmp:
+        tmp.write_text(_markdown(result), encoding="utf-8")
+    paths["scores_md"] = str(out / "scores.md")
+    paths["scores_json"] = str(out / "scores.json")
+    if not plots or not result.rows:
+        return paths
+    selected = list(plot_models) if plot_models else [r.model for r in result.rows][:4]
+    plot_dir = out / "plots"
+    paths["plot_scatter"] = str(_plots.plot_scatter(result.rows, plot_dir / "scatter.png"))
+    paths["plot_class_auc"] = str(_plots.plot_class_auc(result.per_class, selected, plot_dir / "class_auc.png"))
+    strips = _strips(result, bench, preds, selected[0], plot_dir)
+    paths["report_html"] = str(_write_html(result, out, selected, strips))
+    return paths
+
+
+def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], model: str,
+            plot_dir: Path) -> list[dict[str, Any]]:
+    """The classes with the lowest AUC of ``model``: their most confidently misread spurious images."""
+    from spurious.datasets import load_image
+
+    entry, spu, _ = preds[model]
+    names = entry.clf.class_names
+    scored = sorted((c for c in result.class_scores(model) if c.status == "ok"), key=lambda c: (c.auc, c.class_index))
+    labels = bench.spurious.labels()
+    strips = []
+    for c in scored[:STRIP_CLASSES]:
+        rows = np.flatnonzero(spu.ok & (labels == c.class_index))
+        rows = rows[np.argsort(-spu.logp[rows], kind="stable")][:STRIP_IMAGES]
+        images, captions, thumbs = [], [], []
+        for j, r in enumerate(rows):
+            rec = bench.spurious.record(int(r))
+            try:
+                im = load_image(rec.path)
+            except (OSError, ValueError):
+                continue
+            im.thumbnail((112, 112))
+            tops = [(names[int(i)] if 0 <= int(i) < len(names) else str(int(i)), float(p))
+                    for i, p in zip(spu.top_index[r][:3], spu.top_prob[r][:3])]
+            caption = "\n".join(f"{n[:18]} {p:.2f}" for n, p in tops)
+            thumb = plot_dir / "thumbs" / _slug(model) / f"{c.class_index}_{j}.png"
+            thumb.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(thumb) as tmp:
+                im.save(tmp, format="PNG")
+            images.append(im)
+            captions.append(caption)
+            thumbs.append((thumb, rec.id, tops))
+        if not images:
+            continue
+        png = _plots.plot_strip(images, captions, f"{model}: class {c.class_index} ({c.class_name}), AUC {c.auc:.3f}",
+                                plot_dir / f"strip_{_slug(model)}_{c.class_index}.png")
+        strips.append({"score": c, "png": png, "thumbs": thumbs})
+    return strips
+
+
+def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[dict[str, Any]]) -> Path:
+    rel = lambda p: Path(p).relative_to(out).as_posix()
+    parts = ['<p class="muted">Positives: validation images of class k; negatives: spurious images of class k; '
+             "score: softmax probability of class k. AUC 1 = the spurious images never look like the class; "
+             "the class-extension rate is the fraction of spurious images predicted as the class.</p>"]
+    parts.append("<h2>Models</h2>")
+    parts.append(_html.table(
+        ["model", "mAUC", "mAP", "class extension", "val accuracy", "classes scored", "skipped", "images (spurious / val)"],
+        [[r.model, r.mauc, r.map, r.mean_extension, r.val_accuracy, r.classes_scored, r.classes_skipped,
+          f"{r.spurious_images} / {r.val_images}"] for r in result.rows]))
+    parts.append("<h2>Spurious score vs accuracy</h2>")
+    parts.append(_html.img(rel(result_path(out, "scatter.png")), "mAUC vs validation accuracy"))
+    parts.append("<h2>Class-wise ROC-AUC</h2>")
+    parts.append(f'<p class="muted">Rows shown: {_html.esc(", ".join(selected))}</p>')
+    parts.append(_html.img(rel(result_path(out, "class_auc.png")), "class-wise AUC bars"))
+    if strips:
+        parts.append(f"<h2>Most affected classes of {_html.esc(selected[0])}</h2>")
+        parts.append('<p class="muted">The spurious images with the highest probability of the class, with the '
+                     "model's top-3 predictions.</p>")
+        for s in strips:
+            c = s["score"]
+            parts.append(f'<div class="card"><h3>class {c.class_index}: {_html.esc(c.class_name)} &mdash; AUC '
+                         f"{c.auc:.3f}, AP {c.ap:.3f}, extension {c.extension:.2f}</h3><div class=\"row\">")
+            for thumb, image_id, tops in s["thumbs"]:
+                caption = "; ".join(f"{n} {p:.2f}" for n, p in tops)
+                parts.append(_html.img(rel(thumb), image_id, caption=caption))
+            parts.append(f'</div><p class="muted">{_html.link(rel(s["png"]), "strip as PNG")}</p></div>')
+    parts.append("<h2>Per class</h2>")
+    header = ["class", "name", "val images", "spurious images"] + [f"AUC {m}" for m in (r.model for r in result.rows)]
+    by = {(c.model, c.class_index): c for c in result.per_class}
+    body = []
+    for k in result.classes:
+        first = by[(result.rows[0].model, k)]
+        cells: list[Any] = [k, result.class_names[k], first.val_images, first.spurious_images]
+        for r in result.rows:
+            c = by[(r.model, k)]
+            cells.append(c.auc if c.status == "ok" else c.status)
+        body.append(cells)
+    parts.append(_html.table(header, body, left_cols=(1,)))
+    parts.append(f'<p class="muted">Files: {_html.link("scores.csv", "scores.csv")}, '
+                 f'{_html.link("per_class.csv", "per_class.csv")}, {_html.link("scores.md", "scores.md")}, '
+                 f'{_html.link("scores.json", "scores.json")}</p>')
+    return _html.write_page(out / "report.html", "Spurious score", "\n".join(parts),
+                            subtitle=f"protocol {result.protocol}; {len(result.classes)} classes")
+
+
+def result_path(out: Path, name: str) -> Path:
+    return out / "plots" / name
