@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_npca.py
 	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_apgd.py
+	$(BIN)/python bench/bench_score.py
+	$(BIN)/python bench/bench_fix.py
+	$(BIN)/python bench/bench_retrieve.py
 
 clean:
 	rm -rf demo-out .pytest_cache build dist src/*.egg-info

@@ -705,3 +705,21 @@ def test_spurious_layout_in_another_label_space(tmp_path: Path) -> None:
     assert open_dataset(f"spurious-imagenet:{tmp_path / 'sp'}", class_names=names).class_names == names
     with pytest.raises(ValueError, match="names class 3, outside the label space of 2 classes"):
         spurious_imagenet(tmp_path / "sp", class_names=names[:2])
+
+
+def test_imagenet_label_space_with_repeated_short_names(tmp_path) -> None:  # noqa: ANN001
+    """ImageNet's short names repeat ('crane' is classes 134 and 517): index-labelled readers accept them."""
+    from spurious import imagenet
+    from spurious.datasets import file_list, spurious_imagenet
+
+    names = imagenet.class_names()
+    assert len(set(names)) < len(names)
+    folder = tmp_path / "bench" / "spurious_imagenet_517_crane_0"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    ds = spurious_imagenet(tmp_path / "bench", class_names=names)
+    assert ds.labels().tolist() == [517]
+    (tmp_path / "list.csv").write_text("path,label\nbench/spurious_imagenet_517_crane_0/a.png,517\n")
+    assert file_list(tmp_path / "list.csv", class_names=names).labels().tolist() == [517]

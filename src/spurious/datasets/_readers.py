@@ -76,7 +76,9 @@ def _empty_error(kind: str, root: Path, skipped: Sequence[tuple[str, str]]) -> V
     return ValueError(msg)
 
 
-def _check_class_names(class_names: Sequence[str]) -> list[str]:
+def _check_class_names(class_names: Sequence[str], *, unique: bool = True) -> list[str]:
+    """Validate a label space. ``unique=False`` where names are only displayed (labels are indices):
+    ImageNet's short names repeat (two different classes are called 'crane')."""
     if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
         raise TypeError(
             f"class_names must be a sequence of strings, got {type(class_names).__name__}"
@@ -87,7 +89,7 @@ def _check_class_names(class_names: Sequence[str]) -> list[str]:
             raise TypeError(f"class_names[{i}] must be a str, got {type(name).__name__}")
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
-        if name in seen:
+        if unique and name in seen:
             raise ValueError(f"class_names has {name!r} twice (positions {seen[name]} and {i})")
         seen[name] = i
     return names
@@ -293,7 +295,7 @@ def spurious_imagenet(
         FileNotFoundError: ``root`` does not exist.
         ValueError: a sub-folder name does not parse, there are no sub-folders, or no images.
     """
-    names = imagenet.class_names() if class_names is None else _check_class_names(class_names)
+    names = imagenet.class_names() if class_names is None else _check_class_names(class_names, unique=False)
     path = _existing_dir(root, "spurious-imagenet")
     top = top_level(os.fspath(path))
     if not top.dirs:
@@ -513,8 +515,10 @@ def file_list(
     base = list_path.parent if root is None else _resolve(root)
     if not base.is_dir():
         raise FileNotFoundError(f"root folder {os.fspath(root or base)} does not exist")
-    names = None if class_names is None else _check_class_names(class_names)
-    class_index = None if names is None else {n: i for i, n in enumerate(names)}
+    names = None if class_names is None else _check_class_names(class_names, unique=False)
+    repeated = {n for n in names or () if (names or []).count(n) > 1} if names else set()
+    # a name given twice cannot be a label (use the index); the other names still can
+    class_index = None if names is None else {n: i for i, n in enumerate(names) if n not in repeated}
     try:
         rows = _read_csv(list_path) if suffix == ".csv" else _read_jsonl(list_path)
     except UnicodeDecodeError as e:
