@@ -221,6 +221,12 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     t = lap("models + extract + npca", t)
     infos, ws_dirs, identity = prep.infos, prep.workspaces, prep.logit_identity
     planted = load_planted(prep.planted_root)
+    link = out / "planted"  # the cached planted data, where the README's tour finds it
+    if not link.exists() and not link.is_symlink():
+        try:
+            link.symlink_to(planted.root, target_is_directory=True)
+        except OSError:  # no symlinks on this filesystem: the report still names the folder
+            pass
     truth = _Truth(planted)
     names = list(planted.class_names)
 
