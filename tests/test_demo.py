@@ -80,3 +80,9 @@ def test_real_model_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert r["logit_identity_max_abs_error"] < 1e-9
     # the real ImageNet model recognises the held-out espresso crops
     assert r["top_imagenet_predictions"]["espresso"][0].startswith("espresso")
+    # later stages on the real model: NPFVs (with the honest note), scores with a SpuFix row, round-trips
+    assert set(r["npfv"]) == {"tabby", "espresso"} and "not adversarially robust" in r["npfv_note"]
+    assert Path(r["visualize_index"]).is_file()
+    rows = {row["model"]: row for row in r["score"]}
+    assert "efficientnet_lite0" in rows and any(m.startswith("efficientnet_lite0 + ") for m in rows)
+    assert r["spufix_max_abs_error"] < 1e-3 and r["export_max_abs_error"] < 1e-4

@@ -17,25 +17,33 @@ checkpoint's metadata.
 
 Model specs (``spurious.models.load_model``)::
 
-    demo:standard        default planted data (10 classes, 64 px), 25 epochs, ~95 s on 2 CPU cores
-    demo:robust          the same data, 4 clean + 10 adversarial epochs (eps = 0.5), ~125 s
+    demo:standard        default planted data (10 classes, 64 px), 18 epochs
+    demo:robust          the same data, 4 clean + 12 adversarial epochs (eps = 1.0)
     demo:standard-tiny   PlantedConfig.tiny() (6 classes, 32 px), 12 epochs, seconds (for tests)
-    demo:robust-tiny     the same, eps = 0.25
+    demo:robust-tiny     the same, eps = 0.5
 
-Measured on 2 shared CPU cores (AMD EPYC, AVX2, torch 2.14; the figures are also in each
-checkpoint's metadata): ``demo:standard`` trains in 95 s, val accuracy 0.970, spurious-only
-images predicted as the feature's class: feeder 0.97, frame 0.98, scribble 0.45, water 0.77
-(class 2) / 0.18 (class 3); ``demo:robust`` trains in 126 s, val accuracy 0.863, feeder 0.95,
-frame 1.00, scribble 0.83, water 1.00 / 0.00. Chance is 0.1. Under a 10-step L2 PGD attack on
-the val images the accuracy at ``eps`` 0.25 / 0.5 / 1.0 is 0.52 / 0.15 / 0.01 (standard) and
-0.74 / 0.55 / 0.27 (robust). Generating the planted data first adds ~15 s. The tiny models
-reach only ~0.2 val accuracy (120 training images; chance 0.17) but learn the frame and water
-features; they exist to exercise the code.
+Measured (torch 2.14, 2 CPU cores shared with other jobs at load 4-6, so the times are upper
+bounds; the figures are also in each checkpoint's metadata): ``demo:standard`` trained in 726 s
+(2 threads) and ``demo:robust`` in 338 s (1 thread), concurrently; on a quiet machine the
+per-step cost equals the earlier layout's (95 s for 25 standard epochs, 126 s for 4 + 10 robust
+epochs), i.e. an estimated ~70 s + ~150 s. Val accuracy 0.940 (standard) and 0.827 (robust);
+spurious-only images predicted as the feature's class, standard / robust: feeder 0.83 / 1.00,
+frame 1.00 / 0.98, scribble 0.78 / 0.97, water 0.07 / 0.85 (class 2) and 0.93 / 0.13 (class 3;
+the two models give water-only images to different classes). Chance is 0.1. Under a 10-step L2
+PGD attack on the val images the accuracy at ``eps`` 0.25 / 0.5 / 1.0 / 2.0 is
+0.80 / 0.57 / 0.21 / 0.02 (standard) and 0.77 / 0.70 / 0.53 / 0.25 (robust). Generating the
+planted data first adds ~20-35 s. The tiny models reach only ~0.2-0.3 val accuracy (120
+training images; chance 0.17); they exist to exercise the code.
 
-Architecture (:class:`DemoNet`): 3x3 stride-2 stem + 3x3 max-pool (64 -> 16 px), three stages of
-one basic residual block (32, 64, 128 channels; 16, 8, 4 px), global average pooling, one
-``nn.Linear`` head, so ``D = 128``. The early down-sampling keeps a training step at ~85 ms
-for 64 images on 2 cores; a PGD step costs ~50 ms.
+Architecture (:class:`DemoNet`, ``antialias=True``): 6x6 stride-2 stem conv + 4x4 stride-2
+average pool (64 -> 16 px), three stages of one basic residual block (32, 64, 128 channels;
+16, 8, 4 px; the down-sampling convs are 4x4 at stride 2 and their shortcuts average before the
+1x1 projection), global average pooling, one ``nn.Linear`` head, so ``D = 128``. Every
+down-sampling step covers the input evenly: the earlier layout (3x3 stride-2 stem + 3x3
+max-pool, 1x1 stride-2 shortcuts) routed input gradients to a grid of single pixels with a
+4-pixel period, so the feature visualizations (NPFVs) of its robust model were dot grids
+whatever the component. A training step costs the same as before (~85 ms for 64 images on 2
+idle cores; a PGD step ~50 ms).
 
 Checkpoints are cached under :func:`demo_cache_dir` (``$SPURIOUS_CACHE``, else
 ``$XDG_CACHE_HOME/spurious`` or ``~/.cache/spurious``)::
@@ -49,19 +57,16 @@ a version of this training code, so a changed recipe never reuses a stale checkp
 Choice of ``eps`` for the robust model: the reference ImageNet models of the paper are L2-robust
 at ``eps = 3`` for 3x224x224 inputs, i.e. ``3 / sqrt(150528) = 0.0077`` RMS per pixel value;
 CIFAR-10 robust models commonly use ``eps = 0.5`` at 3x32x32 (``0.0090`` RMS). At 3x64x64
-(12288 values) the same RMS would be ``eps`` 0.86-1.0, but at ``eps = 1.0`` the L2 budget
-suffices to blur out the small planted features (the feeder is about 6x6 px: a change of 0.1 on
-each of its 108 values has L2 norm 1.04), and the model trained in 3 minutes learned neither
-the feeder nor the scribble (0 % of their spurious-only images predicted as the class, val
-accuracy 0.43). We therefore use ``eps = 0.5`` (RMS ``0.0045``, about 1.2/255 per value),
-scaled with the image side for other sizes (``eps = 0.5 * image_size / 64``; 0.25 for the 32 px
-tiny data). It is still robust training in the usual sense (the L2 budget is comparable to the
-CIFAR ``eps = 0.25``-``0.5`` models that already show perceptually aligned gradients), and the
-model keeps the planted features that the later stages must find. PGD uses 2 steps of length
-``1.25 eps`` after a random start (budget: a third step would add ~25 % of training time),
-ramping ``eps`` up over the first 15 % of the adversarial steps. The first 4 epochs are clean:
-the network leaves its initial plateau there at a third of the cost of adversarial epochs,
-which doubled the feeder and scribble rates for the same time budget.
+(12288 values) the same RMS is ``eps`` 0.86-1.0; we use ``eps = 1.0``, scaled with the image
+side for other sizes (``eps = 1.0 * image_size / 64``; 0.5 for the 32 px tiny data). The NPFV
+budget of ``spurious.visualize`` at 64 px is 8.57, about 9x the training ``eps``, close to the
+paper's ratio (30 / 3). The earlier recipe used ``eps = 0.5``, because at 1.0 the then 6-px
+feeder was blurred out and not learned; the planted features are now larger (a 17-21 px feeder,
+a 6-px frame, a 22-27 px label with bold strokes, see :mod:`spurious.datasets.planted`) and the
+robust model learns all of them at ``eps = 1.0``. PGD uses 2 steps of length ``1.25 eps`` after
+a random start (budget: a third step would add ~25 % of training time), ramping ``eps`` up over
+the first 15 % of the adversarial steps. The first 4 epochs are clean: the network leaves its
+initial plateau there at a third of the cost of adversarial epochs.
 
 Determinism: the same config on the same machine (same torch version and number of threads)
 gives bit-identical weights: the initialisation uses a forked global RNG seeded from

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["RealTourResult", "draw_photo_dataset", "draw_shapes_dataset", "run_real_tour"]
+__all__ = ["RealTourResult", "draw_patch_benchmark", "draw_photo_dataset", "draw_shapes_dataset",
+           "run_real_tour"]
 
 _SHAPES = ("circle", "square", "triangle", "star")
 
@@ -34,6 +35,12 @@ class RealTourResult:
     top_eigenvalues: dict[str, list[float]] = field(default_factory=dict)
     explained_top10: dict[str, float] = field(default_factory=dict)
     logit_identity_max_abs_error: float = float("nan")
+    npfv: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    npfv_note: str = ""
+    visualize_index: str = ""
+    score: list[dict[str, Any]] = field(default_factory=list)
+    spufix_max_abs_error: float = float("nan")
+    export_max_abs_error: float = float("nan")
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,6 +55,17 @@ class RealTourResult:
                          f"held-out top-1: {', '.join(self.top_imagenet_predictions[c])}")
         lines.append(f"logit identity f_k = sum_l alpha_l^k + <1,mu_k> + b_k on unseen images: "
                      f"max |error| = {self.logit_identity_max_abs_error:.2e}")
+        for c, comps in self.npfv.items():
+            lines.append(f"  NPFVs of {c}: " + ", ".join(
+                f"component {x['component']} p={x['npfv_probability']:.2f} (top-1 {x['top1']})" for x in comps))
+        if self.npfv_note:
+            lines.append(f"  note: {self.npfv_note}")
+        lines.append(f"  inspection sheets: {self.visualize_index}")
+        for row in self.score:
+            lines.append(f"  score {row['model']}: mAUC {row['mauc']:.3f}, mAP {row['map']:.3f}, "
+                         f"class extension {row['mean_extension']:.3f} on the generated patch benchmark")
+        lines.append(f"SpuFix round-trip: wrapper vs formula max |error| {self.spufix_max_abs_error:.1e}; "
+                     f"TorchScript export vs wrapper {self.export_max_abs_error:.1e}")
         lines.append(f"done in {self.seconds:.1f} s")
         return lines
 
@@ -125,6 +143,31 @@ def draw_photo_dataset(root: str | os.PathLike[str], *, per_class: int = 24, siz
     return root
 
 
+def draw_patch_benchmark(root: str | os.PathLike[str], *, per_class: int = 12, size: int = 160,
+                         seed: int = 3) -> Path:
+    """A small benchmark in the published Spurious ImageNet layout from the scikit-image photos.
+
+    Each "spurious" image is a patch of 20-35 % of a side of the class's photo (cat fur; part of the
+    cup, saucer or table): context of the class without the whole object. Folders
+    ``spurious_imagenet_<k>_<name>_0`` (class index = token 2). Same seed, same bytes.
+    """
+    from skimage import data as skdata
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for name, k in _PHOTO_CLASSES.items():
+        photo = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+        folder = root / f"spurious_imagenet_{k}_{name}_0"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = photo.size
+        for i in range(per_class):
+            side = int(min(w, h) * rng.uniform(0.2, 0.35))
+            x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BICUBIC).save(
+                folder / f"{name}_patch_{i:03d}.jpg", quality=92)
+    return root
+
+
 def run_real_tour(out: str | os.PathLike[str] = "demo-out/real", *, fast: bool = False,
                   progress: bool = True) -> RealTourResult:
     """The real-model tour: EfficientNet-Lite0 on augmented scikit-image photos; extract, npca, identity."""
@@ -171,7 +214,59 @@ def run_real_tour(out: str | os.PathLike[str] = "demo-out/real", *, fast: bool =
             logits = phi @ W[k].astype(np.float64) + float(b[k])
             recon = basis.alpha(phi).sum(axis=1) + basis.offset()
             worst = max(worst, float(np.abs(recon - logits).max()))
-    return RealTourResult(out=str(out), model=model, num_train=tr.num_rows, num_val=va.num_rows, num_pool=po.num_rows,
-                      dim=tr.dim, classes=[names[k] for k in fitted.classes], top_imagenet_predictions=top_preds,
-                      top_eigenvalues=eig, explained_top10=explained, logit_identity_max_abs_error=worst,
-                      seconds=round(time.perf_counter() - t0, 2))
+    result = RealTourResult(out=str(out), model=model, num_train=tr.num_rows, num_val=va.num_rows,
+                            num_pool=po.num_rows, dim=tr.dim, classes=[names[k] for k in fitted.classes],
+                            top_imagenet_predictions=top_preds, top_eigenvalues=eig, explained_top10=explained,
+                            logit_identity_max_abs_error=worst)
+    _tour_later_stages(result, ws_dir, out, fitted.classes, names, fast=fast, progress=progress)
+    result.seconds = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _tour_later_stages(result: RealTourResult, ws_dir: Path, out: Path, classes: list[int], names: list[str],
+                       *, fast: bool, progress: bool) -> None:
+    """NPFVs of the photo classes, a scored patch benchmark, and a SpuFix round-trip on the real model."""
+    import json
+
+    import torch
+
+    from spurious.fix import SpuFix, export, fix, load_fix
+    from spurious.models import load_model
+    from spurious.score import score
+    from spurious.visualize import visualize
+
+    v = visualize(ws_dir, classes=classes, candidates=2 if fast else 4, keep=2, steps=3 if fast else 20,
+                  top_images=3, neurons=0, progress=progress)
+    result.visualize_index = v.index_html
+    for k in classes:
+        table = json.loads((ws_dir / "visualize" / f"class_{k:05d}" / "components.json").read_text("utf-8"))
+        result.npfv[names[k]] = [{"component": c["component"], "npfv_probability": round(c["npfv_probability"], 4),
+                                  "top1": c["npfv_top3"][0]["name"]} for c in table["components"]]
+    result.npfv_note = ("EfficientNet-Lite0 is a standard (not adversarially robust) model: its NPFVs are "
+                        "adversarial noise that raises the component, not a picture a person can read; use a "
+                        "robust model for the visual inspection")
+    # SpuFix of the top component of each class; score original and fixed on a patch benchmark
+    fix(ws_dir, {k: [0] for k in classes}, overwrite=True)
+    head = load_fix(ws_dir)
+    bench = draw_patch_benchmark(out / "data" / "patches", per_class=6 if fast else 24)
+    r = score(["efficientnet_lite0"], spurious=bench, val=f"imagenet:{out / 'data' / 'val'}", classes=classes,
+              fixes=[head], out=out / "score", progress=progress, plots=not fast)
+    result.score = [{"model": row.model, "mauc": row.mauc, "map": row.map, "mean_extension": row.mean_extension,
+                     "val_accuracy": row.val_accuracy} for row in r.rows]
+    # round-trip: the wrapper equals the formula, and a TorchScript export equals the wrapper
+    from spurious.npca import load_npca
+
+    clf = load_model("efficientnet_lite0")
+    fixed = SpuFix(clf, head)
+    x = torch.rand(2, *clf.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        phi, logits = clf.phi_and_logits(x)
+        got = fixed(x).double().numpy()
+    want = logits.double().numpy().copy()
+    pca = load_npca(ws_dir)
+    for k in classes:
+        a = pca[k].alpha(phi.double().numpy(), [0])
+        want[:, k] -= np.maximum(a, 0).sum(axis=1)
+    result.spufix_max_abs_error = float(np.abs(got - want).max())
+    ex = export(fixed, out / "efficientnet_lite0-spufix.pt", "torchscript")
+    result.export_max_abs_error = float("nan") if ex.max_abs_diff is None else float(ex.max_abs_diff)
