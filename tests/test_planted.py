@@ -231,6 +231,25 @@ def test_feature_rates_are_exact_and_exclusive(truth: list[dict], split: str, n:
             assert counts[(f.classes[0], f.name)] > counts[(f.classes[1], f.name)]
 
 
+def test_feature_sizes_follow_the_documented_fractions_of_the_image(truth: list[dict]) -> None:
+    # module doc: at 64 px a 17-21 px tall feeder (radius 0.13-0.16 of the side, shape height
+    # 2 radii, rotated by at most 0.2 rad), a 22-27 x 13-17 px label (0.34-0.42 x 0.2-0.26 of the
+    # side) and a frame of 0.09 of the side; here at 32 px
+    size = PlantedConfig.tiny().image_size
+    sizes: dict[str, list[tuple[int, int]]] = {"feeder": [], "scribble": []}
+    for rec in truth:
+        for f in rec["features"]:
+            if f["name"] in sizes:
+                x0, y0, x1, y1 = f["box"]
+                sizes[f["name"]].append((x1 - x0, y1 - y0))
+    assert len(sizes["feeder"]) > 5 and len(sizes["scribble"]) > 5
+    for w, h in sizes["feeder"]:
+        assert 2 * 0.13 * size - 1 <= h <= 2 * 0.16 * size + 2 and w < h, (w, h)
+    for w, h in sizes["scribble"]:
+        assert round(0.34 * size) <= w <= round(0.42 * size), w
+        assert round(0.2 * size) <= h <= round(0.26 * size), h
+
+
 def test_pool_class_images_follow_the_same_pairing(truth: list[dict]) -> None:
     pool = [r for r in truth if r["split"] == "pool"]
     assert all(r["label"] == -1 for r in pool)
