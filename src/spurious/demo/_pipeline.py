@@ -133,7 +133,7 @@ class _Settings:
     per_component: int
 
 
-_DEFAULT = _Settings(candidates=32, keep=10, steps=100, top_images=5, top_n=100, per_component=40)
+_DEFAULT = _Settings(candidates=16, keep=8, steps=50, top_images=5, top_n=100, per_component=40)
 _FAST = _Settings(candidates=8, keep=4, steps=10, top_images=5, top_n=30, per_component=10)
 
 
