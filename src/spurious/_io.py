@@ -66,6 +66,15 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def sha256_strings(items: Any) -> str:
     """Stable hash of an iterable of strings (order matters); 16 hex digits."""
     h = hashlib.sha256()

@@ -24,7 +24,6 @@ the old benchmark or the complete new one, never half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
-from spurious._io import read_json, utc_now
+from spurious._io import read_json, sha256_file, utc_now
 from spurious.workspace import Workspace
 
 __all__ = ["BenchmarkResult", "benchmark_folder_name", "build_benchmark", "read_accepted"]
@@ -184,13 +183,6 @@ def _order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(r)
     return out
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _readme(manifest: dict[str, Any], license_text: str) -> str:
@@ -353,7 +345,7 @@ def build_benchmark(
                 images.append({"file": f"{folder}/{fname}", "class": k, "component": l, "id": r["id"],
                                "source_path": str(src), "rank": r.get("rank"), "alpha": r.get("alpha"),
                                "votes": r.get("votes"), "models": r.get("models"),
-                               "labelers": sorted(r.get("labelers", [])), "sha256": _sha256(dst)})
+                               "labelers": sorted(r.get("labelers", [])), "sha256": sha256_file(dst)})
             components.append({"class": k, "name": names[k], "component": l, "folder": folder,
                                "images": len(chosen), "accepted": n_acc})
         manifest = {

@@ -34,7 +34,6 @@ by :func:`import_alphas`.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spurious import __version__
-from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious._io import atomic_path, read_json, sha256_file, utc_now, write_json
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 if TYPE_CHECKING:
@@ -595,18 +594,11 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _write(head: FixHead, out: Path, args: dict[str, Any], extra: Mapping[str, np.ndarray] | None,
            result_extra: dict[str, Any], seconds0: float) -> FixResult:
     path = head.save(out / _FIX_FILE, extra)
-    manifest = {**head._metadata(), "args": args, "file": _FIX_FILE, "sha256": _file_sha256(path)}
+    manifest = {**head._metadata(), "args": args, "file": _FIX_FILE, "sha256": sha256_file(path)}
     write_json(out / "manifest.json", manifest)
     return FixResult(path=str(path), manifest=str(out / "manifest.json"), kind=head.kind, name=head.name,
                      model_spec=head.model_spec, model_fingerprint=head.model_fingerprint,

@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from spurious import __version__
-from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious._io import atomic_path, read_json, sha256_file, utc_now, write_json
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = [
@@ -468,13 +468,6 @@ def _id_keys(store: Any) -> np.ndarray:
     return keys
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _top1(store: Any) -> np.ndarray:
     """int32 [N]: each row's top-1 predicted class (read shard by shard)."""
@@ -507,7 +500,7 @@ def _top1_and_gap(store: Any) -> tuple[np.ndarray, np.ndarray]:
 def _aligned_top1(pool: Any, other: Any, pool_keys: Callable[[], np.ndarray]) -> tuple[np.ndarray, int]:
     """``other``'s top-1 for every pool row, matched by image id (-1 where ``other`` lacks the id)."""
     top1 = _top1(other)
-    if _file_digest(pool.path / "index.jsonl") == _file_digest(other.path / "index.jsonl"):
+    if sha256_file(pool.path / "index.jsonl") == sha256_file(other.path / "index.jsonl"):
         return top1, len(pool)  # same ids in the same rows: no join needed
     okeys = _id_keys(other)
     order = np.argsort(okeys, kind="stable")
