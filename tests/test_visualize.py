@@ -428,6 +428,8 @@ def test_stage_errors(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
         visualize(ws, model=clf, seed=1.5)
     with pytest.raises(TypeError, match="model must be None"):
         visualize(ws, model=3.5, classes=[0])
+    with pytest.raises(ValueError, match="cam_layer 'nope' is not a module"):
+        visualize(ws, model=clf, cam_layer="nope")
     # no npca yet
     fresh = tmp_path / "fresh"
     shutil.copytree(ws, fresh)
@@ -534,3 +536,24 @@ def test_torchrun_two_ranks_split_classes(planted_ws, tmp_path) -> None:  # type
     assert [c["class"] for c in manifest["classes"]] == [0, 1, 2]
     for k in (0, 1, 2):
         assert len(json.loads((ws / "visualize" / f"class_{k:05d}" / "components.json").read_text())["components"]) == 2
+
+
+def test_cam_layer_option_changes_the_heatmaps(planted_ws, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--cam-layer is recorded in the plan and used: the NPFV heatmap differs from the default layer's."""
+    from PIL import Image
+
+    from spurious.cli import main
+
+    runs = {}
+    for name, extra in (("default", []), ("fine", ["--cam-layer", "stages.1"])):
+        ws = tmp_path / name
+        shutil.copytree(planted_ws, ws, ignore=shutil.ignore_patterns("visualize"))
+        code = main(["visualize", str(ws), "--classes", "0", "--candidates", "3", "--keep", "1", "--steps", "3",
+                     "--top-images", "1", "--no-progress"] + extra)
+        assert code == 0, capsys.readouterr().err
+        table = json.loads((ws / "visualize" / "class_00000" / "components.json").read_text())
+        comp = table["components"][0]
+        runs[name] = np.asarray(Image.open(ws / "visualize" / "class_00000" / comp["npfv_heatmap_png"]), float)
+    assert json.loads((tmp_path / "fine" / "visualize" / "plan.json").read_text())["cam_layer"] == "stages.1"
+    assert "cam_layer" not in json.loads((tmp_path / "default" / "visualize" / "plan.json").read_text())
+    assert np.abs(runs["fine"] - runs["default"]).mean() > 1.0  # other layer, other map

@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per APGD/GradCAM batch (default: all components of a class in one batch)")
     p.add_argument("--seed", type=int, default=0, help="APGD seed (default 0)")
+    p.add_argument("--cam-layer", default=None, metavar="MODULE",
+                   help="module whose output GradCAM uses (default: the last spatial block; an earlier, finer "
+                        "one localises better on small inputs, e.g. stages.1 for the 64 px demo models)")
     p.add_argument("--overwrite", action="store_true", help="discard visualizations made with other settings")
     common_options(p)
     p.set_defaults(func=_cmd_visualize)
@@ -47,7 +50,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
     r = visualize(args.workspace, classes=args.classes, split=args.split, candidates=args.candidates, keep=args.keep,
                   eps=args.eps, steps=args.steps, top_images=args.top_images, device=args.device,
-                  batch_size=args.batch_size, seed=args.seed, data=args.data, overwrite=args.overwrite,
+                  batch_size=args.batch_size, seed=args.seed, cam_layer=args.cam_layer, data=args.data, overwrite=args.overwrite,
                   progress=not args.no_progress)
     from spurious._dist import dist_info
 

@@ -236,7 +236,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     ws_r = ws_dirs["robust"]
     planted_classes = sorted(truth.features_of_class)
     visualize(ws_r, classes=planted_classes, candidates=settings.candidates, keep=settings.keep,
-              steps=settings.steps, top_images=settings.top_images, progress=progress)
+              steps=settings.steps, top_images=settings.top_images, cam_layer="stages.1", progress=progress)
     t = lap("visualize", t)
 
     # 3. component review ------------------------------------------------------------------------

@@ -701,6 +701,7 @@ def visualize(
     seed: int = 0,
     data: Any = None,
     model: Any = None,
+    cam_layer: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> VisualizeResult:
@@ -728,6 +729,10 @@ def visualize(
         data: where the training images are now (spec or ``ImageDataset``; default: the spec recorded
             when the features were extracted).
         model: the classifier (default: loaded from the workspace's model spec).
+        cam_layer: module name (inside the wrapped model, as in ``named_modules()``) whose output
+            GradCAM uses; default: :func:`spurious.gradcam.find_target_layer` (the last spatial block).
+            An earlier, finer block localises better on small inputs (e.g. ``stages.1``, 8x8, for the
+            64 px demo models, whose last block is 4x4).
         overwrite: discard a ``visualize/`` made with another plan.
         progress: progress bar on stderr.
 
@@ -776,12 +781,23 @@ def visualize(
     dev = resolve_device(device)
     info = init_distributed(dev)
     classifier = _resolve_classifier(model, ws, dev)
+    if cam_layer is not None:
+        names = [n for n, _ in classifier.model.named_modules() if n]
+        if not isinstance(cam_layer, str) or cam_layer not in names:
+            import difflib
+
+            close = difflib.get_close_matches(str(cam_layer), names, n=5)
+            raise ValueError(f"cam_layer {cam_layer!r} is not a module of {classifier.spec!r}"
+                             + (f"; closest: {', '.join(close)}" if close else "")
+                             + " (names as in model.named_modules(); omit it for the last spatial block)")
     eps_used = default_eps(classifier.input_size) if eps is None else float(eps)
     plan = {"format_version": _FORMAT_VERSION, "model_fingerprint": ws.model_fingerprint, "split": split,
             "data_fingerprint": store.data_fingerprint,
             "npca": {k: pca.manifest.get(k) for k in ("n_components", "precision")},
             "candidates": candidates, "keep": keep, "eps": eps_used, "steps": steps, "top_images": top_images,
             "neurons": int(neurons), "seed": int(seed)}
+    if cam_layer is not None:  # only when set: plans made before the option existed stay valid
+        plan["cam_layer"] = cam_layer
     phash = sha256_strings([json.dumps(plan, sort_keys=True)])
     out = ws.root / "visualize"
 
@@ -851,7 +867,7 @@ class _StageContext:
         if self._cam is None:
             from spurious.gradcam import GradCAM
 
-            self._cam = GradCAM(self.classifier)
+            self._cam = GradCAM(self.classifier, self.plan.get("cam_layer"))
         return self._cam
 
 
