@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=20, help="max-activating images for precision (default 20)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--cam-layer", default=None, help="GradCAM block (default: the last spatial one; stages.1 is 8x8)")
     args = p.parse_args()
 
     from spurious.datasets import PLANTED_FEATURES, load_planted
@@ -143,6 +144,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     res = visualize(ws_dir, classes=classes, candidates=args.candidates, keep=args.keep, steps=args.steps,
+                    cam_layer=args.cam_layer,
                     device=args.device, batch_size=args.batch_size, progress=True)
     t_vis = time.perf_counter() - t0
 
