@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit  # noqa: E402
+from _common import decode_and_forward, emit  # noqa: E402
 
-from spurious.datasets import load_image, open_dataset  # noqa: E402
+from spurious.datasets import open_dataset  # noqa: E402
 from spurious.extract import default_num_workers, extract  # noqa: E402
 from spurious.models import load_model  # noqa: E402
 
@@ -73,29 +73,7 @@ def main() -> None:
         ds = open_dataset(f"folder:{data}", transform=clf.preprocessing)
         paths = [r.path for r in ds.records]
 
-        keep = 4 * args.batch_size  # tensors kept for the forward timing; the rest are dropped
-        tensors = []
-        t = time.perf_counter()
-        for path in paths:
-            x = clf.preprocessing(load_image(path))
-            if len(tensors) < keep:
-                tensors.append(x)
-        decode = (time.perf_counter() - t) / len(paths)
-
-        batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
-        n_batches = -(-len(paths) // args.batch_size)
-        with torch.inference_mode():
-            for x in batches[:2]:  # warm-up (allocator, kernels)
-                clf.phi_and_logits(x.to(dev))
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for i in range(n_batches):
-                clf.phi_and_logits(batches[i % len(batches)].to(dev, non_blocking=True))
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            forward = (time.perf_counter() - t) / (n_batches * args.batch_size)
-        del tensors, batches
+        decode, (forward,) = decode_and_forward(clf.preprocessing, paths, [clf], args.batch_size, dev)
 
         t = time.perf_counter()
         r = extract(tmp / "ws", model=clf, data=ds, batch_size=args.batch_size, num_workers=args.workers,

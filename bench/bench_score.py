@@ -34,10 +34,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit
+from _common import decode_and_forward, emit
 
 from spurious import imagenet
-from spurious.datasets import load_image
 from spurious.extract import default_num_workers
 from spurious.models import load_model
 from spurious.score import score
@@ -94,31 +93,7 @@ def main() -> None:
         spu, val = make_photo_benchmark(tmp_path / "data", args.images)
         paths = sorted(spu.glob("*/*.jpg")) + sorted(val.glob("*/*.jpg"))
 
-        keep = 4 * args.batch_size  # tensors kept for the forward timing
-        tensors = []
-        t = time.perf_counter()
-        for path in paths:
-            x = pre(load_image(path))
-            if len(tensors) < keep:
-                tensors.append(x)
-        decode = (time.perf_counter() - t) / len(paths)
-
-        batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
-        n_batches = -(-len(paths) // args.batch_size)
-        forwards = []
-        with torch.inference_mode():
-            for clf in clfs:
-                for x in batches[:2]:  # warm-up
-                    clf.phi_and_logits(x.to(dev))
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                for i in range(n_batches):
-                    clf.phi_and_logits(batches[i % len(batches)].to(dev, non_blocking=True))
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                forwards.append((time.perf_counter() - t) / (n_batches * args.batch_size))
-        del tensors, batches
+        decode, forwards = decode_and_forward(pre, paths, clfs, args.batch_size, dev)
 
         t = time.perf_counter()
         r = score(clfs, spurious=spu, val=val, out=tmp_path / "out", batch_size=args.batch_size,
