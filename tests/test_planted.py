@@ -48,9 +48,10 @@ def truth(tiny: PlantedDataset) -> list[dict]:
     return tiny.ground_truth()
 
 
-def _box_mask(size: int, box: list[int] | tuple[int, ...]) -> np.ndarray:
+def _box_mask(size: int, box: list[int] | tuple[int, ...] | None) -> np.ndarray:
     m = np.zeros((size, size), dtype=bool)
-    m[box[1]:box[3], box[0]:box[2]] = True
+    if box is not None:
+        m[box[1]:box[3], box[0]:box[2]] = True
     return m
 
 
@@ -83,27 +84,35 @@ def test_render_masks_and_changed_pixels_lie_in_boxes(size: int) -> None:
         cls = case % len(P.CLASS_SHAPES)
         feats = _COMBOS[case % len(_COMBOS)]
         key = [size, case]
-        r = P._render(np.random.default_rng(key), size, cls, feats, distractor_p=0.7)
+        cls = None if case % 3 == 2 else cls  # a third without a class object, with a stand-in shape
+        stand_in_p = 0.9 if cls is None else 0.0
+        r = P._render(np.random.default_rng(key), size, cls, feats, distractor_p=0.7, stand_in_p=stand_in_p)
         assert r.image.shape == (size, size, 3) and r.image.dtype == np.uint8
+        if cls is not None:
+            assert r.stand_in_box is None and r.stand_in_mask is None
         assert list(r.feature_masks) == list(feats)
-        masks = {"object": (r.object_mask, r.object_box), **{
-            f: (r.feature_masks[f], r.feature_boxes[f]) for f in feats}}
+        masks = {**({"object": (r.object_mask, r.object_box)} if cls is not None else {}),
+                 **({"stand_in": (r.stand_in_mask, r.stand_in_box)} if r.stand_in_box is not None else {}),
+                 **{f: (r.feature_masks[f], r.feature_boxes[f]) for f in feats}}
         for name, (mask, box) in masks.items():
             assert mask.any(), (name, case)
             assert not (mask & ~_box_mask(size, box)).any(), (name, case)
             ys, xs = np.nonzero(mask)  # recorded boxes are tight
             assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == list(box), (name, case)
         # patches never overlap the object (touching is fine) nor each other; frame never overlaps
-        boxes = [r.object_box] + [r.feature_boxes[f] for f in feats if f in PATCHES] + r.distractor_boxes
+        boxes = [b for b in (r.object_box, r.stand_in_box) if b is not None]
+        boxes += [r.feature_boxes[f] for f in feats if f in PATCHES] + r.distractor_boxes
         for i in range(len(boxes)):
             for j in range(i):
                 assert not P._overlaps(boxes[i], boxes[j]), (case, boxes)
         if "frame" in feats:
-            assert not (r.object_mask & r.feature_masks["frame"]).any()
+            for name in ("object", "stand_in"):
+                if name in masks:
+                    assert not (masks[name][0] & r.feature_masks["frame"]).any()
         # leaving a layer out changes pixels only inside its box, and most of its own pixels
-        for layer in ["object", *[f for f in feats if f != "water"]]:
+        for layer in [*[m for m in ("object", "stand_in") if m in masks], *[f for f in feats if f != "water"]]:
             without = P._render(
-                np.random.default_rng(key), size, cls, feats, distractor_p=0.7, omit={layer}
+                np.random.default_rng(key), size, cls, feats, distractor_p=0.7, stand_in_p=stand_in_p, omit={layer}
             )
             changed = (without.image != r.image).any(axis=2)
             mask, box = masks[layer]
@@ -129,6 +138,10 @@ def test_files_match_rendering_and_index(tiny: PlantedDataset, truth: list[dict]
         assert rec["object"] == (r.object_mask is not None)
         if rec["object"]:
             assert not (r.object_mask & ~_box_mask(size, rec["object_box"])).any()
+        assert (rec["stand_in_box"] is None) == (r.stand_in_mask is None)
+        if rec["stand_in_box"] is not None:
+            assert not rec["object"] and r.stand_in_mask.any()
+            assert not (r.stand_in_mask & ~_box_mask(size, rec["stand_in_box"])).any()
         assert [f["name"] for f in rec["features"]] == list(r.feature_masks)
         for f in rec["features"]:
             assert not (r.feature_masks[f["name"]] & ~_box_mask(size, f["box"])).any()
@@ -161,7 +174,7 @@ def test_features_are_visible_in_the_files(tiny: PlantedDataset, truth: list[dic
             assert (patch.max(axis=2) < 120).any(), rec["id"]  # dark ink
             n_checked["scribble"] += 1
         if "water" in names:
-            keep = ~_box_mask(size, rec["object_box"]) if rec["object"] else np.ones((size, size), bool)
+            keep = ~_box_mask(size, rec["object_box"] or rec["stand_in_box"])
             px = img[keep].astype(int)
             assert (px[:, 2] > px[:, 0] + 20).mean() > 0.6, rec["id"]  # blue water
             n_checked["water"] += 1
@@ -257,6 +270,15 @@ def test_pool_class_images_follow_the_same_pairing(truth: list[dict]) -> None:
         "object" if r["object"] else ("spurious" if r["features"] else "plain") for r in pool
     )
     assert kinds == {"object": 9, "spurious": 27, "plain": 24}  # 15 / 45 / 40 % of 60
+    # a large non-class stand-in shape in most images without a class object, never with one
+    # (so that retrieval cannot tell spurious-only images from plain ones by "there is an object")
+    for kind in ("spurious", "plain"):
+        group = [r for r in pool if not r["object"] and bool(r["features"]) == (kind == "spurious")]
+        share = np.mean([r["stand_in_box"] is not None for r in group])
+        assert 0.4 <= share <= 0.95, (kind, share)
+    assert all(r["stand_in_box"] is None for r in truth if r["object"])
+    spur = [r for r in truth if r["split"] == "spurious"]
+    assert 0.5 <= np.mean([r["stand_in_box"] is not None for r in spur]) <= 0.95
     for r in pool:
         if r["object"]:
             for f in r["features"]:
