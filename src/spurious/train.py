@@ -22,18 +22,16 @@ Model specs (``spurious.models.load_model``)::
     demo:standard-tiny   PlantedConfig.tiny() (6 classes, 32 px), 12 epochs, seconds (for tests)
     demo:robust-tiny     the same, eps = 0.5
 
-Measured (torch 2.14, 2 CPU cores shared with other jobs at load 4-6, so the times are upper
-bounds; the figures are also in each checkpoint's metadata): ``demo:standard`` trained in 726 s
-(2 threads) and ``demo:robust`` in 338 s (1 thread), concurrently; on a quiet machine the
-per-step cost equals the earlier layout's (95 s for 25 standard epochs, 126 s for 4 + 10 robust
-epochs), i.e. an estimated ~70 s + ~150 s. Val accuracy 0.940 (standard) and 0.827 (robust);
-spurious-only images predicted as the feature's class, standard / robust: feeder 0.83 / 1.00,
-frame 1.00 / 0.98, scribble 0.78 / 0.97, water 0.07 / 0.85 (class 2) and 0.93 / 0.13 (class 3;
-the two models give water-only images to different classes). Chance is 0.1. Under a 10-step L2
-PGD attack on the val images the accuracy at ``eps`` 0.25 / 0.5 / 1.0 / 2.0 is
-0.80 / 0.57 / 0.21 / 0.02 (standard) and 0.77 / 0.70 / 0.53 / 0.25 (robust). Generating the
-planted data first adds ~20-35 s. The tiny models reach only ~0.2-0.3 val accuracy (120
-training images; chance 0.17); they exist to exercise the code.
+Measured (torch 2.14, 2 CPU threads, planted generator v4; the figures are also in each
+checkpoint's metadata): ``demo:robust`` trained in 235 s (including ~20 s of data generation)
+and ``demo:standard`` in 94 s. Val accuracy 0.915 (standard) and 0.837 (robust); spurious-only
+images predicted as the feature's class, standard / robust: feeder 0.48 / 0.77, frame
+0.50 / 0.68, scribble 0.43 / 0.82, water 0.45 / 0.98 (class 2) and 0.27 / 0.02 (class 3). Chance
+is 0.1; 75 % of the spurious-only images also show a large non-class stand-in shape that competes
+for the prediction. Under a 10-step L2 PGD attack on the val images the generator v2 models kept
+0.80 / 0.57 / 0.21 / 0.02 (standard) and 0.77 / 0.70 / 0.53 / 0.25 (robust) accuracy at ``eps``
+0.25 / 0.5 / 1.0 / 2.0. The tiny models reach only ~0.2-0.3 val accuracy (120 training images;
+chance 0.17); they exist to exercise the code.
 
 Architecture (:class:`DemoNet`, ``antialias=True``): 6x6 stride-2 stem conv + 4x4 stride-2
 average pool (64 -> 16 px), three stages of one basic residual block (32, 64, 128 channels;
