@@ -11,9 +11,9 @@ For the demo model (default ``demo:robust``) and every planted (feature, class) 
 3. heatmap mass on the NPFV: every NPFV pixel is classified as feature-like, object-like or
    background-like by a colour-histogram classifier (RGB in 8x8x8 bins, Laplace smoothing, equal
    priors, the largest class-conditional likelihood wins) fitted on the class's training images with
-   the ground-truth boxes: feature pixels = inside the feature box and outside the object box
-   (images with the feature), object pixels = inside the object box, background pixels = outside the
-   object box and every feature box (images without the feature). The GradCAM map of alpha_l^k on the
+   exact ground-truth masks (re-rendered from the generator's plan): feature pixels = the feature's
+   mask minus the object (images with the feature), object pixels = the object's mask, background
+   pixels = outside the object and every feature (images without the feature). The GradCAM map of alpha_l^k on the
    NPFV (the stage's PNG, re-read) is normalised to sum 1 and summed over each kind. Pass:
    mass(feature-like) > mass(object-like). To show that the colours separate the two kinds, the
    two-way (feature vs object likelihood) recall on the validation images' feature and object
@@ -61,24 +61,35 @@ def _box_mask(shape: tuple[int, int], box: list[int] | None) -> np.ndarray:
     return m
 
 
-def _pixel_sets(root: Path, records: list[dict[str, Any]], feature: str) -> dict[str, np.ndarray]:
-    """Colour bins of feature / object / background pixels of ``records`` (one class, one split)."""
+def _pixel_sets(planted: Any, split: str, k: int, feature: str) -> dict[str, np.ndarray]:
+    """Colour bins of feature / object / background pixels of class ``k``'s images in ``split``.
+
+    Exact pixel masks: every image is re-rendered from the generator's plan (the same bytes as the
+    files, see ``tests/test_planted.py``), which gives the object's and each feature's mask.
+    Feature pixels: the feature's mask minus the object (water: every pixel that no object,
+    label or feeder covers); object pixels: the object's mask; background pixels: outside the
+    object and every feature, in the images without the feature.
+    """
+    from spurious.datasets import planted as gen
+
     out: dict[str, list[np.ndarray]] = {"feature": [], "object": [], "background": []}
-    for rec in records:
-        img = np.asarray(Image.open(root / rec["id"]).convert("RGB"))
-        bins = _quantise(img)
-        shape = img.shape[:2]
-        obj = _box_mask(shape, rec["object_box"])
-        feats = {f["name"]: _box_mask(shape, f["box"]) for f in rec["features"]}
+    for item in gen._plan(planted.config):
+        if item.split != split or item.label != k:
+            continue
+        r = gen._render_item(planted.config, item)
+        bins = _quantise(r.image)
+        obj = r.object_mask
+        covered = obj.copy()
+        for name, m in r.feature_masks.items():
+            if name != "water":
+                covered |= m
         out["object"].append(bins[obj])
-        if feature in feats:
-            out["feature"].append(bins[feats[feature] & ~obj])
+        if feature in r.feature_masks:
+            fmask = ~covered if feature == "water" else r.feature_masks[feature] & ~obj
+            out["feature"].append(bins[fmask])
         else:
-            any_feat = np.zeros(shape, dtype=bool)
-            for m in feats.values():
-                any_feat |= m
-            out["background"].append(bins[~obj & ~any_feat])
-    return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
+            out["background"].append(bins[~covered])
+    return {name: np.concatenate(v) if v else np.zeros(0, np.int64) for name, v in out.items()}
 
 
 class ColourClassifier:
@@ -171,10 +182,8 @@ def main() -> None:
         A, c = basis.projection([l])
 
         # the NPFV's heatmap on feature-like vs object-like pixels
-        train_recs = [r for r in truth if r["split"] == "train" and r["label"] == k]
-        val_recs = [r for r in truth if r["split"] == "val" and r["label"] == k]
-        colour = ColourClassifier(_pixel_sets(planted.root, train_recs, feature.name))
-        held = _pixel_sets(planted.root, val_recs, feature.name)
+        colour = ColourClassifier(_pixel_sets(planted, "train", k, feature.name))
+        held = _pixel_sets(planted, "val", k, feature.name)
         acc_f = float(np.mean(colour.feature_vs_object(held["feature"]))) if held["feature"].size else float("nan")
         acc_o = float(np.mean(~colour.feature_vs_object(held["object"])))
         npfv_rgb = np.asarray(Image.open(ws_dir / "visualize" / f"class_{k:05d}" / comp["npfv_png"]).convert("RGB"))
