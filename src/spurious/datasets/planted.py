@@ -59,8 +59,9 @@ Layout written by :func:`generate_planted` under ``out/``::
 Each ``index.jsonl`` line: ``{"id": "train/00_star/00001.png", "split": "train", "label": 0,
 "object": true, "object_class": 0, "object_box": [x0, y0, x1, y1], "features": [{"name":
 "feeder", "box": [x0, y0, x1, y1]}], "stand_in_box": null, "background": "grass"}``
-(``stand_in_box``: the box of the stand-in shape of an image without a class object, or null). Boxes are pixel coordinates with
-exclusive ``x1``/``y1`` and are the tight boxes of every pixel the object or feature touches
+(``stand_in_box``: the box of the stand-in shape of an image without a class object, or
+null). Boxes are pixel coordinates with exclusive ``x1``/``y1`` and are the tight boxes of
+every pixel the object, feature or stand-in touches
 (the frame's and the water's box is the whole image). ``label`` is the class for train/val, the
 folder's class ``k`` for spurious images (what :func:`~spurious.datasets.spurious_imagenet`
 assigns; the object is absent) and ``-1`` for the pool.
