@@ -134,6 +134,15 @@ def test_load_model_with_checkpoint_suffix(standard_tiny: DemoModelInfo) -> None
     torch.testing.assert_close(clf.head()[0], net.fc.weight)
 
 
+def test_load_demo_checkpoint_default_spec_loads_the_same_model(standard_tiny: DemoModelInfo) -> None:
+    from spurious.train import load_demo_checkpoint
+
+    clf = load_demo_checkpoint(standard_tiny.path)
+    assert clf.spec == f"demo:standard@{standard_tiny.path.resolve()}"
+    again = load_model(clf.spec)  # a workspace stores the spec; later stages load the model from it
+    torch.testing.assert_close(again.head()[0], clf.head()[0], rtol=0, atol=0)
+
+
 def test_missing_demo_model_is_trained_with_a_log_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     standard_tiny: DemoModelInfo,

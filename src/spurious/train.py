@@ -1074,7 +1074,8 @@ def load_demo_checkpoint(
 
     Args:
         path: the ``.pt`` file.
-        spec: stored as :attr:`Classifier.spec` (default ``"demo@<path>"``).
+        spec: stored as :attr:`Classifier.spec` (default ``"demo:<variant>@<path>"``, a spec that
+            :func:`spurious.models.load_model` resolves to this checkpoint again).
         device: where to put the model (default CPU).
 
     Raises:
@@ -1092,7 +1093,13 @@ def load_demo_checkpoint(
         raise ValueError(f"demo checkpoint '{path}' does not fit its arch {ckpt['arch']}: {e}") from e
     preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
     return Classifier.from_module(net.eval(), preprocessing, ckpt["class_names"],
-                                  spec or f"demo@{path}", device=device)
+                                  spec or _checkpoint_spec(ckpt, path), device=device)
+
+
+def _checkpoint_spec(ckpt: Mapping[str, Any], path: Path) -> str:
+    """``demo:<variant>@<path>``: ``load_model`` loads the file with the architecture it stores."""
+    variant = ckpt.get("metadata", {}).get("train_config", {}).get("variant")
+    return f"demo:{variant if variant in VARIANTS else 'standard'}@{path.resolve()}"
 
 
 def load_demo_model(
