@@ -799,6 +799,15 @@ def _composite(img: np.ndarray, sprite: _Sprite, box: _Box) -> None:
     img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1.0 - a) + sprite.rgb
 
 
+def _object_sprite(coverage: np.ndarray, box: _Box, bg_lum: np.ndarray, hue: float, sat: float,
+                   val_u: float, shade_dir: float) -> _Sprite:
+    """A shaded object-style sprite: dark on a light background under ``box``, light on a dark one."""
+    x0, y0, x1, y1 = box
+    lum = float(bg_lum[y0:y1, x0:x1].mean())
+    value = 0.12 + 0.3 * val_u if lum > 0.5 else 0.68 + 0.32 * val_u
+    return _colored(coverage, _hsv(hue, sat, value), shade_dir, 0.18)
+
+
 def _mask_of(size: int, sprite: _Sprite, box: _Box) -> np.ndarray:
     mask = np.zeros((size, size), dtype=bool)
     mask[box[1]:box[3], box[0]:box[2]] = sprite.alpha > 0
@@ -827,9 +836,9 @@ def _render(
             scale and in the colours of the class objects, where there is room (used for images
             without a class object: real spurious-only photos show *other* things, see
             :func:`generate_planted`). ``0`` draws no random number for it.
-        omit: Layers (``"object"``, ``"stand_in"``, feature names, ``"distractors"``) that are laid out and use
-            the same random numbers but are not painted: rendering with and without them differs
-            only in their pixels (used by the tests).
+        omit: Layers (``"object"``, ``"stand_in"``, feature names, ``"distractors"``) that are
+            laid out and use the same random numbers but are not painted: rendering with and
+            without them differs only in their pixels (used by the tests).
 
     Returns:
         The image and the masks/boxes of everything planted in it.
@@ -899,15 +908,13 @@ def _render(
         s_name = _DISTRACTORS[int(r_dis.integers(len(_DISTRACTORS)))]
         s_radius = r_dis.uniform(0.16, 0.25) * size
         s_angle = r_dis.uniform(0, np.pi)
-        s_hue, s_sat, s_val, s_dir = r_dis.random(), r_dis.uniform(0.55, 1.0), r_dis.random(), r_dis.uniform(0, 2 * np.pi)
+        s_hue, s_sat = r_dis.random(), r_dis.uniform(0.55, 1.0)
+        s_val, s_dir = r_dis.random(), r_dis.uniform(0, 2 * np.pi)
         for _ in range(6):
             cov = _shape_coverage(r_dis, s_name, s_radius, s_angle)
             box = _place(r_dis, lo, hi, cov.shape, taken)
             if box is not None:
-                x0, y0, x1, y1 = box
-                lum = float(bg_lum[y0:y1, x0:x1].mean())
-                value = 0.12 + 0.3 * s_val if lum > 0.5 else 0.68 + 0.32 * s_val
-                stand_in = (_colored(cov, _hsv(s_hue, s_sat, value), s_dir, 0.18), box)
+                stand_in = (_object_sprite(cov, box, bg_lum, s_hue, s_sat, s_val, s_dir), box)
                 taken.append(box)
                 break
             s_radius *= 0.8
@@ -953,10 +960,7 @@ def _render(
             _composite(img, sprite, patch_boxes[name])
     obj_mask = None
     if obj_cov is not None and obj_box is not None:
-        x0, y0, x1, y1 = obj_box
-        lum = float(bg_lum[y0:y1, x0:x1].mean())
-        value = 0.12 + 0.3 * val_u if lum > 0.5 else 0.68 + 0.32 * val_u
-        sprite = _colored(obj_cov, _hsv(hue, sat, value), shade_dir, 0.18)
+        sprite = _object_sprite(obj_cov, obj_box, bg_lum, hue, sat, val_u, shade_dir)
         obj_mask = _mask_of(size, sprite, obj_box)
         if "object" not in omit:
             _composite(img, sprite, obj_box)
