@@ -13,8 +13,8 @@ For the demo model (default ``demo:robust``) and every planted (feature, class) 
    priors, the largest class-conditional likelihood wins) fitted on the class's training images with
    exact ground-truth masks (re-rendered from the generator's plan): feature pixels = the feature's
    mask minus the object (images with the feature), object pixels = the object's mask, background
-   pixels = outside the object and every feature (images without the feature). The GradCAM map of alpha_l^k on the
-   NPFV (the stage's PNG, re-read) is normalised to sum 1 and summed over each kind. Pass:
+   pixels = outside the object and every feature (images without the feature). The GradCAM map of
+   alpha_l^k on the NPFV (the stage's PNG, re-read) is normalised to sum 1 and summed over each kind. Pass:
    mass(feature-like) > mass(object-like). To show that the colours separate the two kinds, the
    two-way (feature vs object likelihood) recall on the validation images' feature and object
    pixels is reported.
