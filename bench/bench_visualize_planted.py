@@ -111,11 +111,12 @@ class ColourClassifier:
         return self.loglik[0, bins] > self.loglik[1, bins]
 
 
-def _gradcam(clf: Any, x: torch.Tensor, A: np.ndarray, c: float) -> np.ndarray:
+def _gradcam(clf: Any, x: torch.Tensor, A: np.ndarray, c: float, layer: str | None = None) -> np.ndarray:
+    """GradCAM of ``alpha = <A, phi> - c`` at ``layer`` (default: the last spatial block, as ``visualize``)."""
     from spurious.gradcam import GradCAM
 
     a = torch.as_tensor(A, dtype=torch.float32, device=clf.device)
-    cam = GradCAM(clf).attribute(x.to(clf.device), lambda phi, logits: phi.float() @ a - c)
+    cam = GradCAM(clf, layer).attribute(x.to(clf.device), lambda phi, logits: phi.float() @ a - c)
     return cam.cpu().numpy()
 
 
@@ -188,7 +189,7 @@ def main() -> None:
         acc_o = float(np.mean(~colour.feature_vs_object(held["object"])))
         npfv_rgb = np.asarray(Image.open(ws_dir / "visualize" / f"class_{k:05d}" / comp["npfv_png"]).convert("RGB"))
         x = torch.from_numpy(npfv_rgb.copy()).permute(2, 0, 1).float().div(255)[None]
-        cam = _gradcam(clf, x, A[0], float(c[0]))[0].astype(np.float64)
+        cam = _gradcam(clf, x, A[0], float(c[0]), args.cam_layer)[0].astype(np.float64)
         cam = cam / cam.sum() if cam.sum() > 0 else cam
         kind = colour.predict(_quantise(npfv_rgb))
         mass = {name: float(cam[kind == i].sum()) for i, name in enumerate(ColourClassifier.kinds)}
@@ -199,7 +200,7 @@ def main() -> None:
         box_f, box_o = [], []
         if shown:
             imgs = torch.stack([clf.preprocessing(Image.open(data_root / i)) for i in shown])
-            cams = _gradcam(clf, imgs, A[0], float(c[0])).astype(np.float64)
+            cams = _gradcam(clf, imgs, A[0], float(c[0]), args.cam_layer).astype(np.float64)
             for i, cm in zip(shown, cams):
                 rec = by_id[prefix + i]
                 if cm.shape != tuple(np.asarray(Image.open(data_root / i)).shape[:2]):
