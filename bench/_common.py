@@ -33,6 +33,36 @@ def simulate_features(path: Path, classes: int, per_class: int, dim: int, *, alp
     return np.load(path, mmap_mode="r"), labels, W, b
 
 
+def planted_component_precision(ws_dir: Path, planted, *, top_k: int = 20, search: int = 10) -> list[dict]:
+    """Per planted (feature, class): share of each top-``search`` component's top-``top_k`` training images with the feature.
+
+    The components are those of ``ws_dir``'s neural PCA (by eigenvalue); the truth is the planted
+    ``index.jsonl``. ``top_k`` is capped at a quarter of the class's images. One dict per pair, in
+    ``planted.features`` order: ``class``, ``class_name``, ``feature``, ``base_rate`` (share of the
+    class's images with the feature) and ``precision`` (float array, one entry per component).
+    """
+    from spurious.npca import load_npca
+    from spurious.workspace import Workspace
+
+    store = Workspace.open(ws_dir).feature_store("train")
+    pca = load_npca(ws_dir)
+    truth = {r["id"][len("train/"):]: {f["name"] for f in r["features"]}
+             for r in planted.ground_truth() if r["split"] == "train"}
+    ids = store.ids
+    out = []
+    for feature in planted.features:
+        for k in feature.classes:
+            rows = store.rows_of_class(k)
+            has = np.array([feature.name in truth[ids[r]] for r in rows])
+            k_top = min(top_k, max(1, len(rows) // 4))
+            comps = np.arange(min(search, pca[k].num_components))
+            a = pca[k].alpha(store.phi(rows).astype(np.float64), comps)
+            top = np.argsort(-a, axis=0, kind="stable")[:k_top]
+            out.append({"class": k, "class_name": planted.class_names[k], "feature": feature.name,
+                        "base_rate": float(has.mean()), "precision": has[top].mean(axis=0)})
+    return out
+
+
 def emit(result: dict) -> None:
     print(json.dumps(result, indent=2))
     sys.stdout.flush()

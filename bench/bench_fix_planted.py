@@ -22,7 +22,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -33,45 +32,27 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit  # noqa: E402
+from _common import emit, planted_component_precision  # noqa: E402
 
 from spurious.datasets import load_planted  # noqa: E402
 from spurious.demo import prepare_workspaces  # noqa: E402
 from spurious.fix import FixHead, fix, load_fix, transfer  # noqa: E402
-from spurious.npca import load_npca  # noqa: E402
 from spurious.workspace import Workspace  # noqa: E402
 
 
 def choose_components(ws_dir: Path, planted_root: str, *, search: int = 10, top_k: int = 20,
                       threshold: float = 0.8) -> tuple[dict[int, list[int]], list[dict]]:
     """Planted spurious components of each class from the ground truth (see the module docstring)."""
-    planted = load_planted(planted_root)
-    truth = {}
-    with open(planted.index_path, encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            if rec["split"] == "train":
-                truth[rec["id"][len("train/"):]] = {f["name"] for f in rec["features"]}
-    ws = Workspace.open(ws_dir)
-    store = ws.feature_store("train")
-    pca = load_npca(ws_dir)
-    ids = store.ids
     chosen: dict[int, set[int]] = {}
     details = []
-    for feature in planted.features:
-        for k in feature.classes:
-            rows = store.rows_of_class(k)
-            has = np.array([feature.name in truth[ids[r]] for r in rows])
-            k_top = min(top_k, max(1, len(rows) // 4))
-            a = pca[k].alpha(store.phi(rows).astype(np.float64))[:, :search]
-            top = np.argsort(-a, axis=0, kind="stable")[:k_top]
-            precision = has[top].mean(axis=0)
-            picked = [int(l) for l in np.flatnonzero(precision >= threshold)]
-            if picked:
-                chosen.setdefault(k, set()).update(picked)
-            details.append({"class": k, "class_name": planted.class_names[k], "feature": feature.name,
-                            "base_rate": round(float(has.mean()), 3), "chosen": picked,
-                            "precision_top10": [round(float(p), 2) for p in precision]})
+    for pair in planted_component_precision(ws_dir, load_planted(planted_root), top_k=top_k, search=search):
+        k, precision = pair["class"], pair["precision"]
+        picked = [int(l) for l in np.flatnonzero(precision >= threshold)]
+        if picked:
+            chosen.setdefault(k, set()).update(picked)
+        details.append({"class": k, "class_name": pair["class_name"], "feature": pair["feature"],
+                        "base_rate": round(pair["base_rate"], 3), "chosen": picked,
+                        "precision_top10": [round(float(p), 2) for p in precision]})
     return {k: sorted(v) for k, v in sorted(chosen.items())}, details
 
 

@@ -35,32 +35,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit  # noqa: E402
+from _common import emit, planted_component_precision  # noqa: E402
 
 
 def planted_components(ws: Path, planted, top_k: int = 20, search: int = 10) -> list[dict]:
     """(class, feature) -> component with the best feature precision among its top-``top_k`` training images."""
-    from spurious.npca import load_npca
-    from spurious.workspace import Workspace
-
-    w = Workspace.open(ws)
-    train = w.feature_store("train")
-    pca = load_npca(ws)
-    truth = {r["id"][len("train/"):]: {f["name"] for f in r["features"]}
-             for r in planted.ground_truth() if r["split"] == "train"}
-    ids = train.ids
-    out = []
-    for feature in planted.features:
-        for k in feature.classes:
-            rows = train.rows_of_class(k)
-            has = np.array([feature.name in truth[ids[r]] for r in rows])
-            kk = min(top_k, max(1, len(rows) // 4))
-            a = pca[k].alpha(train.phi(rows), np.arange(min(search, pca[k].num_components)))
-            top = np.argsort(-a, axis=0, kind="stable")[:kk]
-            prec = has[top].mean(axis=0)
-            out.append({"class": k, "class_name": planted.class_names[k], "feature": feature.name,
-                        "component": int(np.argmax(prec)), "train_precision": float(prec.max())})
-    return out
+    return [{"class": p["class"], "class_name": p["class_name"], "feature": p["feature"],
+             "component": int(np.argmax(p["precision"])), "train_precision": float(p["precision"].max())}
+            for p in planted_component_precision(ws, planted, top_k=top_k, search=search)]
 
 
 def thin_pool(workspaces: list[Path], pool_truth: dict, frac: float) -> str:
