@@ -26,6 +26,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlencode
@@ -287,20 +288,25 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                          "npfv_url": img_url(store.visual_path(rec, png)) if png else None})
         return render(request, "class.html", k=k, class_name=class_label(k), rows=rows, curate=cur)
 
-    # ------------------------------------------------------------------ review
-    @app.get("/review", response_model=None)
-    def review_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
-                     cls: str | None = None) -> Response:
+    def first_item(request: Request, task: str, rows_of: Callable[..., list[Any]],
+                   progress_of: Callable[[list[Any]], dict[str, Any]], filter: str, cls: str | None) -> Response:
+        """``/review`` and ``/curate``: redirect to the first row the filter keeps, else the "done" page."""
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
         k = _parse_cls(cls, num_classes)
-        all_rows = store.components(me, min_agree=min_agree)
+        all_rows = rows_of(me, min_agree=min_agree)
         rows = select(all_rows, filter, k)
         if rows:
-            return RedirectResponse(f"/review/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
-        return render(request, "done.html", task="review", filter=filter, cls=k, classes=_class_choices(all_rows),
-                      class_label=class_label, progress=review_progress(all_rows))
+            return RedirectResponse(f"/{task}/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
+        return render(request, "done.html", task=task, filter=filter, cls=k, classes=_class_choices(all_rows),
+                      class_label=class_label, progress=progress_of(all_rows))
+
+    # ------------------------------------------------------------------ review
+    @app.get("/review", response_model=None)
+    def review_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                     cls: str | None = None) -> Response:
+        return first_item(request, "review", store.components, review_progress, filter, cls)
 
     @app.get("/review/{k}/{l}", response_class=HTMLResponse, response_model=None)
     def review_page(request: Request, k: int, l: int,
@@ -367,16 +373,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     @app.get("/curate", response_model=None)
     def curate_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
                      cls: str | None = None) -> Response:
-        me = labeler_of(request)
-        if me is None:
-            return login_redirect(request)
-        k = _parse_cls(cls, num_classes)
-        all_rows = store.curate_components(me, min_agree=min_agree)
-        rows = select(all_rows, filter, k)
-        if rows:
-            return RedirectResponse(f"/curate/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
-        return render(request, "done.html", task="curate", filter=filter, cls=k, classes=_class_choices(all_rows),
-                      class_label=class_label, progress=curate_progress(all_rows))
+        return first_item(request, "curate", store.curate_components, curate_progress, filter, cls)
 
     @app.get("/curate/{k}/{l}", response_class=HTMLResponse, response_model=None)
     def curate_page(request: Request, k: int, l: int,
