@@ -290,11 +290,12 @@ def main() -> None:
 
         # the feature alone on the gray start image (val images with the feature; every other pixel
         # 0.5): how far it lies from gray and how much it raises alpha, against the NPFV's budget
-        alone = np.where((val_px[1] == 0)[..., None], val_px[0], np.uint8(128)) if (val_px[1] == 0).any() else None
+        is_feature = val_px[1] == 0
+        sel = is_feature.reshape(len(is_feature), -1).any(1)
         alone_fields: dict[str, Any] = {}
-        if alone is not None:
-            sel = (val_px[1] == 0).reshape(len(alone), -1).any(1)
-            xa = torch.from_numpy(alone[sel]).permute(0, 3, 1, 2).float().div(255)
+        if sel.any():
+            alone = np.where(is_feature[sel][..., None], val_px[0][sel] / np.float32(255), np.float32(0.5))
+            xa = torch.from_numpy(alone.astype(np.float32)).permute(0, 3, 1, 2)
             with torch.no_grad():
                 phi, logits = clf.phi_and_logits(torch.cat([torch.full_like(xa[:1], 0.5), xa]).to(clf.device))
                 alpha = (phi.double().cpu().numpy() @ A[0] - float(c[0]))
