@@ -322,7 +322,8 @@ def test_stage_writes_files_and_components_json(visualized) -> None:  # type: ig
         assert div["sets"] == 3 and div["slots"] == 9
         total_pairs += div["identical_pairs"]
         html = (cdir / "index.html").read_text()
-        assert "adversarial noise" in html and comp["npfv_png"] in html
+        assert "adversarial noise" in html and "their heatmaps show the feature" in html
+        assert comp["npfv_png"] in html
     assert result.diversity["components"]["identical_pairs"] == total_pairs
     index = (out / "index.html").read_text()
     assert all(f"class_{k:05d}/index.html" in index for k in range(3))

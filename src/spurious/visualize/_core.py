@@ -64,7 +64,9 @@ ROBUSTNESS_NOTE = (
     "Neural PCA feature visualizations (NPFVs) are only meaningful for an adversarially robust model. "
     "On a standard (non-robust) model the same optimisation returns adversarial noise that raises "
     "alpha without showing any recognisable feature; judge such a model by its max-activating images "
-    "and heatmaps instead."
+    "and heatmaps instead. Even on a robust model, a feature that needs many pixels in fixed places "
+    "(a frame along the image border) can lie beyond the NPFV's small budget: the NPFV then shows "
+    "something else, and only the max-activating images and their heatmaps show the feature."
 )
 
 
