@@ -163,6 +163,20 @@ def _curate_key(row: CurateRow) -> tuple[int, int]:
     return (row.cls, row.component)
 
 
+
+def _locate(rows: list[Any], k: int, l: int, filter: str, cls: int | None,
+            sort_key: Callable[[Any], Any]) -> tuple[Any, list[Any], Any | None, Any | None]:
+    """Row ``(k, l)`` of ``rows``, the rows ``filter``/``cls`` keep, and its neighbours among them."""
+    here = next(r for r in rows if (r.cls, r.component) == (k, l))
+    filtered = select(rows, filter, cls)
+    prev, nxt = _neighbours(filtered, sort_key(here), sort_key)
+    return here, filtered, prev, nxt
+
+
+def _vote_counts(votes: dict[str, str]) -> dict[str, int]:
+    """How many labelers gave each image verdict (``votes``: labeler -> verdict)."""
+    return {verdict: sum(1 for x in votes.values() if x == verdict) for verdict in IMAGE_VERDICTS}
+
 def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = True, min_agree: int = 2,
                allowed_hosts: list[str] | None = None) -> FastAPI:
     """Build the labelling app for a workspace.
@@ -321,9 +335,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         except UnknownItemError as err:
             raise HTTPException(404, str(err)) from None
         all_rows = store.components(me, min_agree=min_agree)
-        here = next(r for r in all_rows if (r.cls, r.component) == (k, l))
-        filtered = select(all_rows, filter, kc)
-        prev, nxt = _neighbours(filtered, _review_key(here), _review_key)
+        here, filtered, prev, nxt = _locate(all_rows, k, l, filter, kc, _review_key)
         q = _query(filter, kc)
 
         def url(r: ComponentRow | None) -> str:
@@ -355,10 +367,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             store.set_component_verdict(me, k, l, body.verdict, body.note)
         except UnknownItemError as err:
             raise HTTPException(404, str(err)) from None
-        rows = store.components(me, min_agree=min_agree)
-        here = next(r for r in rows if (r.cls, r.component) == (k, l))
-        filtered = select(rows, filter, kc)
-        _, nxt = _neighbours(filtered, _review_key(here), _review_key)
+        here, filtered, _, nxt = _locate(store.components(me, min_agree=min_agree), k, l, filter, kc, _review_key)
         q = _query(filter, kc)
         if nxt is not None:
             next_url: str | None = f"/review/{nxt.cls}/{nxt.component}{q}"
@@ -387,15 +396,13 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         if not cands:
             raise HTTPException(404, f"(class {k}, component {l}) has no retrieved candidates")
         all_rows = store.curate_components(me, min_agree=min_agree)
-        here = next(r for r in all_rows if (r.cls, r.component) == (k, l))
-        filtered = select(all_rows, filter, kc)
-        prev, nxt = _neighbours(filtered, _curate_key(here), _curate_key)
+        here, filtered, prev, nxt = _locate(all_rows, k, l, filter, kc, _curate_key)
         q = _query(filter, kc)
         votes = store.image_verdicts(k, l)
         items = []
         for c in cands:
             v = votes.get(c["id"], {})
-            counts = {verdict: sum(1 for x in v.values() if x == verdict) for verdict in IMAGE_VERDICTS}
+            counts = _vote_counts(v)
             items.append({"rec": c, "url": img_url(c["path"]) if c.get("path") else None, "mine": v.get(me), "counts": counts,
                           "accepted": counts["out"] >= min_agree, "disagreement": len(set(v.values())) > 1})
         try:
@@ -419,8 +426,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             store.set_image_verdict(me, k, l, body.id, body.verdict)
         except UnknownItemError as err:
             raise HTTPException(404, str(err)) from None
-        v = store.image_verdicts(k, l).get(body.id, {})
-        counts = {verdict: sum(1 for x in v.values() if x == verdict) for verdict in IMAGE_VERDICTS}
+        counts = _vote_counts(store.image_verdicts(k, l).get(body.id, {}))
         return {"ok": True, "labeler": me, "id": body.id, "verdict": body.verdict, "counts": counts,
                 "accepted": counts["out"] >= min_agree}
 
