@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -20,8 +20,8 @@ from test_label_store import make_label_ws
 
 from spurious.cli import main
 from spurious.label import LabelStore
-from spurious.label.app import COOKIE, create_app, is_loopback, serve
-from spurious.label.store import file_key
+from spurious.label.app import COOKIE, Filter, create_app, is_loopback, serve
+from spurious.label.store import FILTERS, file_key
 from spurious.workspace import Workspace
 
 NASTY = '<b>cat</b> & <script>alert("x")</script>'
@@ -555,3 +555,8 @@ def test_curate_page_of_candidates_without_image_files(ws: Workspace) -> None:
     assert page.status_code == 200
     assert page.text.count('class="placeholder"') == 4 and "/img/" not in page.text.split('id="grid"')[1]
     assert c.post("/api/curate/0/3", json={"id": recs[0]["id"], "verdict": "out"}).status_code == 200
+
+
+def test_page_filter_values_are_the_store_filters() -> None:
+    # the routes' ?filter= type and LabelStore's select() must accept the same values
+    assert get_args(Filter) == FILTERS

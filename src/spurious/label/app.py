@@ -65,6 +65,9 @@ from spurious.workspace import Workspace
 
 __all__ = ["COOKIE", "LOOPBACK_HOSTS", "create_app", "is_loopback", "serve"]
 
+# the ?filter= of the review and curate pages (the same values as spurious.label.store.FILTERS)
+Filter = Literal["all", "unlabeled", "disagreements"]
+
 
 COOKIE = "spurious_labeler"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -318,13 +321,13 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
     # ------------------------------------------------------------------ review
     @app.get("/review", response_model=None)
-    def review_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+    def review_first(request: Request, filter: Filter = "unlabeled",
                      cls: str | None = None) -> Response:
         return first_item(request, "review", store.components, review_progress, filter, cls)
 
     @app.get("/review/{k}/{l}", response_class=HTMLResponse, response_model=None)
     def review_page(request: Request, k: int, l: int,
-                    filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                    filter: Filter = "unlabeled",
                     cls: str | None = None) -> Response:
         me = labeler_of(request)
         if me is None:
@@ -359,7 +362,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
     @app.post("/api/review/{k}/{l}")
     def review_verdict(request: Request, k: int, l: int, body: ReviewVerdict,
-                       filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                       filter: Filter = "unlabeled",
                        cls: str | None = None) -> dict[str, Any]:
         me = need_labeler(request)
         kc = _parse_cls(cls, num_classes)
@@ -380,13 +383,13 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
     # ------------------------------------------------------------------ curate
     @app.get("/curate", response_model=None)
-    def curate_first(request: Request, filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+    def curate_first(request: Request, filter: Filter = "unlabeled",
                      cls: str | None = None) -> Response:
         return first_item(request, "curate", store.curate_components, curate_progress, filter, cls)
 
     @app.get("/curate/{k}/{l}", response_class=HTMLResponse, response_model=None)
     def curate_page(request: Request, k: int, l: int,
-                    filter: Literal["all", "unlabeled", "disagreements"] = "unlabeled",
+                    filter: Filter = "unlabeled",
                     cls: str | None = None) -> Response:
         me = labeler_of(request)
         if me is None:
