@@ -178,6 +178,11 @@ class ShapeJudge:
                 "object": float(np.mean(~f[kinds == 1]))}
 
 
+def _mass_by_kind(cam: np.ndarray, kind: np.ndarray) -> dict[str, float]:
+    """Heatmap mass on the feature- / object- / background-like pixels (``kind`` 0 / 1 / 2)."""
+    return {name: float(cam[kind == i].sum()) for i, name in enumerate(ColourClassifier.kinds)}
+
+
 def _gradcam(clf: Any, x: torch.Tensor, A: np.ndarray, c: float, layer: str | None = None) -> np.ndarray:
     """GradCAM of ``alpha = <A, phi> - c`` at ``layer`` (default: the last spatial block, as ``visualize``)."""
     from spurious.gradcam import GradCAM
@@ -262,11 +267,11 @@ def main() -> None:
             cam = _gradcam(clf, x, A[0], float(c[0]), args.cam_layer)[0].astype(np.float64)
             cam = cam / cam.sum() if cam.sum() > 0 else cam
             kind = colour.predict(_quantise(npfv_rgb))
-            masses.append({name: float(cam[kind == i].sum()) for i, name in enumerate(ColourClassifier.kinds)})
+            masses.append(_mass_by_kind(cam, kind))
             shares.append({name: float(np.mean(kind == i)) for i, name in enumerate(ColourClassifier.kinds)})
             if shape is not None:
                 kind = shape.predict(npfv_rgb[None])[0]
-                shape_masses.append({name: float(cam[kind == i].sum()) for i, name in enumerate(ColourClassifier.kinds)})
+                shape_masses.append(_mass_by_kind(cam, kind))
         passes = [p >= 0.8 and m["feature"] > m["object"] for p, m in zip(prec, masses)]
         # the pair's component: the best-ranked one meeting both criteria (colour judge), else the
         # most precise (first maximum = the better NPFV rank among ties)
