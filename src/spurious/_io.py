@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FINGERPRINT_SCHEME",
     "atomic_path",
+    "cache_dir",
     "head_fingerprint",
     "write_json",
     "read_json",
@@ -23,6 +25,10 @@ __all__ = [
     "sha256_strings",
     "utc_now",
 ]
+
+
+FINGERPRINT_SCHEME = 2
+"""Version of the model fingerprint: 1 hashed the head only; 2 all weights, the preprocessing and the class names."""
 
 
 @contextlib.contextmanager
@@ -43,6 +49,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def cache_dir() -> Path:
+    """The user cache folder: ``$SPURIOUS_CACHE``, else ``$XDG_CACHE_HOME/spurious``, else ``~/.cache/spurious``.
+
+    Not created here.
+    """
+    env = os.environ.get("SPURIOUS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "spurious"
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
+from spurious._cli._model_options import add_model_options, model_options
 
 __all__ = ["main", "build_parser"]
 
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not download pretrained weights (random init; for tests and offline smoke runs)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (GPU only)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing split made with other settings")
+    p.add_argument("--class-map", default=None, metavar="FILE",
+                   help="JSON {\"folder or label\": \"class name\" | index} or CSV (folder,class): maps folders "
+                        "that do not carry the model's class names (exact, case-insensitive, wnid and NN_name "
+                        "forms match by themselves)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with an error (after writing the split) when the model's top-1 agreement with the "
+                        "labels is not clearly above chance (Cohen's kappa < 0.2), instead of warning")
+    add_model_options(p)
     _common(p)
     p.set_defaults(func=_cmd_extract)
 
@@ -71,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _common(p)
     p.set_defaults(func=_cmd_npca)
+
+    p = sub.add_parser("model", help="show a model: preprocessing, feature dimension, head, label space",
+                       description="Load a model spec (with the options and the config file beside a checkpoint) "
+                                   "and print the resolved preprocessing and where it was stated, the feature "
+                                   "dimension D, the head, the label space and the fingerprint.")
+    p.add_argument("spec", help="model spec, e.g. torchvision:resnet18@model.pt or timm:convnext_tiny.fb_in1k")
+    p.add_argument("--random-weights", action="store_true", help="do not download pretrained weights")
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
+    add_model_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("models", help="list valid model specs", description="List model specs (fnmatch pattern).")
     p.add_argument("pattern", nargs="?", default=None, help="e.g. 'timm:convnext*'")
@@ -150,17 +170,38 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str
 def _cmd_extract(args: argparse.Namespace) -> int:
     from spurious.extract import extract
 
+    opts = model_options(args)
     r = extract(args.workspace, data=args.data, model=args.model, split=args.split, batch_size=args.batch_size,
                 num_workers=args.workers, dtype=args.dtype, topk=args.topk, shard_size=args.shard_size,
                 device=args.device, pretrained=not args.random_weights, overwrite=args.overwrite,
-                progress=not args.no_progress, amp=args.amp)
+                progress=not args.no_progress, amp=args.amp, preprocessing=opts["preprocessing"],
+                model_config=opts["config"], class_map=args.class_map, strict=args.strict)
     if not r.complete:  # non-zero torchrun rank: rank 0 reports
         return 0
-    _emit(args, r.to_dict(), [
-        f"extracted {r.num_rows} images ({r.num_failed} undecodable skipped, {r.num_skipped_files} non-image files "
-        f"ignored) -> {r.path}",
-        f"D={r.dim} {r.dtype}; shards computed {r.shards_computed}, reused {r.shards_reused}; "
-        f"{r.images_per_second:.1f} images/s",
+    _emit(args, r.to_dict(), r.summary_lines())
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from spurious.models import load_model
+
+    clf = load_model(args.spec, pretrained=not args.random_weights, device=args.device, **model_options(args))
+    d = clf.describe()
+    names = d["class_names"]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    head = " + ".join(f"{h['coef']:g} x {h['kind']} '{h['layer']}'" if h["coef"] != 1 else f"{h['kind']} "
+                      f"'{h['layer']}'" for h in d["head"])
+    _emit(args, d, [
+        f"model          {d['spec']}",
+        f"fingerprint    {d['fingerprint']}",
+        f"preprocessing  {d['preprocessing_text']}",
+        f"  stated by    {d['preprocessing_source']}",
+        f"config file    {d['config_file'] or 'none'}",
+        f"features       D = {d['num_features']} (input of the head)",
+        f"head           {head}: W [{d['num_classes']}, {d['num_features']}], b [{d['num_classes']}]",
+        f"label space    K = {d['num_classes']}, names: "
+        + ("none (class_<k> placeholders: folders are read in sorted order)" if d["class_names_source"] == "none"
+           else f"{d['class_names_source']}: {shown}"),
     ])
     return 0
 

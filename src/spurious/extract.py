@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from spurious._dist import all_sum, barrier, init_distributed, on_main_rank, resolve_device
+from spurious.agreement import report_agreement
 from spurious.store import FeatureStore, finalize_store, plan_hash, shard_done, write_shard
 from spurious.workspace import Workspace, prepare_artifact_dir
 
@@ -52,9 +53,27 @@ class ExtractResult:
     images_per_second: float
     world_size: int
     complete: bool
+    label_source: str = ""
+    agreement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints."""
+        from spurious.agreement import Agreement
+
+        lines = [
+            f"extracted {self.num_rows} images ({self.num_failed} undecodable skipped, {self.num_skipped_files} "
+            f"non-image files ignored) -> {self.path}",
+            f"D={self.dim} {self.dtype}; shards computed {self.shards_computed}, reused {self.shards_reused}; "
+            f"{self.images_per_second:.1f} images/s",
+        ]
+        if self.label_source:
+            lines.append(f"labels: {self.label_source}")
+        if self.agreement is not None:
+            lines.append(Agreement.from_dict(self.agreement).describe())
+        return lines
 
 
 def default_num_workers() -> int:
@@ -84,7 +103,8 @@ class _ShardBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device) -> Any:
+def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device,
+                   preprocessing: Any, model_config: Any) -> Any:
     from spurious.models import Classifier, load_model
 
     if isinstance(model, Classifier):
@@ -94,20 +114,81 @@ def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.de
             raise ValueError(
                 f"{ws_root} is a new workspace: pass the model (--model SPEC, e.g. torchvision:resnet50)"
             )
-        model = Workspace.open(ws_root).model_spec
+        ws = Workspace.open(ws_root)
+        if preprocessing is None and model_config is None:
+            return ws.load_model(device=device, pretrained=pretrained).eval()
+        model = ws.model_spec
     if not isinstance(model, str):
         raise TypeError(f"model must be a spec string or a spurious.models.Classifier, got {type(model).__name__}")
-    return load_model(model, pretrained=pretrained, device=device).eval()
+    return load_model(model, pretrained=pretrained, device=device, preprocessing=preprocessing,
+                      config=model_config).eval()
 
 
-def _resolve_data(data: Any, classifier: Any) -> Any:
-    from spurious.datasets import ImageDataset, open_dataset
+def _dataset_kind(data: str | os.PathLike[str]) -> str:
+    from spurious.datasets._readers import _detect_kind, _resolve, _split_spec
+
+    kind, target = _split_spec(data)
+    path = _resolve(target)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {target} does not exist")
+    return kind if kind is not None else _detect_kind(path)
+
+
+def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
+    """Open ``data`` in the model's label space: class folders and list labels are matched by name."""
+    from spurious import imagenet
+    from spurious.datasets import ImageDataset, open_dataset, read_class_map
 
     if isinstance(data, ImageDataset):
-        return data if data.transform is not None else data.with_transform(classifier.preprocessing)
-    if isinstance(data, (str, os.PathLike)):
-        return open_dataset(data, transform=classifier.preprocessing)
-    raise TypeError(f"data must be a dataset spec/path or a spurious.datasets.ImageDataset, got {type(data).__name__}")
+        if class_map is not None:
+            raise ValueError("class_map applies to a dataset spec or path, not to an ImageDataset; "
+                             "build the dataset with the class names you want")
+        ds = data if data.transform is not None else data.with_transform(classifier.preprocessing)
+        _check_label_range(ds, classifier)
+        ds.open_kwargs = {"class_names": ds.class_names} if ds.kind in ("folder", "list") else {}
+        return ds
+    if not isinstance(data, (str, os.PathLike)):
+        raise TypeError(
+            f"data must be a dataset spec/path or a spurious.datasets.ImageDataset, got {type(data).__name__}"
+        )
+    cmap = read_class_map(class_map) if isinstance(class_map, (str, os.PathLike)) else class_map
+    kind = _dataset_kind(data)
+    names = classifier.class_names if classifier.has_class_names else None
+    is_in1k = classifier.class_names_source == "ImageNet-1k"
+    if kind in ("folder", "list"):
+        if cmap is not None and names is None:
+            raise ValueError(f"a class map needs the model's class names, but {classifier.spec!r} has none "
+                             "(state them in the checkpoint's config file: \"class_names\": [...])")
+        kwargs = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
+        ds = open_dataset(data, transform=classifier.preprocessing, **{
+            **kwargs, "wnids": imagenet.wnids() if is_in1k else None})
+    else:
+        if cmap is not None:
+            raise ValueError(f"a class map applies to folder: and list: datasets, not to a {kind!r} dataset")
+        if kind == "imagenet" and (classifier.num_classes != imagenet.NUM_CLASSES
+                                   or (names is not None and not is_in1k)):
+            raise ValueError(
+                f"{data} is read as ImageNet wnid folders, labelled with ImageNet-1k indices, but "
+                f"{classifier.spec!r} has {classifier.num_classes} classes "
+                f"({'its own names' if names is not None else 'without names'}); read it with folder:{data} "
+                "to match folders to the model's class names (and --class-map FILE for the rest)"
+            )
+        own_space = kind == "spurious-imagenet" and classifier.num_classes != imagenet.NUM_CLASSES
+        kwargs = {"class_names": classifier.class_names} if own_space else {}
+        ds = open_dataset(data, transform=classifier.preprocessing, **kwargs)
+    _check_label_range(ds, classifier)
+    ds.open_kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return ds
+
+
+def _check_label_range(ds: Any, classifier: Any) -> None:
+    labels = ds.labels()
+    if len(labels) and int(labels.max()) >= classifier.num_classes:
+        raise ValueError(
+            f"{ds.spec}: label {int(labels.max())} is outside the {classifier.num_classes} classes of "
+            f"{classifier.spec!r} ({ds.label_source or 'labels as given'}); match the data to the model's class "
+            "names (folder names or --class-map FILE)"
+        )
 
 
 def extract(
@@ -126,6 +207,10 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
     amp: bool = False,
+    preprocessing: Any = None,
+    model_config: str | os.PathLike[str] | None = None,
+    class_map: Any = None,
+    strict: bool = False,
 ) -> ExtractResult:
     """Extract ``phi(x)`` and top-k predictions of every image of ``data`` into ``WS/features/<split>``.
 
@@ -148,6 +233,13 @@ def extract(
         progress: show a progress bar on stderr (rank 0 only).
         amp: run the forward pass under CUDA bfloat16 autocast (GPU only; features are stored as
             float16/32 either way).
+        preprocessing: a :class:`spurious.models.Preprocessing` or some of its fields (a dict) for a
+            model spec: they replace the checkpoint's config file and the architecture's defaults.
+        model_config: the model config file to use (default: the one beside the checkpoint).
+        class_map: folder name / list label -> class (name or index), or a JSON/CSV file of it, for
+            folders that do not carry the model's class names.
+        strict: raise :class:`spurious.agreement.AgreementError` (after writing the store) when the
+            model does not agree with the labels (see :mod:`spurious.agreement`), instead of warning.
 
     Returns:
         An :class:`ExtractResult`. ``complete`` is False only on non-zero ranks, which leave the merge to rank 0.
@@ -170,13 +262,14 @@ def extract(
     t0 = time.perf_counter()
     info = init_distributed(dev)
     ws_root = Path(workspace)
-    classifier = _resolve_model(model, ws_root, pretrained, dev)
-    dataset = _resolve_data(data, classifier)
+    classifier = _resolve_model(model, ws_root, pretrained, dev, preprocessing, model_config)
+    dataset = _resolve_data(data, classifier, class_map)
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.spec} holds no images")
     on_main_rank(lambda: Workspace.create(ws_root, classifier))
     ws = Workspace.open(ws_root)
     ws.check_model(classifier.fingerprint(), classifier.spec)
+    hint = f"spurious model {classifier.spec}"
     out = ws.features_dir(split)
     shards_dir = out / "shards"
     k = min(topk, classifier.num_classes)
@@ -196,6 +289,7 @@ def extract(
     on_main_rank(lambda: _prepare_output(out, plan, overwrite))
     if (out / "manifest.json").is_file():  # finished earlier with the same plan: nothing to do
         store = FeatureStore(out)
+        report_agreement(store.agreement, what=f"{out} ({dataset.spec})", hint=hint, strict=strict)
         return _result(store, split, 0, n_shards, 0, time.perf_counter() - t0, info.world_size, True)
 
     mine = [i for i in range(n_shards) if i % info.world_size == info.rank]
@@ -216,6 +310,7 @@ def extract(
         return ExtractResult(str(out), split, n_records, 0, 0, 0, plan["dim"], dtype, n_shards, computed,
                              reused, n_todo_images, round(seconds, 3),
                              round(n_todo_images / max(seconds, 1e-9), 2), info.world_size, False)
+    report_agreement(store.agreement, what=f"{out} ({dataset.spec})", hint=hint, strict=strict)
     return _result(store, split, computed_all, n_shards, images_all, seconds, info.world_size, True)
 
 
@@ -228,6 +323,7 @@ def _result(store: FeatureStore, split: str, computed: int, n_shards: int, image
         dtype=str(store.dtype), shards_total=n_shards, shards_computed=computed, shards_reused=n_shards - computed,
         images_computed=images, seconds=round(seconds, 3),
         images_per_second=round(images / max(seconds, 1e-9), 2), world_size=world, complete=complete,
+        label_source=store.label_source, agreement=store.agreement.to_dict(),
     )
 
 
@@ -334,4 +430,15 @@ def _merge(out: Path, dataset: Any, plan: dict[str, Any], phash: str, n_shards: 
 
     return finalize_store(out, plan, phash, n_shards, record,
                           skipped=list(getattr(dataset, "skipped", [])), class_names=dataset.class_names,
-                          root=str(dataset.root), seconds=seconds)
+                          root=str(dataset.root), seconds=seconds,
+                          label_source=getattr(dataset, "label_source", ""),
+                          open_kwargs=getattr(dataset, "open_kwargs", {}),
+                          unchecked_reason=_unchecked_reason(dataset))
+
+
+def _unchecked_reason(dataset: Any) -> str:
+    if dataset.kind == "spurious-imagenet":
+        return "a spurious benchmark split (its images show a class's spurious feature, not the class)"
+    if dataset.kind == "pool" or not (dataset.labels() >= 0).any():
+        return "no labelled images"
+    return ""

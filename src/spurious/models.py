@@ -35,7 +35,9 @@ import contextlib
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -51,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+
+from spurious._io import FINGERPRINT_SCHEME, cache_dir, read_json, write_json
 
 __all__ = [
     "Classifier",
@@ -118,6 +122,9 @@ class Preprocessing:
             ``"lanczos"``, ``"box"``, ``"hamming"``).
         mean: per-channel RGB mean used by the classifier's normalisation.
         std: per-channel RGB standard deviation used by the classifier's normalisation.
+        value_range: ``(lo, hi)``: the pixel range the network was trained on before the
+            normalisation: ``(0, 1)`` (torchvision, timm), ``(0, 255)`` (raw 8-bit pixels) or
+            ``(-1, 1)``. The network sees ``(lo + x (hi - lo) - mean) / std`` for ``x`` in ``[0, 1]``.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -126,6 +133,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    value_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.input_size)
@@ -148,6 +156,15 @@ class Preprocessing:
         std = _float_triple(self.std, "std")
         if min(std) <= 0:
             raise ValueError(f"std must be positive, got {std!r}")
+        try:
+            lo, hi = (float(v) for v in self.value_range)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"value_range must be two numbers (lo, hi), e.g. (0, 1) or (0, 255), got {self.value_range!r}"
+            ) from e
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {self.value_range!r}")
+        object.__setattr__(self, "value_range", (lo, hi))
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "resize_size", int(self.resize_size))
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
@@ -216,7 +233,33 @@ class Preprocessing:
             "interpolation": self.interpolation,
             "mean": list(self.mean),
             "std": list(self.std),
+            "value_range": list(self.value_range),
         }
+
+    def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """``(mean, std)`` to apply to images in ``[0, 1]``, with :attr:`value_range` folded in.
+
+        ``(lo + x (hi - lo) - mean) / std == (x - (mean - lo) / (hi - lo)) / (std / (hi - lo))``.
+        """
+        lo, hi = self.value_range
+        span = hi - lo
+        mean = tuple((m - lo) / span for m in self.mean)
+        std = tuple(s / span for s in self.std)
+        return mean, std  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        """One line: ``224x224 crop of resize 256 (crop_pct 0.875), bilinear, mean (...), std (...), values [0, 1]``."""
+        h, w = self.input_size
+        lo, hi = self.value_range
+
+        def num(v: float) -> str:
+            return f"{v:g}"
+
+        return (
+            f"{h}x{w} center crop of the shorter side resized to {self.resize_size} (crop_pct "
+            f"{self.crop_pct:.4g}), {self.interpolation}, mean ({', '.join(map(num, self.mean))}), "
+            f"std ({', '.join(map(num, self.std))}), pixel values [{num(lo)}, {num(hi)}]"
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
@@ -228,7 +271,7 @@ class Preprocessing:
                 f"unknown Preprocessing keys {unknown}; valid keys: {sorted(fields)}"
             )
         kwargs = dict(d)
-        for key in ("input_size", "mean", "std"):
+        for key in ("input_size", "mean", "std", "value_range"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
@@ -460,15 +503,16 @@ class Classifier(nn.Module):
         self.spec = str(spec)
         self.model = model.eval()
         self.preprocessing = preprocessing
+        self.preprocessing_source = "given"
+        self.class_names_source = "given" if class_names is not None else "none"
+        self.config_path: str | None = None
+        self._weights_digest: tuple[tuple[tuple[int, int], ...], str] | None = None
+        mean, std = preprocessing.normalisation()
         self.register_buffer(
-            "_mean",
-            torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1),
-            persistent=False,
+            "_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer(
-            "_std",
-            torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1),
-            persistent=False,
+            "_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
         target = _resolve_device(device)
         if target is not None:
@@ -536,6 +580,27 @@ class Classifier(nn.Module):
     def device(self) -> torch.device:
         """Device of the wrapped model (where inputs are moved)."""
         return self._mean.device
+
+    @property
+    def has_class_names(self) -> bool:
+        """Whether :attr:`class_names` are real names (not the ``class_<k>`` placeholders)."""
+        return self.class_names_source != "none"
+
+    def set_preprocessing(self, preprocessing: Preprocessing, source: str = "given") -> None:
+        """Replace the preprocessing (and the normalisation applied inside :meth:`phi`).
+
+        Args:
+            preprocessing: the new preprocessing.
+            source: where it was stated (shown by ``spurious model``), e.g. ``"config file X"``.
+        """
+        if not isinstance(preprocessing, Preprocessing):
+            raise TypeError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
+        mean, std = preprocessing.normalisation()
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.preprocessing = preprocessing
+        self.preprocessing_source = str(source)
+        self.input_size = (3, *preprocessing.input_size)
 
     def _normalize(self, x: Tensor) -> Tensor:
         return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
@@ -651,19 +716,288 @@ class Classifier(nn.Module):
             bias.detach().to(torch.float32).clone(),
         )
 
-    def fingerprint(self) -> str:
-        """16 hex chars: sha256 of the head ``W``, ``b`` (float32 bytes), ``K`` and ``D``.
+    def _state_key(self) -> tuple[tuple[int, int], ...]:
+        """Cheap identity of the current weights: storage and in-place version counter of each tensor."""
+        return tuple((t.data_ptr(), t._version) for t in self.model.state_dict().values() if isinstance(t, Tensor))
 
-        Identifies the weights cheaply (stages use it to refuse mixing artifacts of different
-        models); it does not hash the backbone.
+    def _set_weights_digest(self, digest: str) -> None:
+        self._weights_digest = (self._state_key(), digest)
+
+    def weights_digest(self) -> str:
+        """sha256 (hex) of every weight and buffer of the wrapped model, streamed tensor by tensor.
+
+        Cached until a weight changes (in place or replaced); ``load_model`` fills the cache from
+        the per-file digest of a checkpoint, so a large checkpoint is hashed once per file.
         """
-        from spurious._io import head_fingerprint
+        key = self._state_key()
+        if self._weights_digest is None or self._weights_digest[0] != key:
+            self._weights_digest = (key, state_dict_digest(self.model.state_dict()))
+        return self._weights_digest[1]
 
-        weight, bias = self.head()
-        return head_fingerprint(weight.cpu().numpy(), bias.cpu().numpy())
+    def fingerprint(self) -> str:
+        """16 hex chars identifying everything that changes results: weights, preprocessing, labels.
+
+        sha256 over :meth:`weights_digest` (all weights, not only the head), the preprocessing
+        (:meth:`Preprocessing.to_dict`), the class names and ``K``, ``D``. Stages store it in every
+        artifact and refuse to mix artifacts of different fingerprints, so one checkpoint loaded
+        with two preprocessings, or with two label spaces, is two models.
+        """
+        return model_fingerprint(
+            self.weights_digest(), self.preprocessing, self.class_names, self.num_features
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What ``spurious model SPEC`` prints: preprocessing, head, feature dimension, label space."""
+        parts = [
+            {"layer": p.name or "(model)", "kind": "1x1 conv" if p.is_conv else "linear", "coef": p.coef}
+            for p in self._head_parts
+        ]
+        return {
+            "spec": self.spec,
+            "fingerprint": self.fingerprint(),
+            "num_features": self.num_features,
+            "num_classes": self.num_classes,
+            "head": parts,
+            "preprocessing": self.preprocessing.to_dict(),
+            "preprocessing_text": self.preprocessing.describe(),
+            "preprocessing_source": self.preprocessing_source,
+            "config_file": self.config_path,
+            "class_names_source": self.class_names_source,
+            "class_names": list(self.class_names),
+        }
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, num_classes={self.num_classes}, num_features={self.num_features}"
+
+
+# ----------------------------------------------------------------------------
+# Fingerprints
+# ----------------------------------------------------------------------------
+
+
+
+def state_dict_digest(state: Mapping[str, Tensor]) -> str:
+    """sha256 (hex) of a state dict: every tensor's name, dtype, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key]
+        if not isinstance(tensor, Tensor):
+            continue
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(weights_digest: str, preprocessing: Preprocessing, class_names: Sequence[str],
+                      num_features: int) -> str:
+    """16 hex chars over the weights digest, the preprocessing, the label space and ``D``."""
+    h = hashlib.sha256()
+    h.update(f"spurious-model-v{FINGERPRINT_SCHEME}\0{weights_digest}\0".encode())
+    h.update(json.dumps(preprocessing.to_dict(), sort_keys=True).encode())
+    h.update(f"\0{len(class_names)}\0{int(num_features)}\0".encode())
+    for name in class_names:
+        h.update(str(name).encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+_DIGEST_CACHE_FILE = "checkpoint-digests.json"
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, streamed in 1 MiB chunks; cached per (path, size, mtime) in the cache folder."""
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = cache_dir() / _DIGEST_CACHE_FILE
+    cache: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = read_json(cache_file)
+        cache = loaded if isinstance(loaded, dict) else {}
+    if key in cache:
+        return str(cache[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
+    cache[key] = digest
+    with contextlib.suppress(OSError):  # a read-only cache only costs the re-hash next time
+        write_json(cache_file, cache)
+    return digest
+
+
+# ----------------------------------------------------------------------------
+# Stated preprocessing: options and the config file beside a checkpoint
+# ----------------------------------------------------------------------------
+
+PREPROCESSING_OPTIONS: tuple[str, ...] = (
+    "input_size", "resize_size", "crop_pct", "interpolation", "mean", "std", "value_range",
+)
+"""Keys of a partial preprocessing (``load_model(preprocessing={...})``, the CLI options, a config file)."""
+
+CONFIG_NAMES = ("{stem}.json", "config.json")
+"""Config files looked up beside a checkpoint ``DIR/STEM.EXT``, first found wins."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a config file beside a checkpoint states (timm's ``config.json`` keys, or ours).
+
+    Attributes:
+        path: the file.
+        preprocessing: partial preprocessing (keys of :data:`PREPROCESSING_OPTIONS`).
+        class_names: one name per class, or ``None``.
+        num_classes: ``K``, or ``None``.
+        architecture: a model spec or timm architecture name, or ``None``.
+    """
+
+    path: Path
+    preprocessing: dict[str, Any]
+    class_names: list[str] | None = None
+    num_classes: int | None = None
+    architecture: str | None = None
+
+
+def find_model_config(checkpoint: str | os.PathLike[str]) -> Path | None:
+    """The config file beside ``checkpoint`` (``STEM.json``, else ``config.json``), or ``None``."""
+    path = Path(checkpoint)
+    for pattern in CONFIG_NAMES:
+        candidate = path.with_name(pattern.format(stem=path.stem))
+        if candidate != path and candidate.is_file():
+            return candidate
+    return None
+
+
+def _input_size_pair(value: Any, where: str) -> tuple[int, int]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (2, 3):
+        try:
+            h, w = (int(v) for v in list(value)[-2:])
+        except (TypeError, ValueError):
+            pass
+        else:
+            return h, w
+    raise ValueError(f"{where}: input_size must be N, [H, W] or [3, H, W], got {value!r}")
+
+
+def normalise_preprocessing_options(options: Mapping[str, Any], where: str = "preprocessing") -> dict[str, Any]:
+    """Check a partial preprocessing and bring it to :class:`Preprocessing` field types.
+
+    Accepts the keys of :data:`PREPROCESSING_OPTIONS` (and ``resize`` for ``resize_size``);
+    ``None`` values are dropped. ``input_size`` may be ``N``, ``[H, W]`` or timm's ``[3, H, W]``.
+
+    Raises:
+        ValueError: an unknown key or a bad value; the message names ``where``.
+    """
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        name = "resize_size" if key == "resize" else key
+        if name not in PREPROCESSING_OPTIONS:
+            close = difflib.get_close_matches(name, PREPROCESSING_OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}: unknown preprocessing key {key!r}{hint}; valid: {', '.join(PREPROCESSING_OPTIONS)}")
+        if name == "input_size":
+            value = _input_size_pair(value, where)
+        elif name in ("mean", "std"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = (float(value),) * 3
+            value = _float_triple(value, f"{where}: {name}")
+        elif name == "value_range":
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: value_range must be [lo, hi], e.g. [0, 255], got {value!r}") from None
+            value = (lo, hi)
+        elif name == "resize_size":
+            value = int(value)
+        elif name == "crop_pct":
+            value = float(value)
+        elif name == "interpolation":
+            value = str(value).lower()
+        out[name] = value
+    return out
+
+
+def read_model_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """Read a model config file (JSON).
+
+    Preprocessing keys are read from the top level and from a ``pretrained_cfg`` object (timm's
+    ``config.json``; its other keys such as ``hf_hub_id`` are ignored); ``crop_mode`` other than
+    ``center`` is refused. Label names come from ``class_names`` or timm's ``label_names``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, not an object, or a bad value (the message names the file and key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model config file {path} does not exist")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model config {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"model config {path} is not UTF-8 text") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"model config {path} must hold a JSON object, got {type(obj).__name__}")
+    flat: dict[str, Any] = {}
+    nested = obj.get("pretrained_cfg")
+    if nested is not None and not isinstance(nested, dict):
+        raise ValueError(f"model config {path}: 'pretrained_cfg' must be an object")
+    for source in (nested or {}, obj):
+        for key in (*PREPROCESSING_OPTIONS, "resize"):
+            if key in source and source[key] is not None:
+                flat[key] = source[key]
+        mode = source.get("crop_mode")
+        if mode not in (None, "center"):
+            raise ValueError(f"model config {path}: crop_mode {mode!r} is not supported; only 'center' crops are")
+    preprocessing = normalise_preprocessing_options(flat, f"model config {path}")
+    names = obj.get("class_names", obj.get("label_names"))
+    if names is not None and (
+        not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError(f"model config {path}: class_names must be a non-empty list of strings")
+    k = obj.get("num_classes")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise ValueError(f"model config {path}: num_classes must be a positive integer, got {k!r}")
+    if names is not None and k is not None and len(names) != k:
+        raise ValueError(f"model config {path}: {len(names)} class names but num_classes {k}")
+    arch = obj.get("architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise ValueError(f"model config {path}: architecture must be a string")
+    return ModelConfig(path, preprocessing, names, k, arch)
+
+
+def apply_preprocessing_options(base: Preprocessing, options: Mapping[str, Any], where: str = "preprocessing") -> Preprocessing:
+    """``base`` with the stated keys replaced; resize and crop_pct are kept consistent.
+
+    A new ``input_size`` or ``crop_pct`` without ``resize_size`` gives
+    ``resize_size = floor(max(H, W) / crop_pct)`` (timm's rule); a ``resize_size`` without
+    ``crop_pct`` gives ``crop_pct = max(H, W) / resize_size``. Both given must agree (within 1 px).
+    """
+    opts = normalise_preprocessing_options(options, where)
+    if not opts:
+        return base
+    merged = {**base.to_dict(), **opts}
+    size = max(merged["input_size"])
+    if "resize_size" in opts and "crop_pct" in opts:
+        if abs(math.floor(size / opts["crop_pct"]) - opts["resize_size"]) > 1:
+            raise ValueError(
+                f"{where}: resize {opts['resize_size']} and crop_pct {opts['crop_pct']} disagree for input size "
+                f"{size} (crop_pct = input size / resize); state only one of them"
+            )
+    elif "resize_size" in opts:
+        merged["crop_pct"] = size / opts["resize_size"]
+    elif "input_size" in opts or "crop_pct" in opts:
+        merged["resize_size"] = math.floor(size / merged["crop_pct"])
+    try:
+        return Preprocessing.from_dict(merged)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from e
 
 
 # ----------------------------------------------------------------------------
@@ -828,6 +1162,47 @@ def _imagenet_names_or(k: int) -> list[str] | None:
     return class_names() if k == NUM_CLASSES else None
 
 
+def _stated_preprocessing(
+    base: Preprocessing,
+    base_source: str,
+    checkpoint: _Checkpoint | None,
+    config: ModelConfig | None,
+    options: Preprocessing | Mapping[str, Any] | None,
+) -> tuple[Preprocessing, str]:
+    """The preprocessing in force and where it was stated: options > config file > checkpoint > defaults."""
+    sources = [base_source]
+    if checkpoint is not None and (checkpoint.mean is not None or checkpoint.std is not None):
+        base = dataclasses.replace(
+            base, mean=checkpoint.mean or base.mean, std=checkpoint.std or base.std
+        )
+        sources.insert(0, "mean/std from the checkpoint's normaliser")
+    if config is not None and config.preprocessing:
+        base = apply_preprocessing_options(base, config.preprocessing, f"model config {config.path}")
+        sources.insert(0, f"config file {config.path} ({', '.join(config.preprocessing)})")
+    if isinstance(options, Preprocessing):
+        return options, "given"
+    if options:
+        stated = normalise_preprocessing_options(options, "preprocessing options")
+        if stated:
+            base = apply_preprocessing_options(base, stated, "preprocessing options")
+            sources.insert(0, f"options ({', '.join(stated)})")
+    return base, " over ".join(sources)
+
+
+def _warn_unstated(spec: str, path: Path, preprocessing: Preprocessing, source: str) -> None:
+    partly = "only its mean/std (normaliser)" if source.startswith("mean/std") else "no preprocessing"
+    warnings.warn(
+        f"checkpoint '{path}' states {partly}: no {path.stem}.json or config.json beside it and "
+        f"no options. Assuming {source.split(' over ')[-1]}: {preprocessing.describe()}. If the model was "
+        f"trained otherwise its features and scores are wrong: pass --input-size/--resize/--crop-pct/"
+        f"--interpolation/--mean/--std/--value-range (Python: preprocessing={{...}}), or write "
+        f"{path.with_name(path.stem + '.json')} (see docs/usage.md, 'Your own model'); check with "
+        f"`spurious model {spec}`",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _finish(
     model: nn.Module,
     preprocessing: Preprocessing,
@@ -836,16 +1211,17 @@ def _finish(
     checkpoint: _Checkpoint | None,
     device: str | torch.device | None,
     default_names: Callable[[int], list[str] | None] = _imagenet_names_or,
+    *,
+    base_source: str = "defaults",
+    config: ModelConfig | None = None,
+    options: Preprocessing | Mapping[str, Any] | None = None,
+    names_source: str = "given",
 ) -> Classifier:
-    if checkpoint is not None and (
-        checkpoint.mean is not None or checkpoint.std is not None
-    ):
-        preprocessing = dataclasses.replace(
-            preprocessing,
-            mean=checkpoint.mean or preprocessing.mean,
-            std=checkpoint.std or preprocessing.std,
-        )
+    preprocessing, source = _stated_preprocessing(preprocessing, base_source, checkpoint, config, options)
+    if checkpoint is not None and not (config is not None and config.preprocessing) and not options:
+        _warn_unstated(spec, checkpoint.path, preprocessing, source)
     clf = Classifier(model, preprocessing, None, spec, device=device)
+    clf.preprocessing_source = source
     if class_names is not None:
         names = [str(c) for c in class_names]
         if len(names) != clf.num_classes:
@@ -854,8 +1230,14 @@ def _finish(
                 f"pass exactly one name per class"
             )
         clf.class_names = names
+        clf.class_names_source = names_source
     else:
-        clf.class_names = default_names(clf.num_classes) or clf.class_names
+        defaults = default_names(clf.num_classes)
+        if defaults is not None:
+            clf.class_names = defaults
+            clf.class_names_source = (
+                "ImageNet-1k" if defaults == _imagenet_names_or(clf.num_classes) else "timm label subset"
+            )
     return clf
 
 
@@ -1173,50 +1555,25 @@ def _unknown_model(spec: str, reason: str = "") -> ValueError:
     )
 
 
-def load_model(
-    spec: str,
-    *,
-    pretrained: bool = True,
-    checkpoint: str | os.PathLike[str] | None = None,
-    class_names: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    device: str | torch.device | None = None,
-) -> Classifier:
-    """Load a classifier from a spec string.
+def _resolve_bare_arch(arch: str, spec: str) -> str:
+    """``resnet18`` (no prefix, with a checkpoint) -> ``torchvision:resnet18``, else ``timm:resnet18``."""
+    import timm
+    import torchvision
 
-    Specs: ``torchvision:NAME``, ``timm:NAME[.TAG]``, ``efficientnet_lite0`` (bundled ImageNet
-    weights, offline), ``PREFIX:NAME`` for registered sources, each optionally followed by
-    ``@PATH`` to load weights from a checkpoint file (plain state dict; a dict with it under
-    ``state_dict`` or ``model``; ``module.`` prefixes; or a Madry ``robustness`` checkpoint,
-    whose normaliser mean/std go into :attr:`Classifier.preprocessing`).
+    in_tv = arch in torchvision.models.list_models(module=torchvision.models)
+    if in_tv:
+        if timm.is_model(arch):
+            logger.info("%r: %r is both a torchvision and a timm model; using torchvision:%s "
+                        "(write timm:%s@... for timm's)", spec, arch, arch, arch)
+        return f"torchvision:{arch}"
+    if timm.is_model(arch):
+        return f"timm:{arch}"
+    raise _unknown_model(arch, " (not a torchvision or timm architecture)")
 
-    Args:
-        spec: the model spec, e.g. ``"timm:convnext_tiny.fb_in1k"`` or
-            ``"torchvision:resnet50@/ckpt/robust.pt"``.
-        pretrained: load the hub's pretrained weights (torchvision/timm download them;
-            ignored when a checkpoint is given). ``False`` gives random weights.
-        checkpoint: weights file; alternative to the ``@PATH`` suffix.
-        class_names: ``K`` class names; default ImageNet-1k names when ``K = 1000``, else
-            ``class_<k>`` (timm ImageNet-22k/12k models get their subset's names).
-        num_classes: number of classes ``K``; default the architecture's, or the checkpoint's
-            head size when that differs.
-        device: where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``); default CPU.
 
-    Returns:
-        the :class:`Classifier` (eval mode).
-
-    Raises:
-        ValueError: unknown spec (the message lists the closest valid names), a checkpoint that
-            does not fit the architecture or cannot be read safely, or wrong ``class_names``.
-        FileNotFoundError: the checkpoint file does not exist.
-        RuntimeError: pretrained weights could not be downloaded (offline).
-    """
-    if not isinstance(spec, str):
-        raise TypeError(
-            f"spec must be a string such as 'timm:resnet50', got {type(spec).__name__}"
-        )
+def _split_spec(spec: str, checkpoint: str | os.PathLike[str] | None) -> tuple[str, str | os.PathLike[str] | None]:
     arch = spec.strip()
-    ckpt_path: str | os.PathLike[str] | None = checkpoint
+    ckpt_path = checkpoint
     if "@" in arch:
         arch, suffix = arch.split("@", 1)
         if checkpoint is not None:
@@ -1225,16 +1582,20 @@ def load_model(
                 f"given; pass only one"
             )
         ckpt_path = suffix
-    if num_classes is not None and (
-        not isinstance(num_classes, int) or num_classes < 1
-    ):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return arch.strip(), ckpt_path
 
-    # Validate the architecture name before touching the file system.
-    prefix, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
+
+def _checked_file(ckpt_path: str | os.PathLike[str], arch: str) -> Path:
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: '{path}' (for model {arch or '?'!r})")
+    return path.resolve()
+
+
+def _validate_arch(arch: str, prefix: str, name: str) -> None:
     if arch == LITE0_SPEC:
-        pass
-    elif prefix == "torchvision":
+        return
+    if prefix == "torchvision":
         import torchvision
 
         if name not in torchvision.models.list_models(module=torchvision.models):
@@ -1259,55 +1620,175 @@ def load_model(
     else:
         raise _unknown_model(arch)
 
-    path: Path | None = None
-    if ckpt_path is not None:
-        path = Path(ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint file not found: '{path}' (for model {arch!r})"
+
+def load_model(
+    spec: str,
+    *,
+    pretrained: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    config: str | os.PathLike[str] | bool | None = None,
+) -> Classifier:
+    """Load a classifier from a spec string.
+
+    Specs: ``torchvision:NAME``, ``timm:NAME[.TAG]``, ``efficientnet_lite0`` (bundled ImageNet
+    weights, offline), ``PREFIX:NAME`` for registered sources, each optionally followed by
+    ``@PATH`` to load weights from a checkpoint file (plain state dict; a dict with it under
+    ``state_dict`` or ``model``; ``module.`` prefixes; or a Madry ``robustness`` checkpoint,
+    whose normaliser mean/std go into :attr:`Classifier.preprocessing`). With a checkpoint the
+    prefix may be left out (``resnet18@PATH``: torchvision's, else timm's), or the whole
+    architecture (``@PATH``) when the config file names it (``"architecture"``).
+
+    A checkpoint's preprocessing and class names are *stated*: by ``preprocessing`` (options),
+    by a config file beside it (``STEM.json``, else ``config.json``: timm's ``config.json`` keys
+    ``pretrained_cfg.input_size/crop_pct/interpolation/mean/std``, ``label_names``,
+    ``num_classes``, ``architecture``, plus ``resize_size`` and ``value_range``), in that order of
+    precedence over the architecture's defaults. A checkpoint with neither gets a ``UserWarning``
+    that names the assumption. :attr:`Classifier.preprocessing_source` says where each came from.
+
+    Args:
+        spec: the model spec, e.g. ``"timm:convnext_tiny.fb_in1k"`` or
+            ``"torchvision:resnet50@/ckpt/robust.pt"``.
+        pretrained: load the hub's pretrained weights (torchvision/timm download them;
+            ignored when a checkpoint is given). ``False`` gives random weights.
+        checkpoint: weights file; alternative to the ``@PATH`` suffix.
+        class_names: ``K`` class names; default the config file's, ImageNet-1k names when
+            ``K = 1000``, else ``class_<k>`` (timm ImageNet-22k/12k models get their subset's names).
+        num_classes: number of classes ``K``; default the config file's, the architecture's, or
+            the checkpoint's head size when that differs.
+        device: where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``); default CPU.
+        preprocessing: a :class:`Preprocessing`, or some of its fields as a dict (keys
+            :data:`PREPROCESSING_OPTIONS`; ``input_size`` as ``N`` or ``[H, W]``) that replace
+            the config file's and the defaults.
+        config: the config file to read (default: looked up beside the checkpoint; ``False``:
+            none).
+
+    Returns:
+        the :class:`Classifier` (eval mode).
+
+    Raises:
+        ValueError: unknown spec (the message lists the closest valid names), a checkpoint that
+            does not fit the architecture or cannot be read safely, wrong ``class_names``, or a
+            bad preprocessing option or config file.
+        FileNotFoundError: the checkpoint (or the given config file) does not exist.
+        RuntimeError: pretrained weights could not be downloaded (offline).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"spec must be a string such as 'timm:resnet50', got {type(spec).__name__}"
+        )
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if preprocessing is not None and not isinstance(preprocessing, (Preprocessing, Mapping)):
+        raise TypeError(
+            f"preprocessing must be a Preprocessing or a dict of its fields, got {type(preprocessing).__name__}"
+        )
+    arch, ckpt_path = _split_spec(spec, checkpoint)
+    path = _checked_file(ckpt_path, arch) if ckpt_path is not None else None
+    cfg: ModelConfig | None = None
+    if config not in (None, False, True):
+        cfg = read_model_config(Path(config).expanduser())  # type: ignore[arg-type]
+    elif config is not False and path is not None:
+        found = find_model_config(path)
+        cfg = read_model_config(found) if found is not None else None
+    if not arch:
+        if cfg is None or not cfg.architecture:
+            raise ValueError(
+                f"spec {spec!r} names no architecture: write ARCH@PATH (e.g. torchvision:resnet18@{ckpt_path}) "
+                f"or put \"architecture\" in a config file beside the checkpoint"
             )
-        path = path.resolve()
+        arch = cfg.architecture if ":" in cfg.architecture or cfg.architecture == LITE0_SPEC else (
+            f"timm:{cfg.architecture}"
+        )
+    if ":" not in arch and arch != LITE0_SPEC and path is not None:
+        arch = _resolve_bare_arch(arch, spec)
+    prefix, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
+    _validate_arch(arch, prefix, name)
+
+    if cfg is not None:
+        if class_names is None and cfg.class_names is not None:
+            class_names = cfg.class_names
+        if num_classes is None:
+            num_classes = cfg.num_classes if cfg.num_classes is not None else (
+                len(cfg.class_names) if cfg.class_names else None
+            )
+    names_source = "config file" if cfg is not None and class_names is cfg.class_names else "given"
     canonical = arch if path is None else f"{arch}@{path}"
     if prefix in _SOURCES or prefix in _BUILTIN_SOURCES:
-        factory = {**_SOURCES, **_BUILTIN_SOURCES}[prefix][0]
-        clf = factory(name, pretrained=pretrained, checkpoint=path, device=device)
-        if not isinstance(clf, Classifier):
-            raise TypeError(
-                f"the factory of '{prefix}:' returned {type(clf).__name__}, not a Classifier"
-            )
-        if num_classes is not None and clf.num_classes != num_classes:
-            raise ValueError(
-                f"{canonical!r} has {clf.num_classes} classes, not num_classes={num_classes}"
-            )
+        clf = _load_from_source(prefix, name, canonical, pretrained, path, num_classes, class_names, device)
         if class_names is not None:
-            names = [str(c) for c in class_names]
-            if len(names) != clf.num_classes:
-                raise ValueError(
-                    f"got {len(names)} class names for {canonical!r} with {clf.num_classes} "
-                    f"classes; pass exactly one name per class"
-                )
-            clf.class_names = names
-        clf.spec = canonical
-        target = _resolve_device(device)
-        return clf if target is None else clf.to(target)
+            clf.class_names_source = names_source
+        pre, source = _stated_preprocessing(clf.preprocessing, clf.preprocessing_source, None, cfg, preprocessing)
+        if pre != clf.preprocessing or source != clf.preprocessing_source:
+            clf.set_preprocessing(pre, source)
+        clf.config_path = None if cfg is None else str(cfg.path)
+        if path is not None:
+            clf._set_weights_digest(_checkpoint_weights_digest(canonical, clf.num_classes, path))
+        return clf
 
     ckpt = _read_checkpoint(path) if path is not None else None
+    common: dict[str, Any] = {"config": cfg, "options": preprocessing, "names_source": names_source}
     if arch == LITE0_SPEC:
         model = _load_lite0(canonical, pretrained, ckpt, num_classes)
-        return _finish(
-            model, _LITE0_PREPROCESSING, canonical, class_names, ckpt, device
-        )
-    if prefix == "torchvision":
+        clf = _finish(model, _LITE0_PREPROCESSING, canonical, class_names, ckpt, device,
+                      base_source="the bundled EfficientNet-Lite0's preprocessing", **common)
+    elif prefix == "torchvision":
         model = _load_torchvision(name, canonical, pretrained, ckpt, num_classes)
-        preprocessing = _torchvision_preprocessing(name)
-        return _finish(model, preprocessing, canonical, class_names, ckpt, device)
-    model = _load_timm(name, canonical, pretrained, ckpt, num_classes)
-    return _finish(
-        model,
-        _timm_preprocessing(model),
-        canonical,
-        class_names,
-        ckpt,
-        device,
-        default_names=_timm_class_names(model),
-    )
+        clf = _finish(model, _torchvision_preprocessing(name), canonical, class_names, ckpt, device,
+                      base_source=f"defaults of torchvision:{name} (its DEFAULT weights' transform)", **common)
+    else:
+        model = _load_timm(name, canonical, pretrained, ckpt, num_classes)
+        clf = _finish(model, _timm_preprocessing(model), canonical, class_names, ckpt, device,
+                      default_names=_timm_class_names(model),
+                      base_source=f"defaults of timm:{name} (its pretrained_cfg)", **common)
+    clf.config_path = None if cfg is None else str(cfg.path)
+    if path is not None:
+        clf._set_weights_digest(_checkpoint_weights_digest(canonical, clf.num_classes, path))
+    return clf
+
+
+def _checkpoint_weights_digest(canonical: str, num_classes: int | None, path: Path) -> str:
+    """The weights are a function of (architecture, K, file): hash those, the file streamed and cached."""
+    arch = canonical.split("@", 1)[0]
+    h = hashlib.sha256(f"{arch}\0{num_classes}\0{_file_digest(path)}".encode())
+    return h.hexdigest()
+
+
+def _load_from_source(
+    prefix: str,
+    name: str,
+    canonical: str,
+    pretrained: bool,
+    path: Path | None,
+    num_classes: int | None,
+    class_names: Sequence[str] | None,
+    device: str | torch.device | None,
+) -> Classifier:
+    factory = {**_SOURCES, **_BUILTIN_SOURCES}[prefix][0]
+    clf = factory(name, pretrained=pretrained, checkpoint=path, device=device)
+    if not isinstance(clf, Classifier):
+        raise TypeError(
+            f"the factory of '{prefix}:' returned {type(clf).__name__}, not a Classifier"
+        )
+    if num_classes is not None and clf.num_classes != num_classes:
+        raise ValueError(
+            f"{canonical!r} has {clf.num_classes} classes, not num_classes={num_classes}"
+        )
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+        if len(names) != clf.num_classes:
+            raise ValueError(
+                f"got {len(names)} class names for {canonical!r} with {clf.num_classes} "
+                f"classes; pass exactly one name per class"
+            )
+        clf.class_names = names
+    clf.spec = canonical
+    if clf.preprocessing_source == "given":
+        clf.preprocessing_source = f"stated by the '{prefix}:' model"
+    target = _resolve_device(device)
+    return clf if target is None else clf.to(target)

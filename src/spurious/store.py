@@ -102,6 +102,38 @@ class FeatureStore:
         return str(self.manifest["model"]["fingerprint"])
 
     @property
+    def agreement(self) -> Any:
+        """The model's top-1 agreement with the labels (:class:`spurious.agreement.Agreement`).
+
+        Stores written before the check existed read as not checked.
+        """
+        from spurious.agreement import Agreement, not_checked
+
+        d = self.manifest.get("agreement")
+        return not_checked("the store predates the check") if d is None else Agreement.from_dict(d)
+
+    def open_dataset(self, transform: Any = None, spec: Any = None) -> Any:
+        """Re-open the images of this split with the labels they were extracted with.
+
+        Args:
+            transform: the dataset transform (e.g. the model's preprocessing).
+            spec: where the images are now (default: the spec they were extracted from).
+        """
+        from spurious import imagenet
+        from spurious.datasets import open_dataset
+
+        kwargs = dict(self.manifest["data"].get("open_kwargs") or {})
+        if kwargs.get("wnids") == "imagenet-1k":
+            kwargs["wnids"] = imagenet.wnids()
+        return open_dataset(spec if spec is not None else self.manifest["data"]["spec"], transform=transform,
+                            **kwargs)
+
+    @property
+    def label_source(self) -> str:
+        """How the labels were assigned (e.g. folder names matched to the model's class names)."""
+        return str(self.manifest["data"].get("label_source") or "")
+
+    @property
     def data_fingerprint(self) -> str:
         return str(self.manifest["data"]["fingerprint"])
 
@@ -212,17 +244,28 @@ def shard_done(shards_dir: Path, shard: int, plan_hash: str) -> bool:
 
 def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: int,
                    record: Callable[[int], tuple[str, int]], *, skipped: Sequence[tuple[str, str]] = (),
-                   class_names: Sequence[str] | None = None, root: str = "", seconds: float = 0.0) -> FeatureStore:
+                   class_names: Sequence[str] | None = None, root: str = "", seconds: float = 0.0,
+                   label_source: str = "", unchecked_reason: str = "",
+                   open_kwargs: dict[str, Any] | None = None) -> FeatureStore:
     """Merge finished shards into ``index.jsonl``, ``labels.npy`` and (last) ``manifest.json``.
+
+    The manifest also records the model's top-1 agreement with the labels
+    (:func:`spurious.agreement.label_agreement`), unless ``unchecked_reason`` says why not.
 
     Args:
         record: maps a dataset record index (``rows.npy`` entries) to ``(id, label)``.
+        label_source: how the labels were assigned (recorded and shown in summaries).
+        unchecked_reason: non-empty to skip the agreement check (e.g. a spurious benchmark split).
+        open_kwargs: how ``open_dataset`` was called (class names, class map), so that later stages
+            re-open the images with the same labels (:meth:`FeatureStore.open_dataset`).
     """
+    from spurious.agreement import label_agreement, not_checked
+
     shards_dir = out / "shards"
     missing = [i for i in range(n_shards) if not shard_done(shards_dir, i, plan_hash)]
     if missing:
         raise RuntimeError(f"cannot merge {out}: shards {missing[:10]} are not finished; re-run to resume")
-    shards, failed, label_parts = [], [], []
+    shards, failed, label_parts, top1_parts = [], [], [], []
     with atomic_path(out / "index.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         row = 0
         for i in range(n_shards):
@@ -234,9 +277,12 @@ def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: in
                 labels.append(int(label))
                 row += 1
             label_parts.append(np.asarray(labels, dtype=np.int64))
+            top1_parts.append(np.load(shards_dir / f"{shard_name(i)}.topk_index.npy")[:, 0].astype(np.int64))
             failed.extend(meta["failed"])
             shards.append({"index": i, "start": meta["start"], "stop": meta["stop"], "rows": meta["rows"]})
     labels = np.concatenate(label_parts) if label_parts else np.zeros(0, np.int64)
+    top1 = np.concatenate(top1_parts) if top1_parts else np.zeros(0, np.int64)
+    agreement = not_checked(unchecked_reason) if unchecked_reason else label_agreement(labels, top1)
     save_npy(out / "labels.npy", labels)
     n_records = plan["data"]["num_records"]
     if failed:
@@ -254,7 +300,9 @@ def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: in
         "package_version": __version__,
         "created": utc_now(),
         **plan,
-        "data": {**plan["data"], "class_names": list(class_names) if class_names is not None else None},
+        "data": {**plan["data"], "class_names": list(class_names) if class_names is not None else None,
+                 "label_source": label_source, "open_kwargs": dict(open_kwargs or {})},
+        "agreement": agreement.to_dict(),
         "num_rows": int(labels.shape[0]),
         "shards": shards,
         "failed": {"count": len(failed), "examples": failed[:20]},

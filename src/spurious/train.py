@@ -516,12 +516,9 @@ def demo_cache_dir() -> Path:
     ``$SPURIOUS_CACHE`` if set, else ``$XDG_CACHE_HOME/spurious``, else ``~/.cache/spurious``.
     The folder is not created here.
     """
-    env = os.environ.get("SPURIOUS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "spurious"
+    from spurious._io import cache_dir
+
+    return cache_dir()
 
 
 def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:

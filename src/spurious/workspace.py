@@ -8,7 +8,8 @@ Layout (see the README)::
     WS/npca/                  class-wise neural PCA written by ``npca``
 
 Stages refuse to mix artifacts of different models or datasets: every artifact records the
-model fingerprint (a hash of the head weights) and the data fingerprint it was made from.
+model fingerprint (a hash of all weights, the preprocessing and the class names) and the data
+fingerprint it was made from.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Any
 
 import numpy as np
 from spurious import __version__
-from spurious._io import atomic_path, head_fingerprint, read_json, sha256_strings, utc_now, write_json
+from spurious._io import (
+    FINGERPRINT_SCHEME,
+    atomic_path,
+    head_fingerprint,
+    read_json,
+    sha256_strings,
+    utc_now,
+    write_json,
+)
 
 __all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint", "prepare_artifact_dir"]
 
@@ -67,18 +76,25 @@ class Workspace:
             IncompatibleArtifactError: the workspace exists and was made with another model.
         """
         W, b = (t.detach().float().cpu().numpy() for t in classifier.head())
+        stated = {
+            "preprocessing_source": classifier.preprocessing_source,
+            "class_names_source": classifier.class_names_source,
+            "config_file": classifier.config_path,
+        }
         return cls.create_from_head(root, W, b, spec=classifier.spec, class_names=classifier.class_names,
                                     fingerprint=classifier.fingerprint(),
-                                    preprocessing=classifier.preprocessing.to_dict())
+                                    preprocessing=classifier.preprocessing.to_dict(), model_info=stated)
 
     @classmethod
     def create_from_head(cls, root: str | os.PathLike[str], W: np.ndarray, b: np.ndarray, *, spec: str,
                          class_names: list[str] | None = None, fingerprint: str | None = None,
-                         preprocessing: dict[str, Any] | None = None) -> Workspace:
+                         preprocessing: dict[str, Any] | None = None,
+                         model_info: dict[str, Any] | None = None) -> Workspace:
         """Open or create a workspace from a bare linear head ``W`` [K, D], ``b`` [K].
 
         For features computed elsewhere (see :func:`spurious.store.import_features`). The
-        fingerprint defaults to :func:`head_fingerprint` of ``W, b``.
+        fingerprint defaults to :func:`head_fingerprint` of ``W, b``; ``model_info`` adds keys to the
+        manifest's ``model`` record (where the preprocessing and class names were stated).
         """
         root = Path(root)
         W = np.ascontiguousarray(W, dtype=np.float32)
@@ -95,6 +111,8 @@ class Workspace:
             "num_features": int(W.shape[1]),
             "class_names_hash": sha256_strings(names),
             "preprocessing": preprocessing,
+            "fingerprint_scheme": FINGERPRINT_SCHEME if fingerprint else 0,
+            **(model_info or {}),
         }
         if (root / "manifest.json").is_file():
             ws = cls.open(root)
@@ -146,15 +164,57 @@ class Workspace:
         tensors = load_file(str(self.root / "head.safetensors"))
         return tensors["W"], tensors["b"]
 
-    def check_model(self, fingerprint: str, spec: str | None = None) -> None:
-        """Raise :class:`IncompatibleArtifactError` unless ``fingerprint`` is this workspace's model."""
-        if fingerprint != self.model_fingerprint:
-            raise IncompatibleArtifactError(
-                f"workspace {self.root} was made with model {self.model_spec!r} "
-                f"(fingerprint {self.model_fingerprint}); this run uses "
-                f"{spec or 'another model'!r} (fingerprint {fingerprint}); "
-                "use a separate workspace directory per model"
-            )
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        """The preprocessing the workspace's model was used with (``Preprocessing.to_dict``), if recorded."""
+        pre = self.manifest["model"].get("preprocessing")
+        return None if pre is None else dict(pre)
+
+    def load_model(self, *, device: Any = None, pretrained: bool = True) -> Any:
+        """The workspace's model, loaded with the preprocessing and class names it was recorded with.
+
+        Returns a :class:`spurious.models.Classifier` whose fingerprint is checked against the
+        manifest (the checkpoint file may have changed since).
+
+        Raises:
+            IncompatibleArtifactError: the loaded model is not the one the workspace was made with.
+        """
+        from spurious.models import Preprocessing, load_model
+
+        pre = self.preprocessing
+        clf = load_model(
+            self.model_spec, device=device, pretrained=pretrained, class_names=self.class_names,
+            preprocessing=None if pre is None else Preprocessing.from_dict(pre),
+        )
+        if pre is not None:
+            clf.preprocessing_source = str(self.manifest["model"].get("preprocessing_source") or "workspace manifest")
+        clf.class_names_source = str(self.manifest["model"].get("class_names_source") or clf.class_names_source)
+        self.check_model(clf.fingerprint(), clf.spec, what="the model loaded for it now")
+        return clf
+
+    def check_model(self, fingerprint: str, spec: str | None = None, *, what: str = "this run's model") -> None:
+        """Raise :class:`IncompatibleArtifactError` unless ``fingerprint`` is this workspace's model.
+
+        Args:
+            fingerprint: the other model's fingerprint.
+            spec: its spec, for the message.
+            what: what the other model is, for the message (e.g. ``"the features of split train"``).
+        """
+        if fingerprint == self.model_fingerprint:
+            return
+        scheme = self.manifest["model"].get("fingerprint_scheme")
+        if scheme is None and self.manifest["model"].get("preprocessing") is not None:
+            old = ("; the workspace was made by an older spurious whose fingerprint covered only the head: "
+                   "re-create it (extract with --overwrite into a new directory)")
+        else:
+            old = ""
+        raise IncompatibleArtifactError(
+            f"workspace {self.root} was made with model {self.model_spec!r} "
+            f"(fingerprint {self.model_fingerprint}); {what} is "
+            f"{spec or 'another model'!r} (fingerprint {fingerprint}): the weights, the preprocessing or the "
+            f"class names differ (compare `spurious model SPEC` with {self.root}/manifest.json); "
+            f"use a separate workspace directory per model{old}"
+        )
 
     def resolve_class(self, k: int | str) -> int:
         """Class index from an index or a class name; ``ValueError`` naming the valid range."""
@@ -201,7 +261,12 @@ class Workspace:
                 f"run `spurious extract {self.root} --data DATA --split {split}` first"
             )
         store = FeatureStore(path)
-        self.check_model(store.model_fingerprint, store.manifest["model"].get("spec"))
+        self.check_model(store.model_fingerprint, store.manifest["model"].get("spec"),
+                         what=f"the model of its features {path}")
+        from spurious.agreement import report_agreement
+
+        report_agreement(store.agreement, what=f"{path} ({store.manifest['data'].get('spec')})",
+                         hint=f"spurious model {self.model_spec}")
         return store
 
 

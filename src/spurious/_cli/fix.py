@@ -16,6 +16,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from spurious._cli._model_options import add_model_options, model_options
+
 __all__ = ["register"]
 
 _FORMS = ("transfer", "export", "import-components", "import-alphas")
@@ -82,15 +84,20 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=None, help="export: model spec (default: the fix's model spec)")
     p.add_argument("--device", default="cpu", help="export: device to trace on (default cpu)")
     p.add_argument("--train", default=None, help="import-alphas: the ImageNet training folder (imagenet:DIR)")
+    add_model_options(p)
     common_options(p)
     p.set_defaults(func=_cmd_fix)
+
+
+_MODEL_OPTIONS = ("input_size", "resize", "crop_pct", "interpolation", "mean", "std", "value_range", "model_config")
 
 
 def _only(args: argparse.Namespace, form: str, allowed: set[str]) -> None:
     """Refuse options that the chosen form ignores (a silent no-op would hide a typo)."""
     defaults = {"components": None, "from_labels": False, "min_agree": 2, "source": None, "target_ws": None,
                 "split": "train", "out": None, "precision": "float32", "name": None, "overwrite": False,
-                "format": None, "fix_path": None, "model": None, "device": "cpu", "train": None}
+                "format": None, "fix_path": None, "model": None, "device": "cpu", "train": None,
+                **dict.fromkeys(_MODEL_OPTIONS)}
     flags = {"target_ws": "--target", "fix_path": "--fix"}
     extra = [flags.get(k, "--" + k.replace("_", "-")) for k, v in defaults.items()
              if k not in allowed and getattr(args, k) != v]
@@ -171,15 +178,19 @@ def _transfer(args: argparse.Namespace, emit: Any) -> int:
 def _export(args: argparse.Namespace, emit: Any) -> int:
     from spurious.fix import SpuFix, export, load_fix
     from spurious.models import load_model
+    from spurious.workspace import Workspace
 
-    _only(args, "export", {"format", "out", "fix_path", "model", "device", "overwrite"})
+    _only(args, "export", {"format", "out", "fix_path", "model", "device", "overwrite", *_MODEL_OPTIONS})
     ws = Path(_need(args.path, "the workspace (spurious fix export WS ...)", "export"))
     fmt = _need(args.format, "--format torchscript|onnx", "export")
     head = load_fix(args.fix_path if args.fix_path is not None else ws)
     out = Path(args.out) if args.out else ws / "fix" / ("spufix.pt" if fmt == "torchscript" else "spufix.onnx")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    clf = load_model(args.model or head.model_spec, device=args.device)
+    if args.model is None and _is_workspace(str(ws)) and Workspace.open(ws).model_fingerprint == head.model_fingerprint:
+        clf = Workspace.open(ws).load_model(device=args.device)  # with the preprocessing it was recorded with
+    else:
+        clf = load_model(args.model or head.model_spec, device=args.device, **model_options(args))
     r = export(SpuFix(clf, head), out, fmt)
     diff = "not checked (install onnxruntime)" if r.max_abs_diff is None else \
         f"max |logit difference| {r.max_abs_diff:.2e} ({r.verified_with})"

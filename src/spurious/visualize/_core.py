@@ -656,34 +656,38 @@ def _resolve_classifier(model: Any, ws: Workspace, device: torch.device) -> Any:
     from spurious.models import Classifier, load_model
 
     if model is None:
-        clf = load_model(ws.model_spec, device=device)
-    elif isinstance(model, Classifier):
+        return ws.load_model(device=device).eval()  # checked against the manifest
+    if isinstance(model, Classifier):
         clf = model.to(device)
     elif isinstance(model, str):
         clf = load_model(model, device=device)
     else:
         raise TypeError(f"model must be None (the workspace's model), a spec string or a Classifier, "
                         f"got {type(model).__name__}")
-    ws.check_model(clf.fingerprint(), clf.spec)
+    ws.check_model(clf.fingerprint(), clf.spec, what="the model passed to visualize (model=..., --model)")
     return clf.eval()
 
 
 def _open_images(data: Any, store: Any, classifier: Any) -> Any:
-    from spurious.datasets import ImageDataset, open_dataset
+    from spurious.datasets import ImageDataset
 
     if isinstance(data, ImageDataset):
         ds = data.with_transform(classifier.preprocessing)
     else:
-        spec = store.manifest["data"]["spec"] if data is None else data
         try:
-            ds = open_dataset(spec, transform=classifier.preprocessing)
+            ds = store.open_dataset(classifier.preprocessing, data)
         except (FileNotFoundError, ValueError) as err:
             raise FileNotFoundError(
                 f"cannot re-open the training images of {store.path} ({err}); pass the dataset where they are now "
                 "with data=... (--data DATA)") from None
-    if ds.fingerprint() != store.data_fingerprint:
-        warnings.warn(f"the dataset {ds.spec} lists other images or labels than the ones extracted into {store.path}; "
-                      "max-activating images are matched by id and ids it lacks are shown blank", stacklevel=3)
+    fingerprint = ds.fingerprint()
+    if fingerprint != store.data_fingerprint:
+        warnings.warn(
+            f"the dataset {ds.spec} (data fingerprint {fingerprint}) lists other images or labels than the "
+            f"features {store.path / 'manifest.json'} were extracted from ({store.manifest['data'].get('spec')}, data "
+            f"fingerprint {store.data_fingerprint}); max-activating images are matched by id and ids it lacks are "
+            "shown blank: pass the dataset the features were extracted from (--data), or re-extract the split "
+            "from this one (`spurious extract WS --data DATA --split SPLIT --overwrite`)", stacklevel=3)
     return ds
 
 
@@ -765,9 +769,13 @@ def visualize(
     store = ws.feature_store(split)
     pca = load_npca(ws.root)
     if pca.manifest.get("split") != split or pca.manifest.get("data_fingerprint") != store.data_fingerprint:
+        fitted = pca.manifest.get("split")
         raise IncompatibleArtifactError(
-            f"the neural PCA in {ws.npca_dir} was fitted on split {pca.manifest.get('split')!r}, not on the "
-            f"features of split {split!r} in {store.path}; pass --split {pca.manifest.get('split')} or refit npca")
+            f"the neural PCA {ws.npca_dir / 'manifest.json'} was fitted on split {fitted!r} (data fingerprint "
+            f"{pca.manifest.get('data_fingerprint')}), not on the features of split {split!r} in {store.path} (data "
+            f"fingerprint {store.data_fingerprint}) of workspace {ws.root} (model {ws.model_spec!r}, fingerprint "
+            f"{ws.model_fingerprint}); pass --split {fitted} if those features are still there, or refit npca on "
+            f"these: `spurious npca {ws.root} --split {split} --overwrite`")
     if classes is None:
         wanted = pca.classes
         if not wanted:
