@@ -50,7 +50,7 @@ def tiny_classifier(num_classes: int = 3, seed: int = 0, spec: str = "test:tiny"
     net = TinyNet(num_classes).eval()
     pre = Preprocessing(input_size=(32, 32), resize_size=32, crop_pct=1.0, interpolation="bilinear",
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return Classifier.from_module(net, pre, [f"c{i}" for i in range(num_classes)], spec)
+    return Classifier.from_module(net, pre, [chr(ord("a") + i) for i in range(num_classes)], spec)  # = folder names
 
 
 @pytest.fixture

@@ -253,7 +253,7 @@ def test_file_list_class_name_labels_csv_and_jsonl(tmp_path: Path) -> None:
         ("lab.csv", "path,label\na.png,1\nb.png,cat\n", {},
          r"line 3: label 'cat' is not an integer.*class_names"),
         ("name.csv", "path,label\na.png,dgo\n", {"class_names": ["cat", "dog"]},
-         r"line 2: label 'dgo' is not one of class_names.*'dog'"),
+         r"label 'dgo' \(line 2\) is not in class_names.*closest class names: 'dog'"),
         ("range.csv", "path,label\na.png,5\n", {"class_names": ["cat", "dog"]},
          r"line 2: label 5 out of range"),
         ("neg.csv", "path,label\na.png,-3\n", {}, r"line 2: label -3 out of range"),

@@ -188,7 +188,7 @@ def test_spufix_wrapper_matches_oracle(tiny: dict, n: int) -> None:
     want = _oracle_fixed(tiny["phi"], tiny["labels"], tiny["W"], tiny["b"], phi.numpy(), tiny["comps"])
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
     assert fixed.spec == "test:tiny+spufix" and fixed.num_classes == 3 and fixed.num_features == 12
-    assert fixed.input_size == (3, 32, 32) and fixed.class_names == ["c0", "c1", "c2"]
+    assert fixed.input_size == (3, 32, 32) and fixed.class_names == ["a", "b", "c"]
 
 
 def test_spufix_float64_model(tiny: dict) -> None:
@@ -454,7 +454,7 @@ def test_fix_errors(source: dict, tmp_path: Path) -> None:
         fix(ws, tmp_path / "c.npy")
     (tmp_path / "fp.json").write_text(json.dumps({"format": "spurious-components", "version": 1,
                                                    "model_fingerprint": "0123456789abcdef", "classes": {"0": [0]}}))
-    with pytest.raises(IncompatibleArtifactError, match="made for model fingerprint 0123456789abcdef"):
+    with pytest.raises(IncompatibleArtifactError, match="made for the model with fingerprint 0123456789abcdef"):
         fix(ws, tmp_path / "fp.json", out=tmp_path / "fx")
     with pytest.raises(ValueError, match="unknown class 7: this model has classes 0..2"):
         fix(ws, {7: [0]}, out=tmp_path / "fx")
@@ -494,7 +494,7 @@ def test_transfer_errors(source: dict, tmp_path: Path) -> None:
         transfer(source["ws"], other, {0: [0]}, out=tmp_path / "fx")
     (tmp_path / "fp.json").write_text(json.dumps({"format": "spurious-components", "version": 1,
                                                    "model_fingerprint": "0123456789abcdef", "classes": {"0": [0]}}))
-    with pytest.raises(IncompatibleArtifactError, match="transfer source model"):
+    with pytest.raises(IncompatibleArtifactError, match="but the transfer source .* has model 'test:model'"):
         transfer(source["ws"], other, tmp_path / "fp.json", out=tmp_path / "fx")
     with pytest.raises(FileNotFoundError, match="neither a workspace nor imported alphas"):
         transfer(tmp_path / "nothing", other, {0: [0]})

@@ -417,7 +417,8 @@ def test_a_file_that_is_not_sqlite_is_refused(ws: Workspace) -> None:
 def test_labels_of_another_model_are_refused(ws: Workspace, store: LabelStore) -> None:
     with sqlite3.connect(store.path) as con:
         con.execute("UPDATE meta SET value = 'feedfeedfeedfeed' WHERE key = 'model_fingerprint'")
-    with pytest.raises(IncompatibleArtifactError, match="labels for model fingerprint feedfeedfeedfeed"):
+    pattern = r"labels for model 'test:label' \(model fingerprint feedfeedfeedfeed\)"
+    with pytest.raises(IncompatibleArtifactError, match=pattern):
         LabelStore(ws.root)
 
 

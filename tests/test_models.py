@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 import re
 import urllib.error
 
@@ -635,3 +637,121 @@ def test_preprocessing_converts_modes_and_roundtrips() -> None:
         Preprocessing.from_dict({**d, "size": 3})
     with pytest.raises(TypeError, match="PIL"):
         pre(np.zeros((4, 4, 3)))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- stated preprocessing
+
+
+def test_value_range_normalisation_matches_closed_form() -> None:
+    pre = Preprocessing(input_size=(4, 4), resize_size=4, crop_pct=1.0, mean=(100.0, 120.0, 140.0),
+                        std=(50.0, 60.0, 70.0), value_range=(0, 255))
+    clf = Classifier.from_module(_toy_linear(), pre)
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    clf.model.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].clone()))
+    clf(x)
+    expected = (x.numpy() * 255.0 - np.array(pre.mean)[None, :, None, None]) / np.array(pre.std)[None, :, None, None]
+    np.testing.assert_allclose(seen["x"].numpy(), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="lo < hi"):
+        Preprocessing(value_range=(1, 0))
+
+
+def _save_resnet(tmp_path, num_classes: int = 3):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    path = tmp_path / "net.pt"
+    torch.save(torchvision.models.resnet18(num_classes=num_classes).state_dict(), path)
+    return path
+
+
+def test_config_file_beside_the_checkpoint_timm_format(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = _save_resnet(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architecture": "resnet18", "num_classes": 3, "label_names": ["a", "b", "c"],
+        "pretrained_cfg": {"input_size": [3, 48, 40], "crop_pct": 0.8, "interpolation": "bicubic",
+                           "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "crop_mode": "center",
+                           "hf_hub_id": "ignored"}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf = load_model(f"torchvision:resnet18@{path}")
+    p = clf.preprocessing
+    assert p.input_size == (48, 40) and p.resize_size == 60 and p.crop_pct == pytest.approx(0.8)
+    assert p.interpolation == "bicubic" and p.mean == (0.1, 0.2, 0.3) and p.std == (0.4, 0.5, 0.6)
+    assert clf.class_names == ["a", "b", "c"] and clf.class_names_source == "config file"
+    assert clf.config_path == str(tmp_path / "config.json")
+    # STEM.json wins over config.json
+    (tmp_path / "net.json").write_text(json.dumps({"input_size": 32, "crop_pct": 1.0}))
+    clf2 = load_model(f"torchvision:resnet18@{path}")
+    assert clf2.preprocessing.input_size == (32, 32) and clf2.preprocessing.resize_size == 32
+    # the architecture can come from the config (timm's names)
+    clf3 = load_model(f"@{path}", config=tmp_path / "config.json")
+    assert clf3.spec == f"timm:resnet18@{path.resolve()}"
+    assert load_model(f"torchvision:resnet18@{path}", config=False, num_classes=3).preprocessing.input_size == (224, 224)
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ("{nope", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"input_size": [1, 2, 3, 4]}', "input_size"),
+    ('{"mean": [0.5, 0.5]}', "3 values"),
+    ('{"crop_mode": "squash"}', "crop_mode"),
+    ('{"class_names": ["a"], "num_classes": 3}', "1 class names but num_classes 3"),
+    ('{"interpolation": "fancy"}', "interpolation"),
+    ('{"value_range": [255, 0]}', "lo < hi"),
+])
+def test_bad_config_files(tmp_path, content: str, match: str) -> None:  # type: ignore[no-untyped-def]
+    path = _save_resnet(tmp_path)
+    (tmp_path / "net.json").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_model(f"torchvision:resnet18@{path}")
+
+
+def test_preprocessing_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = _save_resnet(tmp_path)
+    clf = load_model(f"torchvision:resnet18@{path}", preprocessing={"input_size": [64, 48], "resize": 80})
+    assert clf.preprocessing.input_size == (64, 48) and clf.preprocessing.resize_size == 80
+    assert clf.preprocessing.crop_pct == pytest.approx(64 / 80)
+    assert clf.preprocessing_source.startswith("options (input_size, resize_size) over defaults of torchvision")
+    with pytest.raises(ValueError, match="unknown preprocessing key 'men'.*did you mean 'mean'"):
+        load_model(f"torchvision:resnet18@{path}", preprocessing={"men": 0.5})
+    with pytest.raises(ValueError, match="disagree"):
+        load_model(f"torchvision:resnet18@{path}", preprocessing={"input_size": 64, "resize": 100, "crop_pct": 1.0})
+    with pytest.raises(TypeError, match="preprocessing must be"):
+        load_model(f"torchvision:resnet18@{path}", preprocessing="imagenet")  # type: ignore[arg-type]
+
+
+def test_bare_architecture_with_a_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = _save_resnet(tmp_path)
+    with pytest.warns(UserWarning, match="states no preprocessing"):
+        clf = load_model(f"resnet18@{path}")
+    assert clf.spec == f"torchvision:resnet18@{path.resolve()}" and clf.num_classes == 3
+    with pytest.raises(ValueError, match="unknown model 'resnet1800'"):
+        load_model(f"resnet1800@{path}")
+    with pytest.raises(ValueError, match="names no architecture"):
+        load_model(f"@{path}")
+
+
+def test_fingerprint_covers_backbone_preprocessing_and_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    clf = Classifier.from_module(net, TOY_PRE, ["x", "y"])
+    fp = clf.fingerprint()
+    with torch.no_grad():
+        net[0].weight[0, 0] += 1.0  # backbone only: the head is untouched
+    assert clf.fingerprint() != fp
+    fp_backbone = clf.fingerprint()
+    clf.class_names = ["y", "x"]
+    assert clf.fingerprint() != fp_backbone
+    clf.class_names = ["x", "y"]
+    clf.set_preprocessing(dataclasses.replace(TOY_PRE, interpolation="bicubic"))
+    assert clf.fingerprint() != fp_backbone
+
+
+def test_checkpoint_digest_is_cached_per_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SPURIOUS_CACHE", str(tmp_path / "cache"))
+    path = _save_resnet(tmp_path)
+    a = load_model(f"torchvision:resnet18@{path}", preprocessing={"input_size": 32})
+    cache = json.loads((tmp_path / "cache" / "checkpoint-digests.json").read_text())
+    assert [k.split("|")[0] for k in cache] == [str(path.resolve())]
+    calls = []
+    monkeypatch.setattr(models, "state_dict_digest", lambda sd: calls.append(1) or "x")
+    b = load_model(f"torchvision:resnet18@{path}", preprocessing={"input_size": 32})
+    assert a.fingerprint() == b.fingerprint() and not calls  # the file digest came from the cache

@@ -155,7 +155,7 @@ def test_stage_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
         npca(ws, classes=["zebra"], progress=False)
     with pytest.raises(FileNotFoundError, match="no finished features for split 'val'"):
         npca(ws, split="val", progress=False)
-    r = npca(ws, classes=["c1"], n_components=2, progress=False)
+    r = npca(ws, classes=["b"], n_components=2, progress=False)
     assert r.classes_fitted == 1
 
 

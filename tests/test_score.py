@@ -19,6 +19,9 @@ from spurious.datasets import load_image
 from spurious.models import Classifier, Preprocessing
 from spurious.score import average_precision, class_extension_rate, roc_auc, score
 
+# the random tiny models here do not agree with the labels; tests/test_score_labels.py tests that warning
+pytestmark = pytest.mark.filterwarnings("ignore:the model does not agree with the labels:UserWarning")
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -394,9 +397,10 @@ def _clf(num_classes: int, class_names: list[str] | None = None, seed: int = 0) 
 
 def test_explicit_and_names_class_maps(tmp_path: Path) -> None:
     spu, val = make_bench(tmp_path)
-    clf = _clf(5, ["q", "c", "r", "a", "b"])
+    clf = _clf(5, None)
     with pytest.raises(ValueError, match="has 5 outputs but the benchmark has 3 classes; pass a class map"):
         score(clf, spurious=spu, val=val, out=tmp_path / "out", **_quiet())
+    clf = _clf(5, ["q", "c", "r", "a", "b"])
     cmap = {0: 3, 1: 4, 2: 1}  # a -> output 3, b -> 4, c -> 1: what 'names' finds too
     r = score(clf, spurious=spu, val=val, out=tmp_path / "out", class_map=cmap, **_quiet(plots=False))
     sp, sl, vp, vl = listing(spu, val)
@@ -413,6 +417,20 @@ def test_explicit_and_names_class_maps(tmp_path: Path) -> None:
     for spec in ("names", str(tmp_path / "map.json"), [3, 4, 1]):
         again = score(clf, spurious=spu, val=val, out=tmp_path / "out", class_map=spec, **_quiet(plots=False))
         assert again.images_computed == 0 and again.row(clf.spec).mauc == r.row(clf.spec).mauc
+
+
+def test_without_a_class_map_folders_take_the_model_label_space(tmp_path: Path) -> None:
+    spu, val = make_bench(tmp_path)
+    clf = _clf(5, ["q", "c", "r", "a", "b"])
+    with pytest.warns(UserWarning, match="2 of 2 requested classes have no validation images"):
+        r = score(clf, spurious=spu, val=val, out=tmp_path / "out", **_quiet(plots=False))
+    assert r.class_names == ["q", "c", "r", "a", "b"] and "test:k5" in r.label_source
+    assert [c.class_name for c in r.per_class] == ["q", "r"]  # spurious class tokens 0 and 2 index the model's names
+    _, sl, vp, vl = listing(spu, val)
+    by_name = np.array([3, 4, 1])[vl]  # folders a, b, c are the model's classes 3, 4, 1
+    _, lv = forward(clf, vp)
+    row = r.row(clf.spec)
+    assert row.class_map == "identity" and row.val_accuracy == pytest.approx(np.mean(lv.argmax(1) == by_name))
 
 
 def test_class_map_errors(tmp_path: Path) -> None:
@@ -583,9 +601,11 @@ def test_report_escapes_class_names_and_plots_odd_names(tmp_path: Path) -> None:
     names = ["<b>a&", "x$\\foo$", "c"]
     val = write_images(tmp_path / "val", {n: 3 for n in names}, seed=1)
     spu = write_images(tmp_path / "spurious", {"s_s_0_x_0": 3, "s_s_2_y_0": 3}, seed=2)
-    clf = tiny_classifier(spec="test:<i>")
+    torch.manual_seed(0)
+    clf = Classifier.from_module(TinyNet(3).eval(), tiny_classifier().preprocessing, sorted(names), "test:<i>")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no mathtext or glyph trouble
+        warnings.filterwarnings("ignore", "the model does not agree with the labels")  # a random model
         r = score(clf, spurious=spu, val=val, out=tmp_path / "out", **_quiet())
     html = (tmp_path / "out" / "report.html").read_text()
     assert "&lt;b&gt;a&amp;" in html and "<b>a&" not in html and "test:&lt;i&gt;" in html

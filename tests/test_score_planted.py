@@ -76,7 +76,7 @@ def test_planted_demo_models_end_to_end_through_the_cli(tmp_path: Path, capsys: 
         assert (out / name).is_file(), name
     assert len(list((out / "plots").glob("strip_*.png"))) == 4
     html = (out / "report.html").read_text()
-    assert "plots/scatter.png" in html and "00_star" in html
+    assert "plots/scatter.png" in html and ">star<" in html and "00_star" not in html  # the model's names
 
 
 def _photo_benchmark(root: Path, per_class: int = 4) -> tuple[Path, Path]:

@@ -295,7 +295,7 @@ def test_stage_writes_files_and_components_json(visualized) -> None:  # type: ig
     for k in range(3):
         cdir = out / f"class_{k:05d}"
         table = json.loads((cdir / "components.json").read_text())
-        assert table["class"] == k and table["name"] == f"c{k}" and len(table["components"]) == 3
+        assert table["class"] == k and table["name"] == "abc"[k] and len(table["components"]) == 3
         # ranked by the NPFV class probability, the kept ones are the best of the candidates
         probs = [c["npfv_probability"] for c in table["components"]]
         assert probs == sorted(probs, reverse=True) and [c["rank"] for c in table["components"]] == [1, 2, 3]
@@ -358,7 +358,7 @@ def test_interrupted_class_is_redone_and_plan_mismatch_refused(tiny, tmp_path) -
     ws0, clf = tiny
     ws = tmp_path / "ws"
     shutil.copytree(ws0, ws)
-    r = visualize(ws, model=clf, classes=[0, "c2"], candidates=3, keep=2, steps=2, top_images=2, neurons=0,
+    r = visualize(ws, model=clf, classes=[0, "c"], candidates=3, keep=2, steps=2, top_images=2, neurons=0,
                   progress=False)
     assert r.classes_done == 2 and set(r.diversity) == {"components"}  # neurons=0: no baseline
     assert r.diversity["components"]["sets"] == 4 and r.diversity["components"]["slots"] == 8
@@ -380,7 +380,7 @@ def test_html_escapes_class_names_with_markup(tmp_path) -> None:  # type: ignore
 
     evil = '<img src=x onerror="alert(1)">&cat'
     clf = _classifier([evil, "plain"])
-    ws = _make_ws(tmp_path, clf, {"a": 6, "b": 6}, n_components=3)
+    ws = _make_ws(tmp_path, clf, {"0": 6, "1": 6}, n_components=3)  # folders named by class index
     visualize(ws, model=clf, candidates=2, keep=1, steps=1, top_images=2, progress=False)
     for page in (ws / "visualize" / "index.html", ws / "visualize" / "class_00000" / "index.html"):
         html = page.read_text()
@@ -446,7 +446,7 @@ def test_stage_errors(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     extract(tmp_path / "ws2", model=clf2, data=data, num_workers=0, progress=False)
     with pytest.warns(UserWarning, match="fewer than 2"):
         npca(tmp_path / "ws2", n_components=2, progress=False)
-    with pytest.raises(ValueError, match=r"class 1 \(c1\) has no neural PCA components"):
+    with pytest.raises(ValueError, match=r"class 1 \(b\) has no neural PCA components"):
         visualize(tmp_path / "ws2", model=clf2, classes=[1])
     # npca fitted on another split
     extract(tmp_path / "ws2", model=clf2, data=data, split="other", num_workers=0, progress=False)

@@ -39,7 +39,7 @@ from typing import Any
 
 from spurious import __version__
 from spurious._io import read_json, sha256_file, utc_now
-from spurious.workspace import Workspace
+from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = ["BenchmarkResult", "benchmark_folder_name", "build_benchmark", "read_accepted"]
 
@@ -185,6 +185,28 @@ def _order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 
+def _retrieval_manifest(ws: Workspace) -> dict[str, Any] | None:
+    """``WS/retrieve/manifest.json`` (``None`` before a finished retrieval), checked against the workspace's model.
+
+    Raises:
+        IncompatibleArtifactError: the retrieval was made with another model than the workspace's.
+    """
+    path = ws.root / "retrieve" / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    model = manifest.get("model") or {}
+    fingerprint = model.get("fingerprint")
+    if fingerprint is not None and fingerprint != ws.model_fingerprint:
+        raise IncompatibleArtifactError(
+            f"retrieval {path} was made with model {model.get('spec', '(spec not recorded)')!r} (fingerprint "
+            f"{fingerprint}), but workspace {ws.root} has model {ws.model_spec!r} "
+            f"(fingerprint {ws.model_fingerprint}); "
+            f"its candidates are not this model's: re-run `spurious retrieve {ws.root} --overwrite` (and curate "
+            "again), or build the benchmark from the workspace the retrieval was made in")
+    return manifest
+
+
 def _readme(manifest: dict[str, Any], license_text: str) -> str:
     comps = manifest["components"]
     retr = manifest.get("retrieve") or {}
@@ -265,6 +287,7 @@ def build_benchmark(
         FileNotFoundError: no workspace, no label store (and no ``accept``), or a missing image file.
         ValueError: bad counts or prefix, ``out`` exists (without ``overwrite``), nothing accepted, or a
             class index that does not fit the format.
+        IncompatibleArtifactError: ``WS/retrieve`` was made with another model than the workspace's.
     """
     t0 = time.perf_counter()
     for pname, value, lo in (("per_component", per_component, 1), ("min_per_component", min_per_component, 1),
@@ -273,6 +296,7 @@ def build_benchmark(
             raise ValueError(f"{pname} must be an integer >= {lo}, got {value!r}")
     benchmark_folder_name(0, "x", 0, prefix)  # validates the prefix early
     ws = Workspace.open(workspace)
+    m = _retrieval_manifest(ws)
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} already exists; pick another --out or pass overwrite=True (--overwrite)")
@@ -320,9 +344,7 @@ def build_benchmark(
                       + ", ".join(short[:10]), stacklevel=2)
 
     retr = None
-    rman = ws.root / "retrieve" / "manifest.json"
-    if rman.is_file():
-        m = read_json(rman)
+    if m is not None:
         retr = {"pool": m.get("pool"), "voters": m.get("voters"), "min_votes": m.get("min_votes"),
                 "top_n": m.get("top_n"), "source": m.get("source")}
     out.parent.mkdir(parents=True, exist_ok=True)

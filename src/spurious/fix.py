@@ -104,11 +104,13 @@ class ComponentSet:
         model_fingerprint: fingerprint of the model whose neural PCA the indices refer to (``None``:
             unknown, not checked; e.g. imported reference artifacts).
         source: free text provenance (a labeler session, a file, "spurious_components.npy").
+        path: the file (or label store) it was read from, for messages; not written to the file.
     """
 
     classes: dict[int | str, list[int]]
     model_fingerprint: str | None = None
     source: str = ""
+    path: str | None = field(default=None, compare=False)
 
     @property
     def num_components(self) -> int:
@@ -124,6 +126,31 @@ class ComponentSet:
         path = Path(path)
         write_json(path, self.to_dict())
         return path
+
+    def check_model(self, fingerprint: str, spec: str, *, used_with: str) -> None:
+        """Refuse to use the set with another model than the one whose neural PCA its indices refer to.
+
+        A set that names no model (``model_fingerprint`` None, e.g. imported reference artifacts)
+        is not checked.
+
+        Args:
+            fingerprint: fingerprint of the model the set is about to be used with.
+            spec: that model's spec.
+            used_with: where that model comes from, for the message (e.g. ``"workspace ws"``).
+
+        Raises:
+            IncompatibleArtifactError: the set names another model's fingerprint.
+        """
+        if self.model_fingerprint is None or self.model_fingerprint == fingerprint:
+            return
+        where = self.path or self.source or "given in code"
+        if self.path and self.source and self.source != self.path:
+            where = f"{self.path} ({self.source})"
+        raise IncompatibleArtifactError(
+            f"component set {where} was made for the model with fingerprint {self.model_fingerprint} (component "
+            f"sets record no spec), but {used_with} has model {spec!r} (fingerprint {fingerprint}); component "
+            "indices only mean something for the neural PCA of the model they were chosen on: use the workspace "
+            "the set was made in, or label this model's components (`spurious label WS`) and use those")
 
 
 def _parse_key(key: Any, where: str) -> int | str:
@@ -181,7 +208,8 @@ def load_components(source: str | os.PathLike[str] | Mapping[Any, Any] | Compone
             that is not a list of non-negative integers, or no component at all.
     """
     if isinstance(source, ComponentSet):
-        return ComponentSet(_parse_mapping(source.classes, "component set"), source.model_fingerprint, source.source)
+        return ComponentSet(_parse_mapping(source.classes, "component set"), source.model_fingerprint, source.source,
+                            source.path)
     if isinstance(source, Mapping):
         return ComponentSet(_parse_mapping(source, "component mapping"), None, "python mapping")
     if not isinstance(source, (str, os.PathLike)):
@@ -211,8 +239,8 @@ def load_components(source: str | os.PathLike[str] | Mapping[Any, Any] | Compone
         fp = data.get("model_fingerprint")
         if fp is not None and not isinstance(fp, str):
             raise ValueError(f"component file {path}: model_fingerprint must be a string or null, got {fp!r}")
-        return ComponentSet(_parse_mapping(data["classes"], str(path)), fp, str(data.get("source") or path))
-    return ComponentSet(_parse_mapping(data, str(path)), None, str(path))
+        return ComponentSet(_parse_mapping(data["classes"], str(path)), fp, str(data.get("source") or path), str(path))
+    return ComponentSet(_parse_mapping(data, str(path)), None, str(path), str(path))
 
 
 def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> ComponentSet:
@@ -249,7 +277,7 @@ def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] 
     bad = [k for k in parsed if not isinstance(k, int)]
     if bad:
         raise ValueError(f"{path}: keys must be class indices, got {bad[:5]}")
-    comps = ComponentSet(dict(sorted(parsed.items())), None, f"imported from {path.name}")
+    comps = ComponentSet(dict(sorted(parsed.items())), None, f"imported from {path.name}", str(path))
     if out is not None:
         comps.save(out)
     return comps
@@ -277,7 +305,8 @@ def components_from_labels(workspace: str | os.PathLike[str], *, min_agree: int 
     if not classes:
         raise ValueError(f"no component of {ws.root} has {min_agree} agreeing 'spurious' verdicts yet; label more "
                          "(spurious label WS) or lower min_agree")
-    return ComponentSet(classes, doc.get("model_fingerprint"), str(doc.get("source") or f"labels of {ws.root}"))
+    return ComponentSet(classes, doc.get("model_fingerprint"), str(doc.get("source") or f"labels of {ws.root}"),
+                        str(ws.root / DB_NAME))
 
 
 def _resolve_components(comps: ComponentSet, ws: Workspace) -> dict[int, list[int]]:
@@ -292,14 +321,6 @@ def _resolve_components(comps: ComponentSet, ws: Workspace) -> dict[int, list[in
     if not out:
         raise ValueError("the component set is empty (no class lists a component)")
     return dict(sorted(out.items()))
-
-
-def _check_component_model(comps: ComponentSet, fingerprint: str, spec: str, what: str) -> None:
-    if comps.model_fingerprint is not None and comps.model_fingerprint != fingerprint:
-        raise IncompatibleArtifactError(
-            f"the component set ({comps.source or 'given'}) was made for model fingerprint "
-            f"{comps.model_fingerprint}, but the {what} is {spec!r} (fingerprint {fingerprint}); component "
-            "indices only mean something for the model whose neural PCA they index")
 
 
 # ---------------------------------------------------------------------------- the head
@@ -321,6 +342,7 @@ class FixHead(nn.Module):
         kind: ``"plain"`` or ``"transfer"``.
         num_classes: ``K``, the number of logits it expects; ``num_features``: ``D``.
         meta: the artifact's metadata (provenance: source model, component-set source, created, ...).
+        path: the artifact file it was loaded from (:func:`load_fix`); ``None`` for a head built in memory.
         A: buffer [M, D]; c: buffer [M]; cls: buffer [M] int64 (class of each row); comp: [M] int64.
     """
 
@@ -370,6 +392,7 @@ class FixHead(nn.Module):
         self.name = str(name)
         self.kind = str(kind)
         self.meta = dict(meta or {})
+        self.path: Path | None = None
         comps: dict[int, list[int]] = {}
         for k, l in zip(cls_t.tolist(), comp_t.tolist()):
             comps.setdefault(int(k), []).append(int(l))
@@ -473,9 +496,11 @@ def load_fix(path: str | os.PathLike[str]) -> FixHead:
         raise ValueError(f"{p}: unsupported artifact format {meta.get('format')!r} version {meta.get('version')!r}")
     t = load_file(str(p))
     model = meta["model"]
-    return FixHead(t["A"], t["c"], t["cls"], t["comp"], num_classes=int(model["num_classes"]),
+    head = FixHead(t["A"], t["c"], t["cls"], t["comp"], num_classes=int(model["num_classes"]),
                    model_spec=model["spec"], model_fingerprint=model["fingerprint"], name=meta.get("name", "SpuFix"),
                    kind=meta.get("kind", "plain"), meta=meta, dtype=t["A"].dtype)
+    head.path = p
+    return head
 
 
 # ---------------------------------------------------------------------------- the fixed model
@@ -504,10 +529,16 @@ class SpuFix(nn.Module):
             raise TypeError(f"head must be a FixHead (see load_fix), got {type(head).__name__}")
         fp = classifier.fingerprint()
         if fp != head.model_fingerprint:
+            where = f"fix artifact {head.path} ({head.name!r})" if head.path is not None else f"fix {head.name!r}"
+            made_in = (head.meta.get("model") or {}).get("workspace")
+            load = (f"load the model it was made for (Workspace.open({str(made_in)!r}).load_model())" if made_in
+                    else "load the model it was made for")
             raise IncompatibleArtifactError(
-                f"the fix {head.name!r} was made for model {head.model_spec!r} (fingerprint {head.model_fingerprint}), "
-                f"not for {classifier.spec!r} (fingerprint {fp}); make a fix for this model, or transfer one to it "
-                "with `spurious fix transfer`")
+                f"{where} was made for model {head.model_spec!r} (fingerprint {head.model_fingerprint}), but the "
+                f"classifier it is applied to is {classifier.spec!r} (fingerprint {fp}): the weights, the "
+                f"preprocessing or the class names differ; {load}, make a fix for this model in its workspace "
+                "(`spurious fix WS --components FILE --overwrite`), or transfer this one to it "
+                "(`spurious fix transfer`)")
         if head.A.device != classifier.device:
             head = copy.deepcopy(head).to(classifier.device)
         self.classifier = classifier
@@ -664,7 +695,7 @@ def fix(
     dtype = _check_precision(precision)
     ws = Workspace.open(workspace)
     comps = load_components(components)
-    _check_component_model(comps, ws.model_fingerprint, ws.model_spec, "workspace model")
+    comps.check_model(ws.model_fingerprint, ws.model_spec, used_with=f"workspace {ws.root}")
     selected = _resolve_components(comps, ws)
     pca = load_npca(ws.root)
     As, cs, cls, comp = [], [], [], []
@@ -926,7 +957,8 @@ def transfer(
     tws = Workspace.open(target)
     comps = load_components(components)
     if src.model_fingerprint is not None:
-        _check_component_model(comps, src.model_fingerprint, src.model_spec, "transfer source model")
+        comps.check_model(src.model_fingerprint, src.model_spec,
+                          used_with=f"the transfer source {src_meta.get('workspace') or src_meta.get('path')}")
     selected = _resolve_components(comps, tws)
     store = tws.feature_store(split)
     W, _ = tws.head()

@@ -777,13 +777,18 @@ class Classifier(nn.Module):
 
 
 def state_dict_digest(state: Mapping[str, Tensor]) -> str:
-    """sha256 (hex) of a state dict: every tensor's name, dtype, shape and bytes, in key order."""
+    """sha256 (hex) of a state dict: every tensor's name, shape and bytes, in key order.
+
+    Floating-point tensors are hashed as float32, so a model cast with ``.double()`` (exact for
+    float32 weights) keeps its digest; integer tensors are hashed as they are.
+    """
     h = hashlib.sha256()
     for key in sorted(state):
         tensor = state[key]
         if not isinstance(tensor, Tensor):
             continue
-        t = tensor.detach().contiguous().cpu()
+        t = tensor.detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
         h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -804,27 +809,28 @@ def model_fingerprint(weights_digest: str, preprocessing: Preprocessing, class_n
 _DIGEST_CACHE_FILE = "checkpoint-digests.json"
 
 
-def _file_digest(path: Path) -> str:
-    """sha256 of a file, streamed in 1 MiB chunks; cached per (path, size, mtime) in the cache folder."""
+def _cached_checkpoint_digest(clf: Classifier, path: Path) -> None:
+    """Fill ``clf``'s weights digest from the per-file cache, or compute it once and cache it.
+
+    The digest is the content digest (:func:`state_dict_digest`), so a checkpoint loaded by path and
+    the same weights loaded by name get the same fingerprint; the cache only saves re-hashing a
+    large checkpoint. Key: the file's path, size and mtime, the architecture and ``K``.
+    """
     stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{clf.spec.split('@', 1)[0]}|{clf.num_classes}"
     cache_file = cache_dir() / _DIGEST_CACHE_FILE
     cache: dict[str, str] = {}
     with contextlib.suppress(OSError, ValueError):
         loaded = read_json(cache_file)
         cache = loaded if isinstance(loaded, dict) else {}
     if key in cache:
-        return str(cache[key])
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+        clf._set_weights_digest(str(cache[key]))
+        return
+    digest = clf.weights_digest()
     cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
     cache[key] = digest
     with contextlib.suppress(OSError):  # a read-only cache only costs the re-hash next time
         write_json(cache_file, cache)
-    return digest
 
 
 # ----------------------------------------------------------------------------
@@ -1728,7 +1734,7 @@ def load_model(
             clf.set_preprocessing(pre, source)
         clf.config_path = None if cfg is None else str(cfg.path)
         if path is not None:
-            clf._set_weights_digest(_checkpoint_weights_digest(canonical, clf.num_classes, path))
+            _cached_checkpoint_digest(clf, path)
         return clf
 
     ckpt = _read_checkpoint(path) if path is not None else None
@@ -1748,15 +1754,8 @@ def load_model(
                       base_source=f"defaults of timm:{name} (its pretrained_cfg)", **common)
     clf.config_path = None if cfg is None else str(cfg.path)
     if path is not None:
-        clf._set_weights_digest(_checkpoint_weights_digest(canonical, clf.num_classes, path))
+        _cached_checkpoint_digest(clf, path)
     return clf
-
-
-def _checkpoint_weights_digest(canonical: str, num_classes: int | None, path: Path) -> str:
-    """The weights are a function of (architecture, K, file): hash those, the file streamed and cached."""
-    arch = canonical.split("@", 1)[0]
-    h = hashlib.sha256(f"{arch}\0{num_classes}\0{_file_digest(path)}".encode())
-    return h.hexdigest()
 
 
 def _load_from_source(

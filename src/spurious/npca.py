@@ -340,7 +340,7 @@ def npca(
             "n_components": n_components, "precision": precision}
     phash = sha256_strings([repr(sorted(plan.items()))])
     out = ws.npca_dir
-    on_main_rank(lambda: _prepare_npca_dir(out, plan, overwrite))
+    on_main_rank(lambda: _prepare_npca_dir(out, plan, overwrite, ws, store))
 
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(len(W) + 1))
@@ -405,10 +405,16 @@ def _save_basis(path: Path, basis: ClassBasis, phash: str, name: str) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool, ws: Workspace, store: Any) -> None:
     def mismatch(old: dict[str, Any]) -> str:
         diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
-        return f"{out} holds neural PCA made with other inputs ({'; '.join(diffs)}); pass --overwrite to refit"
+        now = []
+        if old.get("model_fingerprint") != plan["model_fingerprint"]:
+            now.append(f"workspace {ws.root} has model {ws.model_spec!r} (fingerprint {ws.model_fingerprint})")
+        if old.get("data_fingerprint") != plan["data_fingerprint"]:
+            now.append(f"the features {store.path} have data fingerprint {plan['data_fingerprint']}")
+        return (f"{out} holds neural PCA made with other inputs ({out / 'plan.json'}: {'; '.join(diffs)})"
+                + (f"; {' and '.join(now)}" if now else "") + "; pass --overwrite to refit")
 
     prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=mismatch)
 
@@ -429,7 +435,7 @@ def _write_npca_manifest(out: Path, plan: dict[str, Any], phash: str, ws: Worksp
     counts = np.diff(bounds)
     manifest = {
         "format": "spurious-npca", "version": 1, "package_version": __version__, "created": utc_now(),
-        **plan, "dim": ws.num_features, "classes": classes,
+        **plan, "model_spec": ws.model_spec, "dim": ws.num_features, "classes": classes,
         "classes_too_small": [int(k) for k in np.flatnonzero((counts > 0) & (counts < 2))],
     }
     write_json(out / "manifest.json", manifest)
@@ -477,9 +483,20 @@ class NPCA:
 
 
 def load_npca(workspace: str | os.PathLike[str]) -> NPCA:
-    """Load ``WS/npca`` (checks that it belongs to the workspace's model)."""
+    """Load ``WS/npca`` (checks that it belongs to the workspace's model).
+
+    Raises:
+        FileNotFoundError: no workspace, or no neural PCA in it.
+        IncompatibleArtifactError: ``WS/npca`` was fitted for another model than the workspace's.
+    """
     ws = Workspace.open(workspace)
     result = NPCA(ws.npca_dir)
-    if result.manifest["model_fingerprint"] != ws.model_fingerprint:
-        raise IncompatibleArtifactError(f"{ws.npca_dir} was fitted for another model than the workspace's")
+    fingerprint = result.manifest.get("model_fingerprint")
+    if fingerprint != ws.model_fingerprint:
+        spec = result.manifest.get("model_spec")
+        raise IncompatibleArtifactError(
+            f"neural PCA {ws.npca_dir / 'manifest.json'} was fitted for model "
+            f"{'(spec not recorded)' if spec is None else repr(spec)} (fingerprint {fingerprint}), but workspace "
+            f"{ws.root} has model {ws.model_spec!r} (fingerprint {ws.model_fingerprint}); refit it on this "
+            f"workspace's features: `spurious npca {ws.root} --overwrite`")
     return result

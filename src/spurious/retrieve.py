@@ -153,10 +153,7 @@ def select_components(
         from spurious.fix import load_components
 
         cs = load_components(components)
-        if cs.model_fingerprint is not None and cs.model_fingerprint != ws.model_fingerprint:
-            raise IncompatibleArtifactError(
-                f"the component set ({cs.source}) was made for model fingerprint {cs.model_fingerprint}, but "
-                f"workspace {ws.root} has {ws.model_fingerprint}; component indices refer to one model's neural PCA")
+        cs.check_model(ws.model_fingerprint, ws.model_spec, used_with=f"workspace {ws.root}")
         sel = {}
         for key, comps in cs.classes.items():
             k = ws.resolve_class(key)
@@ -670,10 +667,11 @@ def _resolve_pool(ws: Workspace, pool: str | os.PathLike[str], pool_split: str) 
         other = Workspace.open(path)
         if other.model_fingerprint != ws.model_fingerprint:
             raise IncompatibleArtifactError(
-                f"pool workspace {path} was extracted with model {other.model_spec!r} (fingerprint "
-                f"{other.model_fingerprint}), but {ws.root} uses {ws.model_spec!r} (fingerprint "
-                f"{ws.model_fingerprint}); alpha needs the pool's phi from the same model: run "
-                f"`spurious extract {ws.root} --data POOL --split pool`")
+                f"pool workspace {path} ({path / 'manifest.json'}) was extracted with model {other.model_spec!r} "
+                f"(fingerprint {other.model_fingerprint}), but workspace {ws.root} has model {ws.model_spec!r} "
+                f"(fingerprint {ws.model_fingerprint}); alpha needs the pool's phi from the same model: extract the "
+                f"pool into this workspace (`spurious extract {ws.root} --data POOL --split pool`) or pass a pool "
+                "workspace of this model")
         return other.feature_store(pool_split)
     have = ", ".join(ws.splits()) or "none"
     raise FileNotFoundError(
@@ -726,9 +724,19 @@ def _voter_store(other: Workspace, pool: Any) -> Any:
 
 
 def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
-    diffs = [f"{k}: {json.dumps(old.get(k))[:120]} vs {json.dumps(v)[:120]}" for k, v in new.items() if old.get(k) != v]
-    return (f"{out} holds a retrieval made with another plan ({'; '.join(diffs) or 'format'}); "
-            "pass overwrite=True (--overwrite) to replace it")
+    def model(plan: dict[str, Any]) -> str:
+        m = plan.get("model") or {}
+        return f"{m.get('spec')!r} (fingerprint {m.get('fingerprint')})"
+
+    def pool(plan: dict[str, Any]) -> str:
+        p = plan.get("pool") or {}
+        return f"{p.get('store')} (data fingerprint {p.get('data_fingerprint')}, {p.get('rows')} rows)"
+
+    full = {"model": model, "pool": pool}  # never cut: the fingerprints are what differs
+    diffs = [f"{k}: {full[k](old)} vs {full[k](new)}" if k in full else
+             f"{k}: {json.dumps(old.get(k))[:120]} vs {json.dumps(v)[:120]}" for k, v in new.items() if old.get(k) != v]
+    return (f"{out} holds a retrieval made with another plan ({out / 'plan.json'}: "
+            f"{'; '.join(diffs) or 'format'}); pass overwrite=True (--overwrite) to replace it")
 
 
 def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
@@ -868,15 +876,20 @@ def retrieve(
     for path in agree:
         other = _check_voter_workspace(ws, path)
         if other.model_fingerprint == ws.model_fingerprint:
-            raise ValueError(f"voter workspace {path} uses the workspace's own model ({ws.model_spec}); it is "
-                             "already the 'self' voter: pass workspaces of other models")
+            raise ValueError(
+                f"voter workspace {path} ({Path(path) / 'manifest.json'}: model {other.model_spec!r}, fingerprint "
+                f"{other.model_fingerprint}) has the model of workspace {ws.root} ({ws.model_spec!r}, fingerprint "
+                f"{ws.model_fingerprint}), which is already the 'self' voter: pass workspaces of other models")
         other_ws.append(other)
         voters.append(Voter(str(path), "workspace", other.model_spec, other.model_fingerprint, str(other.root)))
     model_voters = []
     for spec in agree_models:  # loaded now, so that a bad spec fails before the long scan
         mv = _ModelVotes(spec, ws.root / "retrieve" / "votes", ws, device, batch_size, num_workers)
         if mv.fingerprint == ws.model_fingerprint:
-            raise ValueError(f"voter model {spec!r} is the workspace's own model; it is already the 'self' voter")
+            raise ValueError(
+                f"voter model {mv.spec!r} (fingerprint {mv.fingerprint}) is the model of workspace {ws.root} "
+                f"({ws.model_spec!r}, fingerprint {ws.model_fingerprint}), which is already the 'self' voter: "
+                "pass models other than the workspace's own")
         model_voters.append(mv)
         voters.append(Voter(str(spec), "model", mv.spec, mv.fingerprint, str(mv.dir)))
     fps = [v.fingerprint for v in voters]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from spurious._cli._model_options import add_model_options, model_options
+
 __all__ = ["register"]
 
 _DESCRIPTION = """\
@@ -13,6 +15,14 @@ positives = validation images of class k, negatives = spurious images of class k
 the object), score = softmax probability of class k. Reports per class ROC-AUC, average precision (what
 the reference code computed) and the class-extension rate (spurious images predicted as k), their means
 (mAUC, mAP), and the validation accuracy; one row per model and per SpuFix variant (--fix).
+
+Class folders (and list labels) of --val are matched by name to the class names of the first model
+that has them (00_star, Star and star all become the model's class 'star'), so the benchmark's
+classes carry the model's names; wnid folders and --val-labels are ImageNet-1k. The sanity figure of
+each row: top-1 agreement with the validation labels against chance (Cohen's kappa); a model below
+kappa 0.2 gets a warning (--strict: an error), its preprocessing or label matching is wrong. The
+preprocessing options below apply to every --model given as a spec (checkpoints that need different
+ones state them in a config file beside them).
 
 Writes OUT/scores.csv, scores.json, scores.md, per_class.csv, report.html (+ plots/*.png) and
 manifest.json. Predictions are cached per model under OUT/cache: re-running (also with more models)
@@ -52,10 +62,12 @@ def register(sub: Any) -> None:
                    help="classes to score (indices, names or wnids); default: every class with spurious images")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="text file, one name per line: the benchmark label space (default: ImageNet-1k for wnid "
-                        "folders and flat val, else the sorted validation folder names)")
+                        "folders and flat val, else the class names of the first model that has them, else the "
+                        "sorted validation folder names)")
     p.add_argument("--class-map", default=None, metavar="auto|identity|wnid|names|FILE.json",
                    help="benchmark class -> model output: auto (default: identity, or by wnid for ImageNet-21k/12k "
-                        "heads), identity, wnid, names, or a JSON file {\"<class>\": <output>}")
+                        "heads), identity, wnid, names, or a JSON file {\"<class>\": <output>}; any but auto keeps "
+                        "the validation folders' own (sorted) classes")
     p.add_argument("--protocol", choices=["model", "reference"], default="model",
                    help="model: each model's own preprocessing (default); reference: spurious images resized to "
                         "the input size without crop, as the reference code did")
@@ -68,6 +80,10 @@ def register(sub: Any) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="do not download pretrained weights (random init; for offline smoke runs)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the HTML report")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with an error (after writing the results) when a model's top-1 agreement with the "
+                        "validation labels is not clearly above chance (Cohen's kappa < 0.2), instead of warning")
+    add_model_options(p)
     common_options(p)
     p.set_defaults(func=_cmd_score)
 
@@ -84,11 +100,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--class-names file {path} does not exist")
         class_names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    opts = model_options(args)
     r = score(args.models, spurious=args.spurious, val=args.val, out=args.out, val_labels=args.val_labels,
               class_names=class_names, classes=args.classes, class_map=args.class_map, protocol=args.protocol,
               fixes=args.fixes, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
               pretrained=not args.random_weights, chunk_size=args.chunk_size, progress=not args.no_progress,
-              plots=not args.no_plots, plot_models=args.plot_models)
+              plots=not args.no_plots, plot_models=args.plot_models, preprocessing=opts["preprocessing"],
+              model_config=opts["config"], strict=args.strict)
     if not r.complete:  # non-zero torchrun rank: rank 0 reports
         return 0
     emit(args, r.to_dict(), r.summary_lines())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._dataset import ImageDataset, ImageRecord, collate_images, default_transform
 from ._images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
+from ._labels import LabelMatch, match_class_names, read_class_map
 from ._readers import (
     DATASET_KINDS,
     file_list,
@@ -34,6 +35,7 @@ __all__ = [
     "ImageDataset",
     "ImageDecodeError",
     "ImageRecord",
+    "LabelMatch",
     "collate_images",
     "default_transform",
     "file_list",
@@ -41,8 +43,10 @@ __all__ = [
     "image_pool",
     "imagenet_folder",
     "load_image",
+    "match_class_names",
     "open_dataset",
     "parse_spurious_folder",
+    "read_class_map",
     "spurious_imagenet",
 ]
 

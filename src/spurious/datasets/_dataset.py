@@ -133,6 +133,9 @@ class ImageDataset(torch.utils.data.Dataset):
             are ignored silently.
         transform: Applied to the RGB ``PIL.Image`` in :meth:`__getitem__`; when ``None``,
             :func:`default_transform` (float32 ``[3, H, W]`` in ``[0, 1]``) is used.
+        label_source: One line saying how the reader assigned the labels, e.g.
+            ``"folder names matched to the given class names (6 exact, 2 as NN_name)"``;
+            ``""`` when unknown.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class ImageDataset(torch.utils.data.Dataset):
         skipped: Sequence[tuple[str, str]] = (),
         transform: Transform | None = None,
         meta: Sequence[Mapping[str, Any]] | None = None,
+        label_source: str = "",
     ) -> None:
         """Internal constructor; ``ids`` must already be sorted (readers guarantee it)."""
         self.kind = kind
@@ -155,6 +159,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.class_names: list[str] | None = None if class_names is None else list(class_names)
         self.skipped: list[tuple[str, str]] = list(skipped)
         self.transform = transform
+        self.label_source = label_source
         self._root_str = os.fspath(self.root)
         self._ids = ids if isinstance(ids, _StringTable) else _StringTable(ids)
         self._labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -259,7 +264,8 @@ class ImageDataset(torch.utils.data.Dataset):
             indices: Record indices in ``[0, len(self))``; repeats allowed.
 
         Returns:
-            A new dataset with the same kind, root, spec, class names, skipped list and transform;
+            A new dataset with the same kind, root, spec, class names, label source, skipped list
+            and transform;
             its :meth:`fingerprint` is that of the subset.
 
         Raises:
@@ -284,6 +290,7 @@ class ImageDataset(torch.utils.data.Dataset):
             skipped=self.skipped,
             transform=self.transform,
             meta=None if self._meta is None else [self._meta[int(j)] for j in idx],
+            label_source=self.label_source,
         )
 
     # ------------------------------------------------------------------ misc

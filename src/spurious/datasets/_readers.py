@@ -17,6 +17,7 @@ from typing import Any
 from .. import imagenet
 from ._dataset import ImageDataset, Transform
 from ._images import IMAGE_EXTENSIONS
+from ._labels import match_class_names
 from ._scan import Listing, scan_tree, top_level
 
 __all__ = [
@@ -76,9 +77,10 @@ def _empty_error(kind: str, root: Path, skipped: Sequence[tuple[str, str]]) -> V
     return ValueError(msg)
 
 
-def _check_class_names(class_names: Sequence[str], *, unique: bool = True) -> list[str]:
-    """Validate a label space. ``unique=False`` where names are only displayed (labels are indices):
-    ImageNet's short names repeat (two different classes are called 'crane')."""
+def _check_class_names(class_names: Sequence[str]) -> list[str]:
+    """Validate a label space. Names may repeat (ImageNet has two classes called 'crane'): labels
+    are indices, and a folder or list label that names a repeated class is reported as ambiguous
+    by :func:`match_class_names`."""
     if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
         raise TypeError(
             f"class_names must be a sequence of strings, got {type(class_names).__name__}"
@@ -87,11 +89,6 @@ def _check_class_names(class_names: Sequence[str], *, unique: bool = True) -> li
     for i, name in enumerate(names):
         if not isinstance(name, str):
             raise TypeError(f"class_names[{i}] must be a str, got {type(name).__name__}")
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if unique and name in seen:
-            raise ValueError(f"class_names has {name!r} twice (positions {seen[name]} and {i})")
-        seen[name] = i
     return names
 
 
@@ -108,6 +105,7 @@ def _class_folders(
     class_names: Sequence[str] | None,
     skipped: list[tuple[str, str]],
     transform: Transform | None,
+    label_source: str,
     meta_of: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ImageDataset:
     """Shared body of the class-folder layouts: scan each folder, label by folder, sort by id."""
@@ -131,6 +129,7 @@ def _class_folders(
         skipped=sorted(listing.skipped),
         transform=transform,
         meta=meta,
+        label_source=label_source,
     )
     _log.info("%s: %d images, %d skipped entries", ds.spec, len(ds), len(ds.skipped))
     return ds
@@ -156,24 +155,36 @@ def image_folder(
     *,
     transform: Transform | None = None,
     class_names: Sequence[str] | None = None,
+    class_map: Mapping[str, int | str] | None = None,
+    wnids: Sequence[str] | None = None,
 ) -> ImageDataset:
     """Read an ImageFolder layout: one sub-folder per class, images anywhere inside it.
 
     Args:
         root: Dataset folder.
         transform: See :class:`ImageDataset`.
-        class_names: Label space. When given, a folder's label is its position in this list
-            (classes without a folder are fine); when ``None``, labels follow the sorted folder
-            names and those names are the class names (torchvision ``ImageFolder`` order).
+        class_names: Label space, e.g. the model's class names. When given, each folder is
+            matched to a class by name (:func:`match_class_names`: exact, ignoring case and
+            separators, wnid, ``NN_name``, bare index), so any subset of the classes in any order
+            gets the right labels. When ``None``: all-digit folder names are class indices
+            (``2/``, ``10/`` -> 2, 10; ``class_names`` ``"0" .. "<max>"``), any other folders are
+            labelled by sorted name and those names are the class names (torchvision
+            ``ImageFolder`` order).
+        class_map: Explicit ``folder -> class name or index`` entries, applied before the name
+            rules (see :func:`read_class_map`); needs ``class_names``.
+        wnids: One WordNet id per class of ``class_names``, to accept wnid folder names.
 
     Returns:
-        Dataset of kind ``"folder"``, records sorted by id ``"<class folder>/<path inside>"``.
-        Files directly in ``root`` are listed in ``skipped``.
+        Dataset of kind ``"folder"``, records sorted by id ``"<class folder>/<path inside>"``;
+        ``label_source`` says which rule labelled the folders. Files directly in ``root`` are
+        listed in ``skipped``.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
-        ValueError: ``root`` is a file, has no class sub-folders, has a folder not in
-            ``class_names``, or holds no images.
+        ValueError: ``root`` is a file, has no class sub-folders or holds no images; a folder
+            matches no class, several classes or the class of another folder (see
+            :func:`match_class_names`); ``class_map`` or ``wnids`` without ``class_names``; two
+            numeric folders with the same number (``2/`` and ``02/``).
         TypeError: ``class_names`` is not a sequence of strings.
     """
     path = _existing_dir(root, "folder")
@@ -185,21 +196,56 @@ def image_folder(
                 f"pool:{path} (or image_pool), or put each class in its own sub-folder"
             )
         raise _empty_error("folder", path, top.other)
-    if class_names is None:
-        names = list(top.dirs)
-    else:
+    if class_names is not None:
         names = _check_class_names(class_names)
-    label_of = {name: i for i, name in enumerate(names)}
-    unknown = [d for d in top.dirs if d not in label_of]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=3)
-        hint = f" (closest class names: {', '.join(map(repr, close))})" if close else ""
-        raise ValueError(
-            f"{path}: class folder(s) {_some(unknown)} are not in class_names{hint}; "
-            f"class_names has {len(names)} entries, e.g. {_some(names, 3)}"
+        match = match_class_names(
+            top.dirs, names, class_map=class_map, wnids=wnids, what="class folder", where=str(path)
         )
+        label_of, source = match.label_of, f"folder names {match.describe()}"
+    elif class_map is not None or wnids is not None:
+        given = "class_map" if class_map is not None else "wnids"
+        raise ValueError(
+            f"{path}: {given} needs class_names (the model's class names, in class-index order): "
+            "folders are matched to those names"
+        )
+    else:
+        names, label_of, source = _unnamed_folder_labels(path, top.dirs)
     skipped = _top_level_files_skipped(top.files, top.other)
-    return _class_folders("folder", path, top.dirs, label_of, names, skipped, transform)
+    return _class_folders("folder", path, top.dirs, label_of, names, skipped, transform, source)
+
+
+_MAX_NUMERIC_CLASS = 100_000
+"""Largest folder number read as a class index when no class names are given (dates, ids and
+other big numbers are read as plain names instead)."""
+
+
+def _unnamed_folder_labels(
+    path: Path, dirs: Sequence[str]
+) -> tuple[list[str], dict[str, int], str]:
+    """``(class_names, label_of, label_source)`` of class folders when no class names are given."""
+    if all(re.fullmatch(r"[0-9]+", d) for d in dirs):
+        numbers = {d: int(d) for d in dirs}
+        if max(numbers.values()) <= _MAX_NUMERIC_CLASS:
+            first: dict[int, str] = {}
+            for d in dirs:
+                if numbers[d] in first:
+                    raise ValueError(
+                        f"{path}: folders {first[numbers[d]]!r} and {d!r} are both class "
+                        f"{numbers[d]} (numeric folder names are class indices); merge them"
+                    )
+                first[numbers[d]] = d
+            names = [str(i) for i in range(max(numbers.values()) + 1)]
+            return names, numbers, "numeric folder names are class indices"
+        warnings.warn(
+            f"{path}: folder numbers go up to {max(numbers.values())}, too large to be class "
+            "indices, so the folders are labelled by sorted name (ImageFolder convention); pass "
+            "class_names to label them by class",
+            stacklevel=3,
+        )
+    names = list(dirs)
+    label_of = {name: i for i, name in enumerate(names)}
+    source = "sorted folder names (ImageFolder convention: no class names were given)"
+    return names, label_of, source
 
 
 def imagenet_folder(
@@ -237,7 +283,14 @@ def imagenet_folder(
     skipped = _top_level_files_skipped(top.files, top.other)
     label_of = {d: w2i[d] for d in top.dirs}
     return _class_folders(
-        "imagenet", path, top.dirs, label_of, imagenet.class_names(), skipped, transform
+        "imagenet",
+        path,
+        top.dirs,
+        label_of,
+        imagenet.class_names(),
+        skipped,
+        transform,
+        "ImageNet-1k wnid folders",
     )
 
 
@@ -295,7 +348,7 @@ def spurious_imagenet(
         FileNotFoundError: ``root`` does not exist.
         ValueError: a sub-folder name does not parse, there are no sub-folders, or no images.
     """
-    names = imagenet.class_names() if class_names is None else _check_class_names(class_names, unique=False)
+    names = imagenet.class_names() if class_names is None else _check_class_names(class_names)
     path = _existing_dir(root, "spurious-imagenet")
     top = top_level(os.fspath(path))
     if not top.dirs:
@@ -326,6 +379,7 @@ def spurious_imagenet(
         names,
         skipped,
         transform,
+        "Spurious ImageNet folder names (token 2 = class index)",
         meta_of,
     )
 
@@ -359,14 +413,42 @@ def image_pool(root: str | os.PathLike[str], *, transform: Transform | None = No
         class_names=None,
         skipped=sorted(listing.skipped),
         transform=transform,
+        label_source="unlabeled pool",
     )
     _log.info("%s: %d images, %d skipped entries", ds.spec, len(ds), len(ds.skipped))
     return ds
 
 
 # ---------------------------------------------------------------------- file lists
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _name_labels(
+    rows: Sequence[tuple[int, Any, Any]],
+    names: Sequence[str],
+    class_map: Mapping[str, int | str] | None,
+) -> dict[str, int]:
+    """First line of each label of a list that is read as a name: a string that is a class-map
+    key, a class name, or not an integer (``"7"`` is the class named ``"7"`` if there is one)."""
+    exact = set(names)
+    mapped = class_map or {}
+    first: dict[str, int] = {}
+    for line, _, raw in rows:
+        if not isinstance(raw, str):
+            continue
+        text = raw.strip()
+        if text and (text in mapped or text in exact or not _is_int(text)):
+            first.setdefault(text, line)
+    return first
+
+
 def _parse_label(
-    value: Any, class_index: Mapping[str, int] | None, n_classes: int | None, where: str
+    value: Any, label_of: Mapping[str, int] | None, n_classes: int | None, where: str
 ) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return -1
@@ -378,19 +460,14 @@ def _parse_label(
         idx = int(value)
     elif isinstance(value, str):
         text = value.strip()
-        if class_index is not None and text in class_index:
-            return class_index[text]
-        try:
-            idx = int(text)
-        except ValueError:
-            if class_index is None:
-                raise ValueError(
-                    f"{where}: label {value!r} is not an integer; pass class_names=[...] to use "
-                    "class-name labels"
-                ) from None
-            close = difflib.get_close_matches(text, list(class_index), n=3)
-            hint = f" (closest: {', '.join(map(repr, close))})" if close else ""
-            raise ValueError(f"{where}: label {value!r} is not one of class_names{hint}") from None
+        if label_of is not None and text in label_of:
+            return label_of[text]
+        if not _is_int(text):  # with class_names, every such label is in label_of
+            raise ValueError(
+                f"{where}: label {value!r} is not an integer; pass class_names=[...] to use "
+                "class-name labels"
+            )
+        idx = int(text)
     else:
         raise ValueError(
             f"{where}: label {value!r} must be an integer or a class name, not {type(value).__name__}"
@@ -469,6 +546,8 @@ def file_list(
     root: str | os.PathLike[str] | None = None,
     transform: Transform | None = None,
     class_names: Sequence[str] | None = None,
+    class_map: Mapping[str, int | str] | None = None,
+    wnids: Sequence[str] | None = None,
 ) -> ImageDataset:
     """Read a list of image files from a CSV or JSONL file.
 
@@ -478,7 +557,9 @@ def file_list(
       (an integer, a class name, or ``null``).
 
     A label is an integer (``-1`` or empty = unlabeled) or, when ``class_names`` is given, a class
-    name (a name that is also an integer string resolves as the name first). Relative paths are
+    name, matched like a class folder by :func:`match_class_names` (class map, exact, ignoring
+    case and separators, wnid, ``NN_name``); a name that is also an integer string (``"7"``)
+    resolves as the name first, any other integer string is an index. Relative paths are
     resolved against ``root``; the record id is the path as written, normalised
     (``posixpath.normpath``). Listed files are not checked for existence or extension here: a
     missing or undecodable file is reported by ``__getitem__`` like any bad file.
@@ -488,14 +569,20 @@ def file_list(
         root: Folder for relative paths; default: the list file's folder.
         transform: See :class:`ImageDataset`.
         class_names: Label space; enables class-name labels and range-checks integer labels.
+        class_map: Explicit ``label -> class name or index`` entries for name labels (see
+            :func:`read_class_map`); needs ``class_names``.
+        wnids: One WordNet id per class of ``class_names``, to accept wnid labels.
 
     Returns:
-        Dataset of kind ``"list"``, records sorted by id.
+        Dataset of kind ``"list"``, records sorted by id; ``label_source`` says how labels
+        were read.
 
     Raises:
         FileNotFoundError: the list file (or ``root``) does not exist.
         ValueError: unknown file suffix, missing ``path`` column, a bad row (message has the line
-            number), a duplicate path, or no rows.
+            number), a duplicate path, no rows, a name label that matches no class or several
+            (see :func:`match_class_names`; the message gives the first line of each), or
+            ``class_map``/``wnids`` without ``class_names``.
         TypeError: ``class_names`` is not a sequence of strings.
     """
     list_path = _resolve(path)
@@ -515,31 +602,56 @@ def file_list(
     base = list_path.parent if root is None else _resolve(root)
     if not base.is_dir():
         raise FileNotFoundError(f"root folder {os.fspath(root or base)} does not exist")
-    names = None if class_names is None else _check_class_names(class_names, unique=False)
-    repeated = {n for n in names or () if (names or []).count(n) > 1} if names else set()
-    # a name given twice cannot be a label (use the index); the other names still can
-    class_index = None if names is None else {n: i for i, n in enumerate(names) if n not in repeated}
+    names = None if class_names is None else _check_class_names(class_names)
+    if names is None and (class_map is not None or wnids is not None):
+        given = "class_map" if class_map is not None else "wnids"
+        raise ValueError(
+            f"{list_path}: {given} needs class_names (the model's class names, in class-index "
+            "order): name labels are matched to those names"
+        )
     try:
         rows = _read_csv(list_path) if suffix == ".csv" else _read_jsonl(list_path)
     except UnicodeDecodeError as e:
         raise ValueError(f"{list_path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
 
-    entries: list[tuple[str, int]] = []
+    ids: list[str] = []
     first_line: dict[str, int] = {}
-    for line, raw_path, raw_label in rows:
-        where = f"{list_path} line {line}"
-        rel = _list_id(raw_path, where)
+    for line, raw_path, _ in rows:
+        rel = _list_id(raw_path, f"{list_path} line {line}")
         if rel in first_line:
             raise ValueError(
-                f"{where}: path {rel!r} is listed twice (first on line {first_line[rel]}); "
-                "ids must be unique"
+                f"{list_path} line {line}: path {rel!r} is listed twice (first on line "
+                f"{first_line[rel]}); ids must be unique"
             )
         first_line[rel] = line
-        label = _parse_label(raw_label, class_index, None if names is None else len(names), where)
-        entries.append((rel, label))
-    if not entries:
+        ids.append(rel)
+    if not ids:
         raise ValueError(f"{list_path} lists no images (only a header or blank lines)")
+    label_of: dict[str, int] | None = None
+    named = ""
+    if names is not None:
+        name_line = _name_labels(rows, names, class_map)
+        match = match_class_names(
+            list(name_line),
+            names,
+            class_map=class_map,
+            wnids=wnids,
+            what="label",
+            where=str(list_path),
+            where_of={t: f"line {n}" for t, n in name_line.items()},
+        )
+        label_of = match.label_of
+        named = f"names {match.describe()}" if name_line else ""
+    n_classes = None if names is None else len(names)
+    entries = [
+        (rel, _parse_label(raw, label_of, n_classes, f"{list_path} line {line}"))
+        for rel, (line, _, raw) in zip(ids, rows)
+    ]
     entries.sort(key=lambda e: e[0])
+    n_labelled = sum(label >= 0 for _, label in entries)
+    n_named = sum(isinstance(raw, str) and raw.strip() in (label_of or {}) for _, _, raw in rows)
+    kinds = [k for k in (named, "integers" if n_labelled > n_named else "") if k]
+    source = f"labels from the list file ({', '.join(kinds) or 'none: all unlabeled'})"
     ds = ImageDataset(
         kind="list",
         root=base,
@@ -548,8 +660,9 @@ def file_list(
         labels=[e[1] for e in entries],
         class_names=names,
         transform=transform,
+        label_source=source,
     )
-    _log.info("%s: %d images", ds.spec, len(ds))
+    _log.info("%s: %d images, %s", ds.spec, len(ds), source)
     return ds
 
 
@@ -613,6 +726,8 @@ def open_dataset(
     *,
     transform: Transform | None = None,
     class_names: Sequence[str] | None = None,
+    class_map: Mapping[str, int | str] | None = None,
+    wnids: Sequence[str] | None = None,
 ) -> ImageDataset:
     """Open a dataset from a spec string.
 
@@ -628,6 +743,10 @@ def open_dataset(
         transform: See :class:`ImageDataset`.
         class_names: Label space for ``folder`` and ``list`` datasets (see :func:`image_folder`,
             :func:`file_list`); not accepted for the other kinds, whose label space is fixed.
+        class_map: Explicit ``folder or label -> class name or index`` entries for ``folder``
+            and ``list`` datasets (see :func:`read_class_map`); needs ``class_names``.
+        wnids: One WordNet id per class of ``class_names``, for ``folder`` and ``list``
+            datasets, to accept wnid folder names and labels.
 
     Returns:
         The dataset.
@@ -635,8 +754,9 @@ def open_dataset(
     Raises:
         FileNotFoundError: the path does not exist (the message names it).
         ValueError: unknown prefix (the message lists the valid ones), no images (the message
-            lists the accepted layouts), ``class_names`` given for ``imagenet``,
-            ``spurious-imagenet`` or ``pool``, or any error of the chosen reader.
+            lists the accepted layouts), ``class_names`` given for ``imagenet`` or ``pool``,
+            ``class_map`` or ``wnids`` given for ``imagenet``, ``spurious-imagenet`` or ``pool``,
+            or any error of the chosen reader.
     """
     kind, target = _split_spec(spec)
     path = _resolve(target)
@@ -652,12 +772,27 @@ def open_dataset(
             f"{'ImageNet-1k' if kind != 'pool' else 'empty: pool images are unlabeled'}); "
             "it applies to folder:, list: and spurious-imagenet: datasets"
         )
+    fixed = {
+        "imagenet": "labels come from the wnid folder names (ImageNet-1k indices)",
+        "spurious-imagenet": "labels are the class index in each folder name",
+        "pool": "pool images are unlabeled",
+    }
+    for given, value in (("class_map", class_map), ("wnids", wnids)):
+        if value is not None and kind in fixed:
+            raise ValueError(
+                f"{given} cannot be given for a {kind!r} dataset: its {fixed[kind]}; it applies "
+                "to folder: and list: datasets"
+            )
     if kind == "folder":
-        return image_folder(path, transform=transform, class_names=class_names)
+        return image_folder(
+            path, transform=transform, class_names=class_names, class_map=class_map, wnids=wnids
+        )
     if kind == "imagenet":
         return imagenet_folder(path, transform=transform)
     if kind == "spurious-imagenet":
         return spurious_imagenet(path, transform=transform, class_names=class_names)
     if kind == "pool":
         return image_pool(path, transform=transform)
-    return file_list(path, transform=transform, class_names=class_names)
+    return file_list(
+        path, transform=transform, class_names=class_names, class_map=class_map, wnids=wnids
+    )

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from spurious.agreement import Agreement
+
 __all__ = ["DemoResult", "ModelSummary", "FoundComponent", "PreparedWorkspaces", "prepare_workspaces", "run_demo"]
 
 _SPLITS = ("train", "val", "spurious", "pool")
@@ -68,6 +70,7 @@ class ModelSummary:
     mauc_planted_fixed: float
     fix_kind: str
     logit_identity_max_abs_error: float
+    train_agreement: dict[str, Any] = field(default_factory=dict)  # the sanity figure of extract (train split)
 
 
 @dataclass
@@ -107,6 +110,8 @@ class DemoResult:
             lines.append(f"  {m.model:<14} mAUC built benchmark {_f(m.mauc_benchmark)} -> {_f(m.mauc_benchmark_fixed)}, "
                          f"planted spurious split {_f(m.mauc_planted)} -> {_f(m.mauc_planted_fixed)}, "
                          f"val acc {_f(m.val_accuracy)} -> {_f(m.val_accuracy_fixed)} ({m.fix_kind} SpuFix)")
+            if m.train_agreement:
+                lines.append(f"  {'':<14} sanity: {Agreement.from_dict(m.train_agreement).describe()} (train split)")
         lines.append(f"report: {self.report}")
         lines.append(f"done in {self.seconds:.1f} s")
         return lines
@@ -368,7 +373,8 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
             model=info.spec, val_accuracy=acc_p, val_accuracy_fixed=acc_pf, mauc_benchmark=mb,
             mauc_benchmark_fixed=mbf, mauc_planted=mp, mauc_planted_fixed=mpf,
             fix_kind="plain" if variant == "robust" else "transferred",
-            logit_identity_max_abs_error=identity[variant]))
+            logit_identity_max_abs_error=identity[variant],
+            train_agreement=Workspace.open(ws_dirs[variant]).feature_store("train").agreement.to_dict()))
 
     # 9. report ----------------------------------------------------------------------------------------
     from spurious.demo._report import write_report

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from spurious.agreement import Agreement
+
 __all__ = ["RealTourResult", "draw_patch_benchmark", "draw_photo_dataset", "draw_shapes_dataset",
            "run_real_tour"]
 
@@ -35,6 +37,7 @@ class RealTourResult:
     top_eigenvalues: dict[str, list[float]] = field(default_factory=dict)
     explained_top10: dict[str, float] = field(default_factory=dict)
     logit_identity_max_abs_error: float = float("nan")
+    label_agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> extract's sanity figure
     npfv: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     npfv_note: str = ""
     visualize_index: str = ""
@@ -51,6 +54,8 @@ class RealTourResult:
         lines = [f"demo workspace: {self.out}/ws  (model {self.model}, D={self.dim})",
                  f"images: {self.num_train} train / {self.num_val} held-out / {self.num_pool} unlabeled pool; "
                  f"classes: {', '.join(self.classes)}"]
+        for split, agreement in self.label_agreement.items():
+            lines.append(f"  sanity ({split}): {Agreement.from_dict(agreement).describe()}")
         for c in self.classes:
             lines.append(f"  {c:10s} top-10 components explain {100 * self.explained_top10[c]:5.1f}% of the variance; "
                          f"held-out top-1: {', '.join(self.top_imagenet_predictions[c])}")
@@ -219,7 +224,8 @@ def run_real_tour(out: str | os.PathLike[str] = "demo-out/real", *, fast: bool =
     result = RealTourResult(out=str(out), model=model, num_train=tr.num_rows, num_val=va.num_rows,
                             num_pool=po.num_rows, dim=tr.dim, classes=[names[k] for k in fitted.classes],
                             top_imagenet_predictions=top_preds, top_eigenvalues=eig, explained_top10=explained,
-                            logit_identity_max_abs_error=worst)
+                            logit_identity_max_abs_error=worst,
+                            label_agreement={"train": tr.agreement or {}, "held-out": va.agreement or {}})
     _tour_later_stages(result, ws_dir, out, fitted.classes, names, fast=fast, progress=progress)
     result.seconds = round(time.perf_counter() - t0, 2)
     return result

@@ -305,11 +305,15 @@ class LabelStore:
                         "package_version": __version__}
                 con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        fingerprint = self.meta.get("model_fingerprint")
+        meta = self.meta
+        fingerprint = meta.get("model_fingerprint")
         if fingerprint != self.workspace.model_fingerprint:
+            ws = self.workspace
             raise IncompatibleArtifactError(
-                f"{self.path} holds labels for model fingerprint {fingerprint}, but the workspace model is "
-                f"{self.workspace.model_fingerprint}; labels belong to the workspace they were made in"
+                f"label store {self.path} holds labels for model {meta.get('model_spec', '(spec not recorded)')!r} "
+                f"(model fingerprint {fingerprint}), but workspace {ws.root} has model {ws.model_spec!r} "
+                f"(fingerprint {ws.model_fingerprint}); labels belong to the workspace they were made in: open that "
+                f"workspace, or move {self.path} away to start new labels here"
             )
 
     @property
@@ -360,11 +364,16 @@ class LabelStore:
             return
         manifest = read_json(path)
         model = manifest.get("model")
-        fingerprint = model.get("fingerprint") if isinstance(model, dict) else manifest.get("model_fingerprint")
-        if fingerprint is not None and fingerprint != self.workspace.model_fingerprint:
+        if isinstance(model, dict):
+            fingerprint, spec = model.get("fingerprint"), model.get("spec")
+        else:
+            fingerprint, spec = manifest.get("model_fingerprint"), manifest.get("model_spec")
+        ws = self.workspace
+        if fingerprint is not None and fingerprint != ws.model_fingerprint:
             raise IncompatibleArtifactError(
-                f"{folder} was made with model fingerprint {fingerprint}, but the workspace model is "
-                f"{self.workspace.model_fingerprint}; re-run that stage in this workspace"
+                f"{path} was made with model {spec or '(spec not recorded)'!r} (model fingerprint {fingerprint}), "
+                f"but workspace {ws.root} has model {ws.model_spec!r} (fingerprint {ws.model_fingerprint}); "
+                f"re-run that stage in this workspace: `spurious {folder.name} {ws.root} --overwrite`"
             )
 
     def visual_path(self, component: dict[str, Any], name: str) -> Path:

@@ -1,4 +1,13 @@
-"""Inputs of the ``score`` stage: the two datasets, the benchmark label space and per-model class maps."""
+"""Inputs of the ``score`` stage: the two datasets, the benchmark label space and per-model class maps.
+
+The label space (the benchmark's class names and indices) is, in this order: the given
+``class_names``; ImageNet-1k for wnid folders, a flat folder with a labels file and integer file
+lists; for class folders and file lists with names, the class names of the first model that has
+real ones (folders matched by name, see :func:`spurious.datasets.match_class_names`), so the
+benchmark names its classes as every other stage does (``star``, not the folder ``00_star``);
+the sorted folder names when no model has names or an explicit class map states how the folders
+meet each model. A spurious folder's class token indexes that label space.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import numpy as np
 from spurious import imagenet
 from spurious._io import atomic_path
 from spurious.datasets import (
+    DATASET_KINDS,
     IMAGE_EXTENSIONS,
     ImageDataset,
     file_list,
@@ -42,6 +52,7 @@ class Benchmark:
     class_names: list[str]
     is_imagenet: bool
     classes: list[int]
+    label_source: str = ""
 
 
 # ---------------------------------------------------------------------------- label space
@@ -74,6 +85,34 @@ def _class_index(value: Any, names: Sequence[str], is_imagenet: bool, what: str)
     if not 0 <= k < len(names):
         raise ValueError(f"{what}: class index {k} is outside the benchmark label space 0-{len(names) - 1}")
     return k
+
+
+def label_model(models: Sequence[Any], class_map: Any) -> tuple[Any | None, str]:
+    """The classifier whose class names name the benchmark, or ``None`` and why there is none.
+
+    The first model with real class names (``Classifier.has_class_names``); none when a class map
+    other than ``"auto"`` is given, since such a map is stated in the validation set's own classes.
+    """
+    if class_map is not None and not (isinstance(class_map, str) and class_map == "auto"):
+        return None, "a class map was given, so the validation set keeps its own classes"
+    for clf in models:
+        if clf.has_class_names:
+            return clf, ""
+    return None, "no model has class names"
+
+
+def check_paths(spurious: Any, val: Any, val_labels: Any) -> None:
+    """``FileNotFoundError`` for a dataset path that does not exist (before any model is loaded)."""
+    for what, value in (("spurious benchmark", spurious), ("validation set", val), ("validation labels file",
+                                                                                    val_labels)):
+        if not isinstance(value, (str, os.PathLike)):
+            continue
+        text = os.fspath(value)
+        match = re.fullmatch(r"([A-Za-z][A-Za-z0-9_-]+):(.+)", text, flags=re.S)
+        if match and match.group(1).lower() in DATASET_KINDS and not os.path.exists(os.path.expanduser(text)):
+            text = match.group(2)
+        if not os.path.exists(os.path.expanduser(text)):
+            raise FileNotFoundError(f"{what} {os.fspath(value)} does not exist")
 
 
 # ---------------------------------------------------------------------------- validation set
@@ -161,38 +200,76 @@ def _flat_val(folder: Path, labels_path: Path, names: list[str], is_imagenet: bo
     return file_list(csv_path, root=folder, class_names=None if is_imagenet else names)
 
 
-def _open_val(val: Any, val_labels: Any, class_names: list[str] | None, inputs_dir: Path) -> tuple[ImageDataset, list[str]]:
+def _dataset_kind(val: str | os.PathLike[str]) -> tuple[str | None, str]:
+    """``(kind, spec)``: the reader ``open_dataset`` picks for ``val``, and a spec that names it."""
+    from spurious.datasets._readers import _detect_kind, _resolve, _split_spec  # no public kind detection yet
+
+    kind, target = _split_spec(val)
+    path = _resolve(target)
+    if kind is None and path.exists():
+        kind = _detect_kind(path)
+    return kind, (f"{kind}:{path}" if kind is not None else os.fspath(val))
+
+
+def _in_model_space(spec: str, clf: Any) -> ImageDataset:
+    """Class folders or list labels matched to the class names of ``clf`` (exact, case, wnid, NN_name, index)."""
+    wnids = imagenet.wnids() if clf.class_names_source == "ImageNet-1k" else None
+    try:
+        return open_dataset(spec, class_names=clf.class_names, wnids=wnids)
+    except ValueError as err:
+        raise ValueError(f"{err}\n(score reads the validation classes in the label space of {clf.spec}, the first "
+                         "model with class names. Rename the folders, or score in the validation set's own classes: "
+                         "pass class_names (--class-names FILE), or a class map (--class-map names|FILE.json; in "
+                         "score it maps the validation classes to model outputs, not folders to classes))") from err
+
+
+def _open_val(val: Any, val_labels: Any, class_names: list[str] | None, inputs_dir: Path, namer: Any,
+              note: str) -> tuple[ImageDataset, list[str], str]:
+    """The validation set in the benchmark label space: ``(dataset, class names, label source)``."""
     if isinstance(val, ImageDataset):
         if val_labels is not None:
             raise ValueError("val_labels applies to a flat validation folder, not to an ImageDataset")
         names = class_names if class_names is not None else val.class_names
         if names is None:
             raise ValueError(f"the validation dataset {val.spec} has no class names; pass class_names")
-        return val, list(names)
+        source = val.label_source or "the labels of the given dataset"
+        return val, list(names), f"{source}; named by the given class_names" if class_names is not None else source
     if not isinstance(val, (str, os.PathLike)):
         raise TypeError(f"val must be a folder, a dataset spec or an ImageDataset, got {type(val).__name__}")
     if val_labels is not None:
         names = class_names if class_names is not None else imagenet.class_names()
         folder = Path(os.path.expanduser(os.fspath(val))).resolve()
-        ds = _flat_val(folder, Path(os.path.expanduser(os.fspath(val_labels))).resolve(), names,
-                       _is_imagenet_space(names), inputs_dir)
-        return ds, names
-    ds = open_dataset(val, class_names=class_names)
-    if ds.kind == "pool":
-        raise ValueError(f"the validation folder {ds.root} holds images but no class sub-folders; pass its labels "
-                         "file (val_labels / --val-labels: ImageNet's LOC_val_solution.csv or 'filename label' "
-                         "lines), or sort it into class folders (wnid folders for ImageNet)")
-    if ds.kind == "spurious-imagenet":
-        raise ValueError(f"{ds.root} is in the Spurious ImageNet layout; pass it as spurious=, and the validation "
-                         "images (class folders) as val=")
+        labels_path = Path(os.path.expanduser(os.fspath(val_labels))).resolve()
+        is_in = _is_imagenet_space(names)
+        ds = _flat_val(folder, labels_path, names, is_in, inputs_dir)
+        return ds, names, f"labels file {labels_path.name} ({'ImageNet-1k' if is_in else 'the given class_names'})"
+    kind, spec = _dataset_kind(val)
+    if kind == "pool":
+        raise ValueError(f"the validation folder {spec.split(':', 1)[1]} holds images but no class sub-folders; pass "
+                         "its labels file (val_labels / --val-labels: ImageNet's LOC_val_solution.csv or 'filename "
+                         "label' lines), or sort it into class folders (wnid folders for ImageNet)")
+    if kind == "spurious-imagenet":
+        raise ValueError(f"{spec.split(':', 1)[1]} is in the Spurious ImageNet layout; pass it as spurious=, and the "
+                         "validation images (class folders) as val=")
+    named = class_names is None and namer is not None and kind in ("folder", "list")
+    ds = _in_model_space(spec, namer) if named else open_dataset(spec, class_names=class_names)
     if (ds.labels() < 0).any():
         raise ValueError(f"the validation list {ds.spec} has unlabeled images; every validation image needs a label")
-    names = class_names if class_names is not None else ds.class_names
-    if names is None:  # a file list with integer labels: ImageNet-1k unless told otherwise
+    source = ds.label_source
+    if named:
+        names, source = list(namer.class_names), f"the class names of {namer.spec}: {source}"
+    elif class_names is not None:
+        names = class_names
+    elif ds.class_names is not None:
+        names = list(ds.class_names)
+        if note and ds.kind in ("folder", "list"):
+            source = f"{source}; {note}"
+    else:  # a file list with integer labels: ImageNet-1k unless told otherwise
         names = imagenet.class_names()
         if int(ds.labels().max()) >= len(names):
             raise ValueError(f"{ds.spec}: label {int(ds.labels().max())} is outside ImageNet-1k; pass class_names")
-    return ds, list(names)
+        source = f"{source}, read as ImageNet-1k class indices" + (f"; {note}" if note else "")
+    return ds, names, source
 
 
 def _open_spurious(spurious: Any, names: list[str]) -> ImageDataset:
@@ -216,13 +293,18 @@ def _open_spurious(spurious: Any, names: list[str]) -> ImageDataset:
 
 
 def resolve_inputs(spurious: Any, val: Any, *, val_labels: Any, class_names: Sequence[str] | None,
-                   classes: Sequence[int | str] | None, inputs_dir: Path) -> Benchmark:
-    """Open both datasets in one label space and pick the classes to score."""
+                   classes: Sequence[int | str] | None, inputs_dir: Path, namer: Any = None,
+                   note: str = "") -> Benchmark:
+    """Open both datasets in one label space and pick the classes to score.
+
+    ``namer`` (see :func:`label_model`) names the classes of class folders and file lists when
+    ``class_names`` is not given; ``note`` says why there is none.
+    """
     if class_names is not None:
         if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
             raise TypeError(f"class_names must be a sequence of strings, got {type(class_names).__name__}")
         class_names = [str(c) for c in class_names]
-    val_ds, names = _open_val(val, val_labels, class_names, inputs_dir)
+    val_ds, names, source = _open_val(val, val_labels, class_names, inputs_dir, namer, note)
     spu_ds = _open_spurious(spurious, names)
     is_in = _is_imagenet_space(names)
     if classes is None:
@@ -233,7 +315,8 @@ def resolve_inputs(spurious: Any, val: Any, *, val_labels: Any, class_names: Seq
         if not classes:
             raise ValueError("classes is empty; pass None to score every class of the spurious benchmark")
         chosen = sorted({_class_index(c, names, is_in, "classes") for c in classes})
-    return Benchmark(spu_ds, val_ds, names, is_in, chosen)
+    log.info("benchmark label space: %d classes, %s", len(names), source)
+    return Benchmark(spu_ds, val_ds, names, is_in, chosen, source)
 
 
 # ---------------------------------------------------------------------------- class maps

@@ -16,8 +16,8 @@ from spurious._io import atomic_path
 from . import plots as _plots
 
 _ROW_FIELDS = ("model", "spec", "variant", "fingerprint", "mauc", "map", "mean_extension", "val_accuracy",
-               "val_complete", "classes_scored", "classes_skipped", "spurious_images", "val_images",
-               "failed_images", "class_map", "cached")
+               "val_chance", "val_kappa", "val_labels_ok", "val_complete", "classes_scored", "classes_skipped",
+               "spurious_images", "val_images", "failed_images", "class_map", "cached")
 _CLASS_FIELDS = ("model", "variant", "class_index", "class_name", "val_images", "spurious_images", "auc", "ap",
                  "extension", "status")
 STRIP_CLASSES = 8
@@ -40,6 +40,20 @@ def _write_csv(path: Path, fields: Sequence[str], records: Sequence[dict[str, An
     return path
 
 
+def _row_record(r: Any) -> dict[str, Any]:
+    """A ``scores.csv`` row: the ScoreRow with its label agreement flattened (``val_accuracy`` is its ``p_o``)."""
+    a = r.agreement
+    agreement = {"val_chance": a.chance, "val_kappa": a.kappa, "val_labels_ok": a.ok}
+    return {f: agreement[f] if f in agreement else getattr(r, f) for f in _ROW_FIELDS}
+
+
+def _agreement_cell(r: Any) -> str:
+    a = r.agreement
+    if not a.checked:
+        return "-"
+    return f"{a.kappa:.3f}" + ("" if a.ok else " SUSPECT")
+
+
 def _md(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         return "-" if v != v else f"{v:.{digits}f}"
@@ -50,11 +64,16 @@ def _markdown(result: Any) -> str:
     lines = ["# Spurious score", "",
              f"Protocol: `{result.protocol}`; {len(result.classes)} classes requested. mAUC / mAP / extension are "
              "means over the scored classes; higher AUC = less reliance on the spurious features.", "",
-             "| model | mAUC | mAP | class extension | val accuracy | classes scored | skipped |",
-             "|---|---|---|---|---|---|---|"]
+             f"Validation labels: {_md(result.label_source)}. Label kappa: Cohen's kappa of the top-1 predictions "
+             "with the validation labels (chance-corrected val accuracy); near 0 means a wrong preprocessing or "
+             "label matching, and every other figure of that row is meaningless.", "",
+             "| model | mAUC | mAP | class extension | val accuracy | chance | label kappa | classes scored "
+             "| skipped |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
         lines.append(f"| {_md(r.model)} | {_md(r.mauc)} | {_md(r.map)} | {_md(r.mean_extension)} | "
-                     f"{_md(r.val_accuracy)} | {r.classes_scored} | {r.classes_skipped} |")
+                     f"{_md(r.val_accuracy)} | {_md(r.agreement.chance)} | {_agreement_cell(r)} | "
+                     f"{r.classes_scored} | {r.classes_skipped} |")
     labels = [r.model for r in result.rows]
     auc = {(c.model, c.class_index): c for c in result.per_class}
     lines += ["", "## ROC-AUC per class", "",
@@ -77,7 +96,7 @@ def write_outputs(result: Any, out: Path, bench: Any, preds: dict[str, tuple[Any
                   plot_models: Sequence[str] | None = None) -> dict[str, str]:
     """Write scores.csv, per_class.csv, scores.md and (with ``plots``) the PNGs and report.html."""
     paths: dict[str, str] = {}
-    paths["scores_csv"] = str(_write_csv(out / "scores.csv", _ROW_FIELDS, [{f: getattr(r, f) for f in _ROW_FIELDS} for r in result.rows]))
+    paths["scores_csv"] = str(_write_csv(out / "scores.csv", _ROW_FIELDS, [_row_record(r) for r in result.rows]))
     paths["per_class_csv"] = str(_write_csv(out / "per_class.csv", _CLASS_FIELDS,
                                             [{f: getattr(c, f) for f in _CLASS_FIELDS} for c in result.per_class]))
     with atomic_path(out / "scores.md") as tmp:
@@ -139,11 +158,15 @@ def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[di
     parts = ['<p class="muted">Positives: validation images of class k; negatives: spurious images of class k; '
              "score: softmax probability of class k. AUC 1 = the spurious images never look like the class; "
              "the class-extension rate is the fraction of spurious images predicted as the class.</p>"]
+    parts.append(f'<p class="muted">Validation labels: {_html.esc(result.label_source)}. Label kappa: Cohen\'s '
+                 "kappa of the top-1 predictions with the validation labels (chance-corrected accuracy); near 0 "
+                 "means a wrong preprocessing or label matching.</p>")
     parts.append("<h2>Models</h2>")
     parts.append(_html.table(
-        ["model", "mAUC", "mAP", "class extension", "val accuracy", "classes scored", "skipped", "images (spurious / val)"],
-        [[r.model, r.mauc, r.map, r.mean_extension, r.val_accuracy, r.classes_scored, r.classes_skipped,
-          f"{r.spurious_images} / {r.val_images}"] for r in result.rows]))
+        ["model", "mAUC", "mAP", "class extension", "val accuracy", "label kappa", "classes scored", "skipped",
+         "images (spurious / val)"],
+        [[r.model, r.mauc, r.map, r.mean_extension, r.val_accuracy, _agreement_cell(r), r.classes_scored,
+          r.classes_skipped, f"{r.spurious_images} / {r.val_images}"] for r in result.rows]))
     parts.append("<h2>Spurious score vs accuracy</h2>")
     parts.append(_html.img(rel(result_path(out, "scatter.png")), "mAUC vs validation accuracy"))
     parts.append("<h2>Class-wise ROC-AUC</h2>")

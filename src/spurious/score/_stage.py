@@ -11,10 +11,10 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,11 +24,15 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from spurious import __version__
+from spurious.agreement import Agreement, label_agreement, report_agreement
 from spurious._dist import all_sum, init_distributed, on_main_rank, resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
 
-from ._inputs import Benchmark, class_map_for, class_map_hash, resolve_inputs
+from ._inputs import Benchmark, check_paths, class_map_for, class_map_hash, label_model, resolve_inputs
 from .metrics import average_precision, class_extension_rate, roc_auc
+
+if TYPE_CHECKING:
+    from spurious.models import Preprocessing
 
 __all__ = ["ClassScore", "ScoreResult", "ScoreRow", "score"]
 
@@ -69,6 +73,10 @@ class ScoreRow:
         failed_images: images that could not be decoded (both inputs).
         class_map: how benchmark classes were mapped to model outputs (identity, wnid, names, explicit).
         cached: no image had to be run through this model in this call.
+        agreement: the sanity figure (:mod:`spurious.agreement`): top-1 agreement with the validation
+            labels on the same images as ``val_accuracy`` (so ``agreement.agreement == val_accuracy``),
+            with the agreement expected by chance and Cohen's kappa. Suspect (``not agreement.ok``)
+            when the preprocessing or the label matching is wrong.
     """
 
     model: str
@@ -87,9 +95,12 @@ class ScoreRow:
     failed_images: int
     class_map: str
     cached: bool
+    agreement: Agreement
 
     def to_dict(self) -> dict[str, Any]:
-        return _nan_to_none(asdict(self))
+        d = _nan_to_none(asdict(self))
+        d["agreement"] = _nan_to_none(self.agreement.to_dict())
+        return d
 
 
 @dataclass
@@ -132,6 +143,9 @@ class ScoreResult:
         seconds: wall time of the call.
         world_size: processes (torchrun) that shared the work.
         complete: False only on non-zero torchrun ranks, which leave the metrics to rank 0.
+        label_source: where the benchmark's class names and the validation labels come from, e.g.
+            ``"the class names of demo:standard: folder names matched to the given class names
+            (10 as NN_name)"``.
     """
 
     out: str
@@ -145,6 +159,7 @@ class ScoreResult:
     seconds: float = 0.0
     world_size: int = 1
     complete: bool = True
+    label_source: str = ""
 
     def row(self, model: str) -> ScoreRow:
         """The row labelled ``model`` (a spec, or ``"<spec> + <fix name>"``)."""
@@ -163,18 +178,22 @@ class ScoreResult:
             "out": self.out, "protocol": self.protocol, "classes": self.classes,
             "rows": [r.to_dict() for r in self.rows], "per_class": [c.to_dict() for c in self.per_class],
             "paths": self.paths, "images_computed": self.images_computed, "seconds": self.seconds,
-            "world_size": self.world_size, "complete": self.complete,
+            "world_size": self.world_size, "complete": self.complete, "label_source": self.label_source,
         }
 
     def summary_lines(self) -> list[str]:
         """Human-readable summary (what the CLI prints without ``--json``)."""
         width = max([len(r.model) for r in self.rows] + [5])
-        lines = [f"{'model':<{width}}  mAUC   mAP    ext.   val acc  classes"]
+        lines = [f"{'model':<{width}}  mAUC   mAP    ext.   val acc  kappa  classes"]
         for r in self.rows:
             lines.append(f"{r.model:<{width}}  {_f(r.mauc)}  {_f(r.map)}  {_f(r.mean_extension)}  "
-                         f"{_f(r.val_accuracy)}    {r.classes_scored}"
+                         f"{_f(r.val_accuracy)}    {_f(r.agreement.kappa)}  {r.classes_scored}"
                          + (f" ({r.classes_skipped} skipped)" if r.classes_skipped else "")
                          + ("  [cached]" if r.cached else ""))
+        lines.append(f"validation labels: {self.label_source}")
+        for r in self.rows:
+            if not r.agreement.ok:
+                lines.append(f"{r.model}: {r.agreement.describe()}")
         lines.append(f"{self.images_computed} images decoded and scored in {self.seconds:.1f} s; "
                      f"results -> {self.out}/ (scores.csv, per_class.csv, scores.md, report.html)")
         return lines
@@ -521,6 +540,7 @@ def _metrics(label: str, entry: _Entry, variant: str, spu: _Preds, val: _Preds, 
     scored = [c for c in per_class if c.status == STATUS_OK]
     has_class = val.ok & (entry.cmap[val_labels] >= 0)
     acc = float(np.mean(val.pred[has_class] == val_labels[has_class])) if has_class.any() else float("nan")
+    agreement = label_agreement(val_labels[has_class], val.pred[has_class])  # from the cached predictions
     present = np.unique(val_labels[val.ok])
     row = ScoreRow(
         model=label, spec=entry.spec, variant=variant, fingerprint=entry.fingerprint,
@@ -531,6 +551,7 @@ def _metrics(label: str, entry: _Entry, variant: str, spu: _Preds, val: _Preds, 
         classes_scored=len(scored), classes_skipped=len(per_class) - len(scored),
         spurious_images=int(spu.ok.sum()), val_images=int(val.ok.sum()),
         failed_images=len(spu.failed) + len(val.failed), class_map=entry.cmap_how, cached=cached,
+        agreement=agreement,
     )
     return row, per_class
 
@@ -574,9 +595,13 @@ def _check_out(out: Path) -> None:
                          "pass an empty or new folder as out (--out DIR)")
 
 
-def _resolve_models(models: Any, device: Any, pretrained: bool) -> tuple[list[Any], list[list[nn.Module]],
-                                                                        list[tuple[Any, Any, bool]]]:
-    """Load specs, accept Classifier / SpuFix objects; returns classifiers, inline heads, restore info."""
+def _resolve_models(
+    models: Any, device: Any, pretrained: bool, preprocessing: Any, model_config: Any
+) -> tuple[list[Any], list[list[nn.Module]], list[tuple[Any, Any, bool]]]:
+    """Load specs (with the preprocessing options), accept Classifier / SpuFix objects.
+
+    Returns the classifiers, the inline fix heads and what to restore of caller-owned classifiers.
+    """
     from spurious.models import Classifier, load_model
 
     if isinstance(models, (str, Classifier)) or _is_spufix(models):
@@ -592,6 +617,9 @@ def _resolve_models(models: Any, device: Any, pretrained: bool) -> tuple[list[An
     bad = [m for m in models if not (isinstance(m, (str, Classifier)) or _is_spufix(m))]
     if bad:
         raise TypeError(f"a model must be a spec string or a spurious.models.Classifier, got {type(bad[0]).__name__}")
+    if (preprocessing is not None or model_config is not None) and not specs:
+        raise ValueError("preprocessing and model_config apply to models given as specs, and every model here is a "
+                         "Classifier object; set its preprocessing instead (Classifier.set_preprocessing)")
     clfs, inline, restore = [], [], []
     try:
         for m in models:
@@ -600,7 +628,8 @@ def _resolve_models(models: Any, device: Any, pretrained: bool) -> tuple[list[An
                 heads = [m.head]
                 m = m.classifier
             if isinstance(m, str):
-                clf = load_model(m, pretrained=pretrained, device=dev).eval()
+                clf = load_model(m, pretrained=pretrained, device=dev, preprocessing=preprocessing,
+                                 config=model_config).eval()
             else:
                 clf = m
                 restore.append((clf, clf.device, clf.training))
@@ -635,6 +664,9 @@ def score(
     progress: bool = True,
     plots: bool = True,
     plot_models: Sequence[str] | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    model_config: str | os.PathLike[str] | None = None,
+    strict: bool = False,
 ) -> ScoreResult:
     """Spurious score of one or more classifiers (DESIGN.md "Math": spurious score).
 
@@ -647,6 +679,14 @@ def score(
     predicted as ``k``), their means over the classes (mAUC, mAP), and the top-1 accuracy on the
     validation images. Classes without spurious or without validation images are left out of the
     means with a warning and marked in the per-class table.
+
+    One label space: class folders and file lists of validation images are read in the label space
+    of the first model with class names (folders matched by name: exact, ignoring case and
+    separators, wnid, ``NN_name`` such as ``00_star``, or index), so the benchmark's classes carry
+    the model's names; ImageNet wnid folders and a flat folder with a labels file are ImageNet-1k.
+    The sanity figure of every row is its top-1 agreement with the validation labels against
+    chance (Cohen's kappa, :mod:`spurious.agreement`), taken from the cached predictions; a
+    suspect model gets a warning (``strict``: an error).
 
     Every image costs one forward pass per model; models with the same preprocessing share the
     decoded batch, and the SpuFix variants of a model reuse its forward pass (``phi`` and logits).
@@ -667,15 +707,17 @@ def score(
         val_labels: labels of a flat validation folder: ImageNet's ``LOC_val_solution.csv`` or lines
             ``filename label`` (a wnid, a class index or a class name).
         class_names: names of the benchmark label space; default: ImageNet-1k for wnid folders and
-            flat ImageNet val, the sorted folder names for other class folders. A spurious folder's
-            class token indexes this list.
+            flat ImageNet val; for other class folders and file lists the class names of the first
+            model that has them (``Classifier.has_class_names``; no class map given), else the sorted
+            folder names. A spurious folder's class token indexes this list.
         classes: benchmark classes to score (indices, names or wnids); default: every class with
             spurious images.
         class_map: how benchmark class ``k`` maps to a model output: ``None``/``"auto"`` (identity when
             the model has as many outputs as the benchmark has classes, else by wnid for an ImageNet
             benchmark, e.g. ImageNet-21k heads), ``"identity"``, ``"wnid"``, ``"names"`` (equal class
             names), a dict ``{class: output}``, a list (one output per class, -1 = none) or a JSON
-            file holding either.
+            file holding either. A class map other than ``"auto"`` is stated in the validation
+            set's own classes, so class folders then keep their sorted folder names.
         protocol: ``"model"`` (each model's own preprocessing for both inputs) or ``"reference"``
             (spurious images resized to the input size without crop, as the reference code did;
             validation images with the model's preprocessing).
@@ -691,6 +733,14 @@ def score(
         plots: write the PNG plots and the HTML report.
         plot_models: row labels (specs, or ``"<spec> + <fix name>"``) drawn in the class-wise AUC bars;
             the first one also gets the image strips. Default: the first four rows.
+        preprocessing: preprocessing options for every model given as a spec (``load_model``'s
+            ``preprocessing=``: a ``Preprocessing`` or some of its fields as a dict); checkpoints
+            that differ state theirs in a config file beside them. Not applied to ``Classifier``
+            objects.
+        model_config: a model config file for every model given as a spec (``load_model``'s
+            ``config=``); default: the one beside each checkpoint.
+        strict: raise :class:`~spurious.agreement.AgreementError` (after writing the results) when a
+            model does not agree with the validation labels, instead of warning.
 
     Returns:
         a :class:`ScoreResult`; also written to ``OUT/scores.json``, ``scores.csv``, ``scores.md``,
@@ -699,7 +749,10 @@ def score(
     Raises:
         ValueError: an unknown model spec (with the closest names), a model given twice, a fix that
             matches no model, a bad class map, class or protocol, a folder that is not a score
-            output, or an invalid dataset layout.
+            output, an invalid dataset layout, validation folders or labels that match none or
+            several of the model's class names, or preprocessing options without a model spec.
+        AgreementError: ``strict`` and a model's top-1 predictions do not agree with the
+            validation labels (Cohen's kappa below ``spurious.agreement.KAPPA_MIN``).
         FileNotFoundError: a dataset folder, labels file, class map or fix artifact does not exist.
         TypeError: an argument of the wrong type.
     """
@@ -713,20 +766,32 @@ def score(
         raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     out_dir = Path(os.path.expanduser(os.fspath(out)))
     _check_out(out_dir)
-    bench = resolve_inputs(spurious, val, val_labels=val_labels, class_names=class_names, classes=classes,
-                           inputs_dir=out_dir / "inputs")
+    check_paths(spurious, val, val_labels)
     heads = _load_fix_heads(fixes)
-    clfs, inline_heads, restore = _resolve_models(models, device, pretrained)
+    clfs, inline_heads, restore = _resolve_models(models, device, pretrained, preprocessing, model_config)
     try:
+        namer, note = label_model(clfs, class_map)
+        bench = resolve_inputs(spurious, val, val_labels=val_labels, class_names=class_names, classes=classes,
+                               inputs_dir=out_dir / "inputs", namer=namer, note=note)
         return _score(clfs, inline_heads, heads, bench, out_dir, class_map=class_map, protocol=protocol,
                       batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size, progress=progress,
-                      plots=plots, plot_models=plot_models, t0=t0, args={
+                      plots=plots, plot_models=plot_models, strict=strict, t0=t0, args={
                           "models": [c.spec for c in clfs], "spurious": bench.spurious.spec, "val": bench.val.spec,
                           "val_labels": None if val_labels is None else os.fspath(val_labels),
                           "classes": bench.classes, "class_map": class_map if isinstance(class_map, (str, type(None)))
-                          else "explicit", "protocol": protocol, "batch_size": batch_size, "chunk_size": chunk_size})
+                          else "explicit", "protocol": protocol, "batch_size": batch_size, "chunk_size": chunk_size,
+                          "preprocessing": _jsonable_preprocessing(preprocessing),
+                          "model_config": None if model_config is None else os.fspath(model_config),
+                          "strict": strict})
     finally:
         _restore(restore)
+
+
+def _jsonable_preprocessing(preprocessing: Preprocessing | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The stated preprocessing options, for the manifest."""
+    if preprocessing is None:
+        return None
+    return dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing.to_dict()
 
 
 def _restore(restore: list[tuple[Any, Any, bool]]) -> None:
@@ -738,8 +803,8 @@ def _restore(restore: list[tuple[Any, Any, bool]]) -> None:
 
 def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.Module], bench: Benchmark,
            out: Path, *, class_map: Any, protocol: str, batch_size: int | None, num_workers: int | None,
-           chunk_size: int, progress: bool, plots: bool, plot_models: Sequence[str] | None, t0: float,
-           args: dict[str, Any]) -> ScoreResult:
+           chunk_size: int, progress: bool, plots: bool, plot_models: Sequence[str] | None, strict: bool,
+           t0: float, args: dict[str, Any]) -> ScoreResult:
     from spurious.extract import default_num_workers
 
     entries: list[_Entry] = []
@@ -841,7 +906,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
     if rows:
         _warn_skipped(per_class, rows[0].model, bench)
     result = ScoreResult(str(out), rows, per_class, bench.classes, bench.class_names, protocol,
-                         images_computed=images_all, world_size=info.world_size)
+                         images_computed=images_all, world_size=info.world_size, label_source=bench.label_source)
     from ._report import write_outputs
 
     if plot_models is not None:
@@ -852,6 +917,10 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
     result.seconds = round(time.perf_counter() - t0, 3)
     result.paths["manifest"] = str(_write_manifest(out, entries, bench, args, status="complete", result=result))
     write_json(out / "scores.json", result.to_dict())
+    for row in rows:
+        if row.variant == ORIGINAL:
+            report_agreement(row.agreement, what=f"the validation images {bench.val.spec}",
+                             hint=f"spurious model {row.spec}", strict=strict)
     return result
 
 
@@ -874,12 +943,15 @@ def _write_manifest(out: Path, entries: list[_Entry], bench: Benchmark, args: di
         "status": status,
         "args": args,
         "models": [{"spec": e.spec, "fingerprint": e.fingerprint, "class_map": e.cmap_how,
-                    "num_classes": int(e.clf.num_classes), "preprocessing": e.clf.preprocessing.to_dict(),
+                    "num_classes": int(e.clf.num_classes), "class_names_source": e.clf.class_names_source,
+                    "preprocessing": e.clf.preprocessing.to_dict(),
+                    "preprocessing_source": e.clf.preprocessing_source,
                     "cache": str(e.folder.relative_to(out)),
                     "fixes": [{"name": h.name, "key": h.key} for h in e.heads]} for e in entries],
         "data": {name: {"spec": ds.spec, "kind": ds.kind, "fingerprint": ds.fingerprint(), "num_records": len(ds)}
                  for name, ds in (("spurious", bench.spurious), ("val", bench.val))},
-        "label_space": {"num_classes": len(bench.class_names), "imagenet_1k": bench.is_imagenet},
+        "label_space": {"num_classes": len(bench.class_names), "imagenet_1k": bench.is_imagenet,
+                        "source": bench.label_source, "class_names": bench.class_names},
     }
     if result is not None:
         manifest["outputs"] = {k: str(Path(v).relative_to(out)) if Path(v).is_relative_to(out) else v

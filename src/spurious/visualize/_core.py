@@ -813,7 +813,8 @@ def visualize(
 
     def mismatch(old: dict[str, Any]) -> str:
         diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
-        return f"{out} holds visualizations made with other settings ({'; '.join(diffs)}); pass --overwrite to redo them"
+        return (f"{out} holds visualizations made with other settings ({out / 'plan.json'}: {'; '.join(diffs)}); "
+                "pass --overwrite to redo them")
 
     on_main_rank(lambda: prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=mismatch))
 
