@@ -401,3 +401,17 @@ def test_match_argument_types() -> None:
         match_class_names(["a"], NAMES, class_map=[("a", 0)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="class_names is empty"):
         match_class_names(["a"], [])
+
+
+def test_dataset_kind_names_the_reader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from spurious.datasets import dataset_kind
+
+    from conftest import write_images
+
+    write_images(tmp_path / "folders", {"a": 1, "b": 1})
+    write_images(tmp_path / "in", {"n01440764": 1})
+    assert dataset_kind(tmp_path / "folders") == "folder"
+    assert dataset_kind(str(tmp_path / "in")) == "imagenet"
+    assert dataset_kind(f"pool:{tmp_path / 'folders'}") == "pool"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        dataset_kind(tmp_path / "missing")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spurious.cli import main
+from spurious.workspace import Workspace
 
 
 def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -37,6 +38,11 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     for m in r["models"]:
         assert m["logit_identity_max_abs_error"] < 1e-9
         assert 0.0 <= m["val_accuracy"] <= 1.0
+        # the sanity figure of extract, as stored in the train split (labels vs stored top-1)
+        store = Workspace.open(root / f"ws-{m['fix_kind'] == 'plain' and 'robust' or 'standard'}").feature_store("train")
+        top1 = store.topk()[0][:, 0]
+        assert m["train_agreement"]["agreement"] == pytest.approx(float((top1 == store.labels).mean()))
+        assert m["train_agreement"]["labelled"] == len(store)
     # the simulated review is in the label database, two labelers per selected component, and the
     # agreed components are exactly those both called spurious
     ws_r = root / "ws-robust"
@@ -57,6 +63,7 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     # the report exists and links the stage pages
     report = (root / "report" / "index.html").read_text()
     assert "simulated labelers" in report and "visualize/index.html" in report
+    assert "Sanity check" in report and "kappa" in report
     assert Path(r["report"]) == root / "report" / "index.html"
 
 

@@ -93,3 +93,13 @@ def test_readme_scale_commands_parse() -> None:
             argv = argv[1:]
         args = parser.parse_args(argv)
         assert callable(args.func), argv
+
+
+def test_readme_own_model_commands_parse() -> None:
+    """The "Your own model" commands (run for real on a trained checkpoint in tests/test_own_model.py)."""
+    parser = build_parser()
+    cmds = _commands("own")
+    assert [c[1] for c in cmds] == ["model", "extract"]
+    for argv in cmds:
+        args = parser.parse_args(argv[1:])
+        assert callable(args.func), argv

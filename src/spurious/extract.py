@@ -124,20 +124,10 @@ def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.de
                       config=model_config).eval()
 
 
-def _dataset_kind(data: str | os.PathLike[str]) -> str:
-    from spurious.datasets._readers import _detect_kind, _resolve, _split_spec
-
-    kind, target = _split_spec(data)
-    path = _resolve(target)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset path {target} does not exist")
-    return kind if kind is not None else _detect_kind(path)
-
-
 def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
     """Open ``data`` in the model's label space: class folders and list labels are matched by name."""
     from spurious import imagenet
-    from spurious.datasets import ImageDataset, open_dataset, read_class_map
+    from spurious.datasets import ImageDataset, dataset_kind, open_dataset, read_class_map
 
     if isinstance(data, ImageDataset):
         if class_map is not None:
@@ -152,7 +142,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
             f"data must be a dataset spec/path or a spurious.datasets.ImageDataset, got {type(data).__name__}"
         )
     cmap = read_class_map(class_map) if isinstance(class_map, (str, os.PathLike)) else class_map
-    kind = _dataset_kind(data)
+    kind = dataset_kind(data)
     names = classifier.class_names if classifier.has_class_names else None
     is_in1k = classifier.class_names_source == "ImageNet-1k"
     if kind in ("folder", "list"):

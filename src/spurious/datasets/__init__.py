@@ -20,6 +20,7 @@ from ._images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 from ._labels import LabelMatch, match_class_names, read_class_map
 from ._readers import (
     DATASET_KINDS,
+    dataset_kind,
     file_list,
     image_folder,
     image_pool,
@@ -37,6 +38,7 @@ __all__ = [
     "ImageRecord",
     "LabelMatch",
     "collate_images",
+    "dataset_kind",
     "default_transform",
     "file_list",
     "image_folder",

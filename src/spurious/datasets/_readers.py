@@ -22,6 +22,7 @@ from ._scan import Listing, scan_tree, top_level
 
 __all__ = [
     "DATASET_KINDS",
+    "dataset_kind",
     "file_list",
     "image_folder",
     "image_pool",
@@ -719,6 +720,20 @@ def _detect_kind(path: Path) -> str:
             stacklevel=3,
         )
     return "folder"
+
+
+def dataset_kind(spec: str | os.PathLike[str]) -> str:
+    """The reader :func:`open_dataset` would use for ``spec`` (one of :data:`DATASET_KINDS`), without listing it.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: an unknown prefix, or a path that matches no layout.
+    """
+    kind, target = _split_spec(spec)
+    path = _resolve(target)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {target} does not exist")
+    return kind if kind is not None else _detect_kind(path)
 
 
 def open_dataset(

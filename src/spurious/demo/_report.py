@@ -47,6 +47,19 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
                  "class (positives) from spurious-only images of the class (negatives) by the class probability; "
                  "1 = no reliance on the spurious feature.</p>")
 
+    parts.append("<h2>Sanity check: do the models agree with the labels?</h2>")
+    rows = []
+    for m in result.models:
+        a = m.train_agreement or {}
+        if a.get("checked"):
+            rows.append([m.model, a["labelled"], a["agreement"], a["chance"], a["kappa"],
+                         "ok" if a["ok"] else "SUSPECT"])
+    parts.append(_html.table(["model", "train images", "top-1 agreement", "chance", "Cohen's kappa", "verdict"], rows))
+    parts.append('<p class="muted">What <code>extract</code> checks on every labelled split: the top-1 prediction '
+                 "against the stored label, and the agreement expected by chance from the label and prediction "
+                 "frequencies alone. Below kappa 0.2 every later figure is suspect (wrong preprocessing or labels "
+                 "matched to the wrong classes); see docs/usage.md, \"Your own model\".</p>")
+
     parts.append("<h2>Plots</h2>")
     for which, res in scored.items():
         for key, path in sorted(res.paths.items()):

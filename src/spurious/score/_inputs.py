@@ -202,13 +202,15 @@ def _flat_val(folder: Path, labels_path: Path, names: list[str], is_imagenet: bo
 
 def _dataset_kind(val: str | os.PathLike[str]) -> tuple[str | None, str]:
     """``(kind, spec)``: the reader ``open_dataset`` picks for ``val``, and a spec that names it."""
-    from spurious.datasets._readers import _detect_kind, _resolve, _split_spec  # no public kind detection yet
+    from spurious.datasets import dataset_kind
 
-    kind, target = _split_spec(val)
-    path = _resolve(target)
-    if kind is None and path.exists():
-        kind = _detect_kind(path)
-    return kind, (f"{kind}:{path}" if kind is not None else os.fspath(val))
+    try:
+        kind = dataset_kind(val)
+    except FileNotFoundError:
+        return None, os.fspath(val)
+    text = os.fspath(val)
+    path = Path(os.path.expanduser(text.split(":", 1)[1] if text.startswith(f"{kind}:") else text)).resolve()
+    return kind, f"{kind}:{path}"
 
 
 def _in_model_space(spec: str, clf: Any) -> ImageDataset:
