@@ -440,3 +440,55 @@ def test_cli_train_demo(
     assert math.isfinite(robust_tiny.seconds)
     with pytest.raises(SystemExit):
         main(["train", "demo", "--variant", "fancy"])
+
+
+# ---------------------------------------------------------------------------- shipped weights
+
+
+@pytest.mark.parametrize("variant", ["standard", "robust"])
+def test_default_demo_models_load_the_shipped_weights_without_training(
+    variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from spurious import train
+
+    monkeypatch.setattr(train, "_train_net", lambda *a, **k: pytest.fail("the shipped weights must not be retrained"))
+    info = train.train_demo_model(variant, cache_dir=tmp_path / "cache", progress=False)
+    manifest = json.loads((train.SHIPPED_DIR / "manifest.json").read_text())
+    entry = manifest["files"][info.path.name]
+    assert info.shipped and not info.trained and info.path.parent == train.SHIPPED_DIR
+    assert hashlib.sha256(info.path.read_bytes()).hexdigest() == entry["sha256"]
+    # shipped for the current recipe: the file's key is the default config's cache key
+    config = DemoTrainConfig.for_variant(variant)
+    assert info.path.name == f"demo-{variant}-{config.cache_key()}.pt"
+    assert info.metadata["train_config"] == config.to_dict()
+    assert info.spec == f"demo:{variant}"
+    monkeypatch.setenv("SPURIOUS_CACHE", str(tmp_path / "cache"))
+    clf = load_model(f"demo:{variant}")
+    assert clf.spec == f"demo:{variant}" and clf.fingerprint() == load_model(f"demo:{variant}@{info.path}").fingerprint()
+    assert not (tmp_path / "cache" / "models").exists()  # nothing trained, nothing cached
+
+
+def test_damaged_shipped_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from spurious import train
+
+    shipped = tmp_path / "weights"
+    shutil.copytree(train.SHIPPED_DIR, shipped)
+    name = f"demo-robust-{DemoTrainConfig.for_variant('robust').cache_key()}.pt"
+    data = bytearray((shipped / name).read_bytes())
+    data[-100] ^= 0xFF
+    (shipped / name).write_bytes(bytes(data))
+    monkeypatch.setattr(train, "SHIPPED_DIR", shipped)
+    with pytest.raises(ValueError, match="damaged.*reinstall"):
+        train.train_demo_model("robust", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_no_shipped_weights_for_tiny_or_retrain(standard_tiny: DemoModelInfo, cache: Path) -> None:
+    from spurious import train
+
+    assert train.shipped_checkpoint(DemoTrainConfig.for_variant("standard", tiny=True)) is None
+    again = train.train_demo_model("standard", tiny=True, cache_dir=cache, progress=False, use_shipped=False)
+    assert not again.shipped and again.path == standard_tiny.path and "@" in again.spec

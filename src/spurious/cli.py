@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true",
                    help="label components and curate images yourself in the web UI (the demo waits for Enter)")
     p.add_argument("--port", type=int, default=8765, help="port of the labelling UI with --interactive")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the demo classifiers on this machine (a few minutes; cached) instead of using the "
+                        "weights shipped in the package, whose figures the documentation reports")
     _common(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -245,7 +248,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         r = run_real_tour(Path(args.out) / "real", fast=args.fast, progress=not args.no_progress)
     else:
         r = run_demo(args.out, fast=args.fast, interactive=args.interactive, progress=not args.no_progress,
-                     port=args.port)
+                     port=args.port, retrain=args.retrain)
     _emit(args, r.to_dict(), r.summary_lines())
     return 0
 
@@ -274,7 +277,7 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
 
     variants = ["standard", "robust"] if args.variant == "both" else [args.variant]
     infos = [train_demo_model(v, tiny=args.tiny, cache_dir=args.cache_dir, force=args.force,
-                              progress=not args.no_progress) for v in variants]
+                              progress=not args.no_progress, use_shipped=False) for v in variants]
     _emit(args, {"models": [info.to_dict() for info in infos]},
           [line for info in infos for line in info.summary_lines()])
     return 0

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -106,6 +107,7 @@ from spurious.datasets.planted import (
     PlantedDataset,
     generate_planted,
 )
+from spurious._io import read_json
 from spurious.models import Classifier, Preprocessing
 
 __all__ = [
@@ -534,6 +536,58 @@ def _checkpoint_path(cache: Path, config: DemoTrainConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------
+# Shipped weights
+# ----------------------------------------------------------------------------
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "demo" / "weights"
+"""The demo classifiers' weights that ship in the package (``manifest.json`` lists them with their sha256).
+
+CPU training is not bitwise reproducible across machines (thread scheduling changes the float sums),
+so ``demo:standard`` / ``demo:robust`` load these files, trained once by :func:`train_demo_model` with
+the recipe in their metadata, and every documented demo figure comes from them. ``spurious demo
+--retrain`` / ``spurious train demo`` train new ones into the cache instead.
+"""
+
+
+def shipped_checkpoint(config: DemoTrainConfig, shipped_dir: Path | None = None) -> Path | None:
+    """The shipped checkpoint of ``config`` (a default config's recipe), or ``None`` when none ships.
+
+    Raises:
+        ValueError: the file is listed but its sha256 differs from the manifest (a damaged install).
+    """
+    root = SHIPPED_DIR if shipped_dir is None else Path(shipped_dir)
+    name = f"demo-{config.variant}-{config.cache_key()}.pt"
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    entry = read_json(manifest_path).get("files", {}).get(name)
+    path = root / name
+    if entry is None or not path.is_file():
+        return None
+    digest = _sha256_file(path)
+    if digest != entry["sha256"]:
+        raise ValueError(
+            f"the shipped demo weights {path} are damaged (sha256 {digest[:16]}..., expected "
+            f"{entry['sha256'][:16]}...): reinstall spurious, or train new ones with `spurious demo --retrain`"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_file_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_file_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+# ----------------------------------------------------------------------------
 # PGD
 # ----------------------------------------------------------------------------
 
@@ -889,12 +943,17 @@ class DemoModelInfo:
     seconds: float
     evidence: dict[str, Any]
     metadata: dict[str, Any]
+    shipped: bool = False
 
     @property
     def spec(self) -> str:
-        """Model spec loading exactly this checkpoint: ``demo:<variant>[-tiny]@<path>``."""
+        """Model spec loading exactly this checkpoint: ``demo:<variant>[-tiny]@<path>``.
+
+        The shipped weights are what ``demo:<variant>`` loads, so their spec is just that.
+        """
         tiny = self.config.planted == PlantedConfig.tiny(self.config.planted.seed)
-        return f"demo:{self.variant}{'-tiny' if tiny else ''}@{self.path}"
+        base = f"demo:{self.variant}{'-tiny' if tiny else ''}"
+        return base if self.shipped else f"{base}@{self.path}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (``--json`` of ``spurious train demo``)."""
@@ -904,6 +963,7 @@ class DemoModelInfo:
             "path": str(self.path),
             "spec": self.spec,
             "trained": self.trained,
+            "shipped": self.shipped,
             "seconds": self.seconds,
             "config": self.config.to_dict(),
             "planted_root": str(self.planted_root),
@@ -913,7 +973,7 @@ class DemoModelInfo:
     def summary_lines(self) -> list[str]:
         """Human-readable summary with the evidence table."""
         how = f"trained in {self.seconds:.1f} s" if self.trained else \
-            f"cached (trained in {self.seconds:.1f} s)"
+            f"{'shipped' if self.shipped else 'cached'} (trained in {self.seconds:.1f} s)"
         return [f"demo:{self.name} ({how}) -> {self.path}", *evidence_lines(self.evidence)]
 
 
@@ -965,8 +1025,13 @@ def train_demo_model(
     force: bool = False,
     progress: bool = True,
     config: DemoTrainConfig | None = None,
+    use_shipped: bool = True,
 ) -> DemoModelInfo:
-    """Train a demo classifier on the planted dataset, or reuse its cached checkpoint.
+    """Train a demo classifier on the planted dataset, or reuse its shipped or cached checkpoint.
+
+    With ``use_shipped`` (default) and no ``force``, the weights that ship in the package for this
+    recipe (:data:`SHIPPED_DIR`; the default standard and robust configs) are used as they are:
+    the demo's figures are reproducible on any machine. Otherwise the cached checkpoint, else training.
 
     Generates the planted dataset under ``<cache>/planted/<config hash>`` if needed, trains on
     the CPU (deterministic for a given config, see the module doc), evaluates it with
@@ -981,7 +1046,8 @@ def train_demo_model(
         variant: ``"standard"`` or ``"robust"``.
         tiny: the tiny planted data and a few epochs (seconds; for tests).
         cache_dir: cache folder; default :func:`demo_cache_dir`.
-        force: retrain even if a checkpoint of this config is cached.
+        force: retrain even if a checkpoint of this config is cached (never uses the shipped one).
+        use_shipped: use the shipped weights when they exist for this recipe.
         progress: show a progress bar on stderr.
         config: a full training config instead of :meth:`DemoTrainConfig.for_variant`
             (``variant`` must match ``config.variant`` and ``tiny`` must be false).
@@ -1007,6 +1073,13 @@ def train_demo_model(
     path = _checkpoint_path(cache, config)
     name = _default_name(config)
     planted_root = _planted_dir(cache, config.planted)
+    shipped = shipped_checkpoint(config) if use_shipped and not force else None
+    if shipped is not None:
+        meta = _read_demo_checkpoint(shipped)["metadata"]
+        logger.info("demo:%s: using the shipped weights %s", name, shipped)
+        return DemoModelInfo(name, variant, shipped, config, planted_root, False,
+                             float(meta.get("seconds", float("nan"))), dict(meta["evidence"]), dict(meta),
+                             shipped=True)
     if path.is_file() and not force:
         try:
             ckpt = _read_demo_checkpoint(path)

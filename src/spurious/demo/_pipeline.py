@@ -185,7 +185,7 @@ def _verdict(share: float) -> str:
 
 
 def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, interactive: bool = False,
-             progress: bool = True, port: int = 8765) -> DemoResult:
+             progress: bool = True, port: int = 8765, retrain: bool = False) -> DemoResult:
     """Run the whole method on the planted data (see the module docstring) and write the report.
 
     Args:
@@ -196,6 +196,8 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
             ``spurious label`` on ``127.0.0.1:port`` and waits for Enter after each human step.
         progress: progress bars on stderr.
         port: port of the labelling UI with ``interactive``.
+        retrain: train the demo classifiers on this machine (cached) instead of using the weights
+            that ship in the package (whose figures the documentation reports).
 
     Returns:
         A :class:`DemoResult`.
@@ -222,7 +224,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
 
     # 1. models, features, neural PCA --------------------------------------------------------
     t = time.perf_counter()
-    prep = prepare_workspaces(out, fast=fast, progress=progress)
+    prep = prepare_workspaces(out, fast=fast, progress=progress, retrain=retrain)
     t = lap("models + extract + npca", t)
     infos, ws_dirs, identity = prep.infos, prep.workspaces, prep.logit_identity
     planted = load_planted(prep.planted_root)
@@ -396,21 +398,33 @@ class PreparedWorkspaces:
 
 
 def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False,
-                       progress: bool = True) -> PreparedWorkspaces:
-    """Demo models (trained once, cached) -> ``extract`` of train/val/spurious/pool -> ``npca`` (all components).
+                       progress: bool = True, retrain: bool = False) -> PreparedWorkspaces:
+    """Demo models (shipped, or trained once and cached) -> ``extract`` of train/val/spurious/pool -> ``npca``.
 
     Writes ``out/ws-robust`` and ``out/ws-standard``; finished stages are reused on a re-run. The
     benchmark scripts use this to get realistic workspaces without running the whole demo.
+    ``retrain`` trains the models here instead of using the shipped weights.
     """
-    from spurious.datasets import image_folder, load_planted, spurious_imagenet
+    from spurious.datasets import generate_planted, image_folder, spurious_imagenet
     from spurious.extract import extract
     from spurious.models import load_model
     from spurious.npca import npca
     from spurious.train import train_demo_model
 
     out = Path(out)
-    infos = {v: train_demo_model(v, tiny=fast, progress=progress) for v in ("robust", "standard")}
-    planted = load_planted(infos["robust"].planted_root)
+    infos = {v: train_demo_model(v, tiny=fast, progress=progress, use_shipped=not retrain)
+             for v in ("robust", "standard")}
+    planted = generate_planted(infos["robust"].planted_root, infos["robust"].config.planted)  # reused when present
+    for info in infos.values():
+        trained_on = info.metadata.get("planted_content_hash")
+        if trained_on and trained_on != planted.content_hash:
+            import warnings
+
+            warnings.warn(
+                f"the planted data generated on this machine ({planted.content_hash[:16]}) differ from the data "
+                f"{info.spec} was trained on ({trained_on[:16]}): the demo's figures will not match the "
+                "documented ones; report it, or train the models on these data with `spurious demo --retrain`",
+                stacklevel=2)
     names = list(planted.class_names)
     ws_dirs = {v: out / f"ws-{v}" for v in infos}
     identity: dict[str, float] = {}
