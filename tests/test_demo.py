@@ -94,3 +94,12 @@ def test_real_model_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "efficientnet_lite0" in rows and any(m.startswith("efficientnet_lite0 + ") for m in rows)
     assert r["spufix_removed"] > 0.01  # the round-trip is not vacuous: the fix changed some logit
     assert r["spufix_max_abs_error"] < 1e-3 and r["export_max_abs_error"] < 1e-4
+
+
+def test_fast_demo_says_what_it_is() -> None:
+    from spurious.demo._pipeline import FAST_NOTE, DemoResult
+
+    fast = DemoResult(out="o", fast=True, labelers="simulated", planted_root="p").summary_lines()
+    full = DemoResult(out="o", fast=False, labelers="simulated", planted_root="p").summary_lines()
+    assert any(FAST_NOTE in line for line in fast) and not any(FAST_NOTE in line for line in full)
+    assert "checks the installation" in FAST_NOTE

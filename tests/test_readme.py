@@ -103,3 +103,24 @@ def test_readme_own_model_commands_parse() -> None:
     for argv in cmds:
         args = parser.parse_args(argv[1:])
         assert callable(args.func), argv
+
+
+def test_readme_says_how_to_get_the_command_and_it_works() -> None:
+    """The tour's `spurious ...` lines need the venv: the README says so before the tour, and its
+    instruction works in a fresh shell (no `spurious` on PATH)."""
+    import os
+    import subprocess
+    import sys
+
+    text = README.read_text(encoding="utf-8")
+    activate = text.index(". .venv/bin/activate")
+    assert activate < text.index("<!-- tour -->") and ".venv/bin/spurious" in text
+    venv = README.parent / ".venv"
+    if Path(sys.prefix).resolve() != venv.resolve():
+        pytest.skip("the suite does not run in the repository's .venv (make test does)")
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    bare = subprocess.run(["bash", "-c", "command -v spurious"], env=env, capture_output=True, text=True)
+    assert bare.returncode != 0  # a fresh shell has no spurious command ...
+    ok = subprocess.run(["bash", "-c", ". .venv/bin/activate && spurious --version"], cwd=README.parent, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("spurious "), ok.stderr  # ... the README's line gives it

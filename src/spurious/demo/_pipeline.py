@@ -39,6 +39,10 @@ from spurious.agreement import Agreement
 __all__ = ["DemoResult", "ModelSummary", "FoundComponent", "PreparedWorkspaces", "prepare_workspaces", "run_demo"]
 
 _SPLITS = ("train", "val", "spurious", "pool")
+
+FAST_NOTE = ("--fast runs every stage on tiny data with tiny models trained in seconds (val accuracy near 0.3, "
+             "barely above chance): it checks the installation and the pipeline, and usually finds none of the "
+             "planted features; run the default demo to see the method find them")
 _LABELERS = ("sim-sheet", "sim-top20")
 
 
@@ -105,6 +109,8 @@ class DemoResult:
                          f"{_pct(f.retrieval_precision)} of {f.retrieved} candidates; {f.accepted} accepted)")
         for m in self.missed:
             lines.append(f"  not found: {m}")
+        if self.fast:
+            lines.append(f"  note: {FAST_NOTE}")
         lines.append(f"benchmark: {self.benchmark_images} images -> {self.benchmark}")
         for m in self.models:
             lines.append(f"  {m.model:<14} mAUC built benchmark {_f(m.mauc_benchmark)} -> {_f(m.mauc_benchmark_fixed)}, "
