@@ -96,3 +96,91 @@ def test_models_listing(capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_dash_m_entry_point() -> None:
     r = subprocess.run([sys.executable, "-m", "spurious", "--version"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and r.stdout.startswith("spurious ")
+
+
+# ----------------------------------------------------------------------------- user errors: status 2, one line
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+
+
+@pytest.mark.parametrize("content", ["hello world\n", "# a config\nfoo: 1\n", '{"a": 1}\n'])
+def test_text_file_as_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             content: str) -> None:
+    data = write_images(tmp_path / "data", {"a": 2}, size=16)
+    ckpt = tmp_path / "notes.txt"
+    ckpt.write_text(content)
+    code, out, err = _run(capsys, "extract", str(tmp_path / "ws"), "--model", f"torchvision:resnet18@{ckpt}",
+                          "--data", f"folder:{data}", "--json", "--no-progress")
+    assert code == 2 and out == "", err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err and "Weights only load failed" not in err, err
+    assert f"'{ckpt}' is not a readable checkpoint" in lines[0] and "torch.save(model.state_dict()" in lines[0]
+
+
+@pytest.mark.parametrize("where", ["torchvision", "torch.hub"])
+def test_offline_download_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    import urllib.error
+
+    import torch.hub
+    import torchvision.models._api
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
+    if where == "torchvision":  # fails before torch.hub prints anything
+        monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    else:  # what a machine without network does: torch.hub announces the download, then urlopen fails
+        monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    data = write_images(tmp_path / "data", {"a": 2}, size=16)
+    code, out, err = _run(capsys, "extract", str(tmp_path / "ws"), "--model", "torchvision:resnet18",
+                          "--data", f"folder:{data}", "--json", "--no-progress")
+    assert code == 2 and out == "", (out, err)
+    lines = _error_lines(err)
+    errors = [line for line in lines if line.startswith("spurious extract: error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "could not download the pretrained weights of 'torchvision:resnet18' (URLError" in errors[0]
+    assert "--random-weights" in errors[0]
+    if where == "torchvision":
+        assert lines == errors, err  # a single line
+    else:  # torch.hub's own notice, sent to stderr instead of polluting stdout
+        assert [line for line in lines if line not in errors] == [line for line in lines
+                                                                  if line.startswith("Downloading: ")], err
+
+
+def test_json_stdout_parses_while_weights_download(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub prints 'Downloading: ...' on stdout; the CLI keeps stdout for the --json summary only."""
+    import torch.hub
+    import torchvision
+
+    from test_score import make_bench
+
+    def fake_download(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        print(f"progress of {url}")  # stands for any library output on stdout during a download
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), dst)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    data = write_images(tmp_path / "data", {"n01440764": 3, "n01443537": 3}, size=24)  # wnids: tench, goldfish
+    ws = str(tmp_path / "ws")
+    code, out, err = _run(capsys, "extract", ws, "--model", "torchvision:resnet18", "--data", f"folder:{data}",
+                          "--workers", "0", "--device", "cpu", "--json", "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["num_rows"] == 6
+    assert 'Downloading: "https://download.pytorch.org/models/resnet18' in err and "progress of https://" in err
+
+    code, out, err = _run(capsys, "npca", ws, "--components", "2", "--device", "cpu", "--json", "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["classes_fitted"] == 2
+
+    spu, val = make_bench(tmp_path / "bench")
+    code, out, err = _run(capsys, "score", "--model", _checkpoint(tmp_path), "--spurious", str(spu), "--val", str(val),
+                          "--out", str(tmp_path / "score"), "--workers", "0", "--device", "cpu", "--class-map",
+                          "identity", "--no-plots", "--json", "--no-progress")
+    assert code == 0, err
+    assert [c["class_index"] for c in json.loads(out)["per_class"]] == [0, 2]

@@ -723,3 +723,46 @@ def test_imagenet_label_space_with_repeated_short_names(tmp_path) -> None:  # no
     assert ds.labels().tolist() == [517]
     (tmp_path / "list.csv").write_text("path,label\nbench/spurious_imagenet_517_crane_0/a.png,517\n")
     assert file_list(tmp_path / "list.csv", class_names=names).labels().tolist() == [517]
+
+
+# ---------------------------------------------------------------------- empty class folders
+def test_empty_class_folders_are_warned_about_and_counted(tmp_path: Path) -> None:
+    import warnings
+
+    root = tmp_path / "folder"
+    _save(root / "ant" / "1.png")
+    _save(root / "ant" / "2.png")
+    (root / "bee").mkdir()
+    (root / "cat").mkdir()
+    (root / "cat" / "readme.txt").write_text("no images here")
+    _save(root / "dog" / "sub" / "3.png")
+    with pytest.warns(UserWarning, match=r"2 class folders hold no images: 'bee', 'cat'"):
+        ds = image_folder(root)
+    assert ds.class_names == ["ant", "bee", "cat", "dog"]  # the empty classes keep their index
+    assert sorted(set(ds.labels().tolist())) == [0, 3] and len(ds) == 3
+    skipped = dict(ds.skipped)
+    assert skipped["bee/"] == skipped["cat/"] == "class folder holds no images"
+    assert "extension" in skipped["cat/readme.txt"]
+    assert sum(reason == "class folder holds no images" for reason in skipped.values()) == 2
+
+    inet = tmp_path / "inet"
+    wnids = imagenet.wnids()
+    _save(inet / wnids[0] / "a.JPEG")
+    (inet / wnids[5]).mkdir()
+    with pytest.warns(UserWarning, match=rf"1 class folder holds no images: '{wnids[5]}'"):
+        ds = imagenet_folder(inet)
+    assert (f"{wnids[5]}/", "class folder holds no images") in ds.skipped
+
+    spu = tmp_path / "spurious"
+    _save(spu / "spurious_imagenet_3_x_0" / "a.png")
+    (spu / "spurious_imagenet_7_y_2").mkdir()
+    with pytest.warns(UserWarning, match="1 class folder holds no images: 'spurious_imagenet_7_y_2'"):
+        ds = spurious_imagenet(spu)
+    assert ("spurious_imagenet_7_y_2/", "class folder holds no images") in ds.skipped
+
+    full = tmp_path / "full"
+    _save(full / "a" / "1.png")
+    _save(full / "b" / "2.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no empty folder, no warning
+        assert image_folder(full).skipped == []

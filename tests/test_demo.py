@@ -49,6 +49,10 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     with sqlite3.connect(ws_r / "labels.sqlite") as con:
         rows = con.execute("SELECT labeler, class, component, verdict FROM component_verdicts").fetchall()
     assert {row[0] for row in rows} == {"sim-sheet", "sim-top20"}
+    from spurious.label.store import LabelStore
+
+    kinds = {i.name: i.kind for i in LabelStore(ws_r).identities()}
+    assert kinds == {"sim-sheet": "simulated", "sim-top20": "simulated"}
     planted_classes = sorted({k for f in planted.features for k in f.classes})
     assert {row[1] for row in rows} == set(planted_classes)
     by_comp: dict[tuple[int, int], list[str]] = {}
@@ -65,6 +69,40 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "simulated labelers" in report and "visualize/index.html" in report
     assert "Sanity check" in report and "kappa" in report
     assert Path(r["report"]) == root / "report" / "index.html"
+    _check_report_pictures(root, r, tmp_path / "moved" / "demo-out")
+
+
+def _check_report_pictures(root: Path, r: dict, moved: Path) -> None:  # type: ignore[type-arg]
+    """The report's pictures of the found components, its model names, and its links after a move."""
+    import shutil
+
+    from test_demo_report import assert_pictures_of, report_images, report_links, resolve
+
+    from spurious.demo import DemoResult, FoundComponent
+    from spurious.demo._report import write_report
+
+    report = root / "report" / "index.html"
+    assert_pictures_of(report, root / "ws-robust", [(f["class_index"], f["component"]) for f in r["found"]])
+    html = report.read_text()
+    for m in r["models"]:  # the tables name the models by the spec's name; the full spec is still listed
+        assert f">{m['model'].split('@')[0]}</span>" in html and m["model"] in html
+    # a moved output folder: every picture (found components, plots) and every link still resolves
+    shutil.move(str(root), str(moved))
+    report = moved / "report" / "index.html"
+    assert len(report_images(report)) >= 2  # at least the score plots
+    for src in [i["src"] for i in report_images(report)] + report_links(report):
+        assert resolve(report, src).exists(), src
+    # the pictures of components the fast demo's review may not have agreed on: each visualized class's
+    # first selected component, read from the real visualize output of the moved folder
+    shown = []
+    for folder in sorted((moved / "ws-robust" / "visualize").glob("class_*")):
+        data = json.loads((folder / "components.json").read_text())
+        c = data["components"][0]
+        shown.append(FoundComponent(data["class"], data["name"], c["component"], None, 0.0, c["npfv_probability"]))
+    assert shown
+    report = write_report(moved, DemoResult(out=str(moved), fast=True, labelers="simulated",
+                                            planted_root=r["planted_root"], found=shown), {})
+    assert_pictures_of(report, moved / "ws-robust", [(f.class_index, f.component) for f in shown])
 
 
 def test_interactive_demo_needs_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

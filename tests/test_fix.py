@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -571,13 +572,84 @@ def test_transfer_zero_direction_and_missing_inputs(source: dict, tmp_path: Path
     phi2, W2, b2 = _target(61, source["phi"])
     W2[1] = 0.0  # class 1's weighted features never vary: its matched directions are zero
     tgt = _make_ws(tmp_path / "t", phi2, source["labels"], _ids(len(source["labels"])), W2, b2, with_npca=False)
-    with pytest.warns(UserWarning, match=r"class 1: the matched direction of component\(s\) \[0\] is zero"):
-        r = transfer(source["ws"], tgt, {1: [0]}, out=tmp_path / "fx", precision="float64")
+    with pytest.warns(UserWarning, match=r"class 1: 1 component\(s\) skipped.*component 0 \(matched direction ~0\)"
+                                         r".*\|u\| = 0 before normalisation.*class 1 is not fixed"):
+        r = transfer(source["ws"], tgt, {1: [0], 2: [1]}, out=tmp_path / "fx", precision="float64")
+    assert r.components == {"2": [1]} and [e["component"] for e in r.skipped["1"]] == [0]
     x = np.abs(np.random.default_rng(4).normal(1.0, 0.5, (3, 10)))
-    np.testing.assert_allclose(_apply(load_fix(r.path), x, W2, b2), x @ W2.T.astype(np.float64) + b2, atol=1e-12)
+    want, _ = _oracle_transfer(source["phi"], source["labels"], source["W"], phi2, W2, b2, x, {2: [1]})
+    np.testing.assert_allclose(_apply(load_fix(r.path), x, W2, b2), want, rtol=1e-8, atol=1e-8)
+    with pytest.warns(UserWarning, match="class 1 is not fixed"), \
+            pytest.raises(ValueError, match="no component of .* can be transferred"):
+        transfer(source["ws"], tgt, {1: [0]}, out=tmp_path / "fx2", precision="float64")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         import_components(tmp_path / "missing.npy")
     with pytest.raises(FileNotFoundError, match="no imported alphas in"):
         load_alphas(tmp_path)
     with pytest.raises(FileNotFoundError, match="alphas folder .* does not exist"):
         import_alphas(tmp_path / "nope", tmp_path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------- components without variance
+
+
+def _flat_features(seed: int, flat: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_features`, but class 0 has one planted direction of exactly zero variance (rotated)."""
+    rng = np.random.default_rng(seed)
+    phi, labels = [], []
+    for c in range(K):
+        q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+        z = rng.standard_normal((N_K, D)) * np.linspace(2.0, 0.3, D)
+        if c == 0:
+            z[:, flat] = 0.0
+        phi.append(z @ q.T + 12.0)  # positive without abs(), so the planted direction stays exactly flat
+        labels += [c] * N_K
+    phi_all = np.concatenate(phi)
+    assert (phi_all > 0).all()
+    return phi_all.astype(np.float32), np.asarray(labels)
+
+
+@pytest.mark.parametrize("kind", ["float64", "float32", "alphas"])
+def test_transfer_skips_a_planted_zero_variance_component(tmp_path: Path, kind: str) -> None:
+    phi, labels = _flat_features(70)
+    W, b = _head(71)
+    train = tmp_path / "train"
+    ids = _imagenet_train(train, [0, 1, 2], N_K)
+    all_ids = [i for k in range(K) for i in ids[k]]
+    src = tmp_path / "src"
+    Workspace.create_from_head(src, W, b, spec="test:model")
+    import_features(src, phi, labels, all_ids, split="train", dtype="float32")
+    npca(src, n_components="all", precision="float32" if kind == "float32" else "float64", progress=False,
+         device="cpu")
+    # oracle: numpy's eigh of class 0's covariance has exactly one eigenvalue at rounding level, the last one
+    psi0 = phi[labels == 0].astype(np.float64) * W[0]
+    lam = np.sort(np.linalg.eigvalsh(np.cov(psi0.T, ddof=1)))[::-1]
+    assert lam[-1] / lam[0] < 1e-12 and lam[-2] / lam[0] > 1e-4
+    flat = D - 1
+    source: Any = src
+    if kind == "alphas":
+        pub = tmp_path / "published"
+        pub.mkdir()
+        for k in range(K):
+            a = _oracle_alpha(phi[labels == k], W[k], phi[labels == k], list(range(D)))
+            torch.save(torch.from_numpy(a).float(), pub / f"spurious_alphas_train_{k:03d}.pt")
+        source = import_alphas(pub, f"imagenet:{train}", tmp_path / "alphas")
+    phi2, W2, b2 = _target(72, phi)
+    tgt = _make_ws(tmp_path / "tgt", phi2, labels, all_ids, W2, b2, with_npca=False)
+    comps = {0: [0, flat], 2: [1]}
+    figure = r"\|alpha_l\|\^2/max_j \|alpha_j\|\^2" if kind == "alphas" else r"lambda_l/lambda_1"
+    with pytest.warns(UserWarning, match=rf"class 0: 1 component\(s\) skipped.*component {flat} \(eigenvalue ~0\): "
+                                         rf"{figure} = [0-9.e+-]+, \|u\| = [0-9.e+-]+ before normalisation"):
+        r = transfer(source, tgt, comps, out=tmp_path / "fx", precision="float64")
+    assert r.components == {"0": [0], "2": [1]} and r.num_components == 2
+    (entry,) = r.skipped["0"]
+    assert entry["component"] == flat and entry["reason"] == "eigenvalue ~0" and entry["ratio"] < 2e-6
+    assert list(r.skipped) == ["0"]
+    head = load_fix(r.path)
+    assert head.meta["transfer"]["skipped"] == r.skipped and head.components == {0: [0], 2: [1]}
+    # the remaining components are transferred exactly as if the flat one had not been listed
+    x = np.abs(np.random.default_rng(73).normal(1.0, 0.5, (6, 10)))
+    want, _ = _oracle_transfer(phi, labels, W, phi2, W2, b2, x, {0: [0], 2: [1]})
+    np.testing.assert_allclose(_apply(head, x, W2, b2), want, rtol=1e-5, atol=1e-5)
+    assert any("skipped 1 components without a direction to match" in line and "class 0: [7]" in line
+               for line in r.summary_lines())

@@ -142,3 +142,40 @@ def test_cli_errors(src: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["fix", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize("content", ["hello world\n", "# a config\nfoo: 1\n", '{"3": [0]}\n', ""])
+def test_cli_import_components_of_a_file_that_is_not_a_pickle(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               content: str) -> None:
+    bad = tmp_path / "spurious_components.npy"
+    bad.write_text(content)
+    assert main(["fix", "import-components", str(bad), "--out", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"{bad} is not a readable .npy file or pickle" in err and "spurious_components.npy" in err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_cli_transfer_reports_skipped_components(src: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    phi2, W2, b2 = _target(61, src["phi"])
+    W2[1] = 0.0  # class 1 of the target never varies: no direction to match its components
+    tgt = _make_ws(tmp_path / "tgt", phi2, src["labels"], _ids(len(src["labels"])), W2, b2, with_npca=False)
+    comps = _comp_file(tmp_path, {"1": [0, 2], "2": [1]})
+    base = ["fix", "transfer", "--source", str(src["ws"]), "--target", str(tgt), "--components", str(comps)]
+    assert main([*base, "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["components"] == {"2": [1]}
+    assert [e["component"] for e in out["skipped"]["1"]] == [0, 2]
+    assert {e["reason"] for e in out["skipped"]["1"]} == {"matched direction ~0"}
+    assert "class 1: 2 component(s) skipped" in captured.err and "class 1 is not fixed" in captured.err
+    assert main([*base, "--overwrite"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "skipped 2 components without a direction to match (eigenvalue or matched direction ~0): class 1: [0, 2]" \
+        in lines
+    assert "not fixed (every listed component skipped): class 1" in lines
+    # nothing left to transfer: status 2, one error line (after the warning)
+    only = _comp_file(tmp_path, {"1": [0]})
+    assert main([*base[:-1], str(only), "--overwrite"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning:")]
+    assert len(err) == 1 and "can be transferred" in err[0]

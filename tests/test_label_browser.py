@@ -7,8 +7,12 @@ only; no browser download). Skipped with the reason when either is missing, exce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +142,76 @@ def test_two_labelers_with_keyboard_shortcuts(browser: Any, tmp_path: Path) -> N
     accepted = store.accepted_images()
     assert {kl: [r["id"] for r in recs] for kl, recs in accepted.items()} == {(0, 3): ["pool/p_0_3_0.png"]}
     assert accepted[(0, 3)][0]["labelers"] == ["ann", "bob"]
+
+
+@contextlib.contextmanager
+def _foreign_site(html: str) -> Iterator[str]:
+    """Another origin (same host, another port) that serves one page; yields its URL."""
+    body = html.encode("utf-8")
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.slow
+def test_a_foreign_page_cannot_switch_the_signed_in_labeler(browser: Any, tmp_path: Path) -> None:
+    """Login CSRF: a page of another origin auto-submits the sign-in form. The browser sends the
+    session cookie along (same host, so same site: SameSite=Lax does not stop it), and the server
+    refuses the request by its Origin."""
+    ws = make_label_ws(tmp_path)
+    with running_server(create_app(ws.root)) as base:
+        ann = _sign_in(browser, base, "ann")
+        evil = (f'<form method="post" action="{base}/login"><input name="name" value="mallory">'
+                '<input name="next" value="/"></form><script>document.forms[0].submit()</script>')
+        with _foreign_site(evil) as url:
+            with ann.expect_navigation(url=f"{base}/login"):
+                ann.goto(url)
+            assert "cross-site request refused" in ann.content()
+        ann.goto(base + "/")
+        assert ann.inner_text("#labeler") == "ann"
+    assert "mallory" not in LabelStore(ws.root).labelers()
+
+
+@pytest.mark.slow
+def test_an_invited_labeler_signs_in_with_the_link(browser: Any, tmp_path: Path) -> None:
+    """Tokens required (as beyond loopback): the invite link signs in, typed names are not offered."""
+    ws = make_label_ws(tmp_path)
+    app = create_app(ws.root, require_tokens=True)
+    token = app.state.store.invite_labeler("ann")
+    with running_server(app) as base:
+        ctx = browser.new_context()
+        ctx.set_default_timeout(15_000)
+        page = ctx.new_page()
+        page.goto(base + "/review")
+        assert "/login" in page.url and page.locator("#name").count() == 0
+        page.goto(f"{base}/join?token={token}")
+        assert page.inner_text("#invited-name") == "ann"
+        page.click("#join")
+        page.wait_for_url(base + "/")
+        assert page.inner_text("#labeler") == "ann" and page.locator("#unverified").count() == 0
+        page.goto(base + "/review")
+        _at(page, 0, 3)
+        page.keyboard.press("s")
+        _at(page, 0, 1)
+        ctx.close()
+    who = LabelStore(ws.root).identity("ann")
+    assert who is not None and who.kind == "token"
+    assert LabelStore(ws.root).component_verdicts(0, 3)["ann"]["verdict"] == "spurious"

@@ -346,7 +346,9 @@ def test_export_labels_json_and_csv(store: LabelStore, tmp_path: Path) -> None:
                       ("pool/p_0_3_1.png", "bob", "out", "true")]
     assert all(r["path"].endswith(r["id"].split("/")[-1]) for r in rows if r["task"] == "curate")
     same = store.export_labels(tmp_path / "plain.txt", format="csv").read_text()
-    assert same.splitlines()[0] == "task,class,class_name,component,id,path,labeler,verdict,note,updated,agreed"
+    assert same.splitlines()[0] == \
+        "task,class,class_name,component,id,path,labeler,verdict,note,updated,agreed,labeler_kind"
+    assert {r["labeler_kind"] for r in rows} == {"name"}  # placed through the API: typed-name identities
 
 
 # ---------------------------------------------------------------------- durability, concurrency, schema
@@ -394,10 +396,10 @@ def test_concurrent_writers_lose_nothing(ws: Workspace, store: LabelStore) -> No
 
 
 def test_schema_version_is_checked(ws: Workspace, store: LabelStore) -> None:
-    assert store.schema_version == 1
+    assert store.schema_version == 2
     with sqlite3.connect(store.path) as con:
         con.execute("PRAGMA user_version = 7")
-    with pytest.raises(ValueError, match=r"label schema version 7, but spurious .* reads up to version 1; upgrade"):
+    with pytest.raises(ValueError, match=r"label schema version 7, but spurious .* reads up to version 2; upgrade"):
         LabelStore(ws.root)
 
 

@@ -267,26 +267,78 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path) -> None:
     assert row.mauc == pytest.approx(np.mean([w[0] for w in want.values()]), abs=1e-9)
 
 
-def test_reference_protocol_resizes_spurious_images_without_crop(tmp_path: Path) -> None:
-    spu, val = make_bench(tmp_path)  # 40 x 48 images: a crop and a plain resize differ
-    clf = tiny_classifier()
+def _torchvision_reference(size: int, interpolation: str = "bilinear"):  # type: ignore[no-untyped-def]
+    """Oracle: what the reference code fed its models, torchvision Resize(size) + CenterCrop(size) on PIL."""
+    from torchvision import transforms as T
 
-    def resize_only(img: Image.Image) -> torch.Tensor:
-        arr = np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1)
+    mode = getattr(T.InterpolationMode, interpolation.upper())
+    tv = T.Compose([T.Resize(size, interpolation=mode), T.CenterCrop(size), T.PILToTensor()])
+    return lambda img: tv(img.convert("RGB")).to(torch.float32) / 255.0
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_reference_transform_equals_torchvision_resize_and_center_crop(interpolation: str) -> None:
+    from spurious.score import ReferenceResizeCrop
+
+    rng = np.random.default_rng(0)
+    pre = Preprocessing(input_size=(32, 32), resize_size=40, crop_pct=0.8, interpolation=interpolation)
+    want = _torchvision_reference(32, interpolation)
+    for w, h in [(48, 40), (40, 48), (97, 31), (31, 97), (33, 64), (64, 33), (32, 32), (20, 25), (8, 100)]:
+        img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        got = ReferenceResizeCrop(pre)(img)
+        assert got.shape == (3, 32, 32) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want(img), rtol=0, atol=0, msg=f"{w}x{h}")
+    gray = Image.fromarray(rng.integers(0, 256, size=(30, 50), dtype=np.uint8))  # mode L -> RGB
+    torch.testing.assert_close(ReferenceResizeCrop(pre)(gray), want(gray), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("canvas,input_size", [((120, 60), (32, 32)), ((60, 120), (32, 32)),
+                                               ((150, 60), (24, 40)), ((60, 150), (40, 24))])
+def test_reference_transform_keeps_the_aspect_ratio(canvas: tuple[int, int], input_size: tuple[int, int]) -> None:
+    """A planted disk stays round (equal height and width) after the transform, also for non-square inputs."""
+    from spurious.score import ReferenceResizeCrop
+
+    w, h = canvas
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = 0.4 * min(w, h)
+    disk = ((xx + 0.5 - w / 2) ** 2 + (yy + 0.5 - h / 2) ** 2) <= r**2
+    img = Image.fromarray(np.where(disk, 0, 255).astype(np.uint8)).convert("RGB")
+    out = ReferenceResizeCrop(Preprocessing(input_size=input_size, interpolation="bilinear"))(img)[0].numpy()
+    assert out.shape == input_size
+    dark = out < 0.5
+    rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    scale = max(input_size[0] / h, input_size[1] / w)  # the smallest resize that covers the input
+    assert abs(height - width) <= 1 and abs(height - 2 * r * scale) <= 1.5, (height, width, 2 * r * scale)
+    assert not dark[0].any() and not dark[:, 0].any()  # the disk is not cut: nothing stretched or shifted
+
+
+def test_reference_protocol_resizes_the_short_side_and_crops_spurious_images(tmp_path: Path) -> None:
+    spu, val = make_bench(tmp_path)  # 48 x 40 images: stretching, the reference and the model's crop all differ
+    torch.manual_seed(0)
+    pre = Preprocessing(input_size=(32, 32), resize_size=40, crop_pct=0.8, interpolation="bilinear",
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    clf = Classifier.from_module(TinyNet(3).eval(), pre, ["a", "b", "c"], "test:ref")
 
     r = score(clf, spurious=spu, val=val, out=tmp_path / "out", protocol="reference", **_quiet(plots=False))
     sp, sl, vp, vl = listing(spu, val)
-    _, ls = forward(clf, sp, resize_only)
+    _, ls = forward(clf, sp, _torchvision_reference(32))
     _, lv = forward(clf, vp)  # validation images keep the model's preprocessing
     want = oracle(ls, sl, lv, vl, [0, 2])
     got = {c.class_index: c for c in r.per_class}
     for k in (0, 2):
         assert got[k].auc == pytest.approx(want[k][0], abs=1e-9)
         assert got[k].ap == pytest.approx(want[k][1], abs=1e-9)
-    crop = score(clf, spurious=spu, val=val, out=tmp_path / "out", protocol="model", **_quiet(plots=False))
+        assert got[k].extension == pytest.approx(want[k][2])
+
+    def stretch(img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1)
+
+    _, ls_stretch = forward(clf, sp, stretch)
     _, ls_crop = forward(clf, sp)
-    assert not np.allclose(ls_crop, ls)
+    assert not np.allclose(ls_stretch, ls) and not np.allclose(ls_crop, ls)
+    crop = score(clf, spurious=spu, val=val, out=tmp_path / "out", protocol="model", **_quiet(plots=False))
     assert crop.row(clf.spec).mauc == pytest.approx(np.mean([w[0] for w in oracle(ls_crop, sl, lv, vl, [0, 2]).values()]))
 
 
@@ -643,3 +695,68 @@ def test_models_with_the_same_preprocessing_share_each_decoded_image(tmp_path: P
             handle.remove()
     assert len(decoded) == len(set(decoded)) == 27  # each image decoded once for the three models
     assert [sum(s) for s, _ in seen] == [27, 27, 27]
+
+
+# ----------------------------------------------------------------------------- model names and legends
+ROBUST_SPEC = "demo:robust@/root/.cache/spurious/models/demo-robust-ef9804dea281125a.pt"
+STANDARD_SPEC = "demo:standard@/root/.cache/spurious/models/demo-standard-1c22f85c564fccef.pt"
+
+
+def test_display_names_are_the_spec_names() -> None:
+    from spurious.score.plots import display_names
+
+    assert display_names([ROBUST_SPEC, STANDARD_SPEC, "timm:resnet50"]) == {
+        ROBUST_SPEC: "demo:robust", STANDARD_SPEC: "demo:standard", "timm:resnet50": "timm:resnet50"}
+    # two checkpoints of one architecture: the file names tell them apart; the same file name: the full specs
+    a, b, c = "demo:robust@/x/one.pt", "demo:robust@/y/two.pt", "demo:robust@/z/two.pt"
+    assert display_names([a, b]) == {a: "demo:robust@one.pt", b: "demo:robust@two.pt"}
+    assert display_names([a, b, c]) == {a: "demo:robust@one.pt", b: b, c: c}
+    assert display_names(["demo:robust", a]) == {"demo:robust": "demo:robust", a: "demo:robust@one.pt"}
+    assert display_names(["@/ckpt/mine.pt"]) == {"@/ckpt/mine.pt": "mine.pt"}
+    # SpuFix rows: "<spec> + <fix name>", split with the row's variant (a "+" in a fix name is kept)
+    fixed = f"{ROBUST_SPEC} + SpuFix + x"
+    assert display_names([ROBUST_SPEC, fixed], {fixed: "SpuFix + x"}) == {
+        ROBUST_SPEC: "demo:robust", fixed: "demo:robust + SpuFix + x"}
+
+
+def _legend(fig):  # type: ignore[no-untyped-def]
+    """(legend labels with line wraps undone, legend bbox, axes bbox) of a drawn one-axes figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend()
+    labels = [" ".join(t.get_text().split()) for t in legend.get_texts()]
+    return labels, legend.get_window_extent(renderer), ax.get_window_extent(renderer), ax
+
+
+def test_plot_legends_name_models_by_spec_name_outside_the_data(tmp_path: Path) -> None:
+    from spurious.score.plots import class_auc_figure, scatter_figure
+
+    spu, val = make_bench(tmp_path)
+    clf = tiny_classifier(seed=0, spec=ROBUST_SPEC)
+    other = tiny_classifier(seed=1, spec=STANDARD_SPEC)
+    fix_name = "SpuFix (transfer from demo:robust@demo-robust-ef9804dea281125a.pt)"
+    r = score([clf, other], spurious=spu, val=val, out=tmp_path / "out",
+              fixes=[StandInFix(clf, 0, name="SpuFix"), StandInFix(other, 0, name=fix_name)], **_quiet())
+    want = ["demo:robust", "demo:robust + SpuFix", "demo:standard", f"demo:standard + {fix_name}"]
+    assert [x.spec for x in r.rows] == [ROBUST_SPEC, ROBUST_SPEC, STANDARD_SPEC, STANDARD_SPEC]
+
+    labels, legend, axes, ax = _legend(scatter_figure(r.rows))
+    assert labels == want
+    assert not legend.overlaps(axes) and legend.x0 > axes.x1  # right of the axes: covers no point
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert len(points) == 4 and all(axes.contains(*ax.transData.transform(p)) for p in points)
+
+    labels, legend, axes, ax = _legend(class_auc_figure(r.per_class, [x.model for x in r.rows]))
+    assert labels == want
+    assert not legend.overlaps(axes) and legend.x0 > axes.x1
+    bars = [p.get_window_extent() for p in ax.patches if np.isfinite(p.get_height())]
+    assert bars and not any(b.overlaps(legend) for b in bars)
+
+    # the machine-readable outputs keep the full specs; the HTML names the rows
+    with open(tmp_path / "out" / "scores.csv", newline="") as fh:
+        assert [x["model"] for x in csv.DictReader(fh)] == [x.model for x in r.rows]
+    assert [x["spec"] for x in json.loads((tmp_path / "out" / "scores.json").read_text())["rows"]][0] == ROBUST_SPEC
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<td class=\"l\">demo:robust + SpuFix</td>" in html and "AUC demo:standard</th>" in html
+    assert f"<td class=\"l\">{ROBUST_SPEC}</td>" in html  # the name -> spec table

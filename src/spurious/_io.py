@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+import stat
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "FINGERPRINT_SCHEME",
     "atomic_path",
     "cache_dir",
+    "make_temp_dir",
     "head_fingerprint",
     "write_json",
     "read_json",
@@ -31,20 +33,52 @@ FINGERPRINT_SCHEME = 2
 """Version of the model fingerprint: 1 hashed the head only; 2 all weights, the preprocessing and the class names."""
 
 
+def _unique_name(directory: Path, prefix: str, create: Callable[[Path], None]) -> Path:
+    """Create ``directory/prefix<random>`` with ``create(path)`` (which must fail if it exists)."""
+    for _ in range(100):
+        candidate = directory / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary name {prefix}* in {directory} (100 names taken)")
+
+
+def _create_file(path: Path) -> None:
+    # mode 0666: the kernel applies the umask (and default ACLs), as for any file a tool writes;
+    # tempfile.mkstemp would make it 0600 whatever the umask
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    os.close(os.open(path, flags, 0o666))
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """Create a new empty folder ``parent/prefix<random>`` with mode ``0777 & ~umask``; returns its path.
+
+    Use it for a folder that is filled and then renamed into place: ``tempfile.mkdtemp`` would
+    leave it (and the published folder) ``0700`` whatever the umask.
+    """
+    return _unique_name(Path(parent), prefix, lambda p: os.mkdir(p, 0o777))  # the kernel applies the umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     A crash (or SIGKILL) inside the block leaves ``path`` untouched: either the old file or no file,
     never a half-written one. Leftover ``.tmp-*`` files are harmless and overwritten by later runs.
+    The file gets mode ``0666 & ~umask``, like any file a tool creates: the temporary file is created
+    (empty) with it, and a writer that replaces the file with its own private one (safetensors'
+    ``save_file`` writes ``0600``) gets it back before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _unique_name(path.parent, f".tmp-{path.name}.", _create_file)
     try:
+        mode = stat.S_IMODE(os.stat(tmp_path).st_mode)  # 0666 & ~umask, applied by the kernel
         yield tmp_path
+        if stat.S_IMODE(os.stat(tmp_path).st_mode) != mode:
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
-from spurious._io import read_json, sha256_file, utc_now
+from spurious._io import make_temp_dir, read_json, sha256_file, utc_now
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = ["BenchmarkResult", "benchmark_folder_name", "build_benchmark", "read_accepted"]
@@ -348,7 +347,7 @@ def build_benchmark(
         retr = {"pool": m.get("pool"), "voters": m.get("voters"), "min_votes": m.get("min_votes"),
                 "top_n": m.get("top_n"), "source": m.get("source")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".tmp-{out.name}.")  # 0777 & ~umask, as mkdir
     try:
         images, components = [], []
         for k, l, folder, chosen, n_acc in plan:
@@ -381,7 +380,6 @@ def build_benchmark(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(manifest, license_text or _DEFAULT_LICENSE), encoding="utf-8")
         (tmp / "timestamp.txt").write_text(utc_now() + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
         if out.exists():
             old = out.parent / f".old-{out.name}.{os.getpid()}"
             os.replace(out, old)

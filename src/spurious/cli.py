@@ -7,6 +7,7 @@ progress bars go to stderr. Bad input exits with status 2 and one line (``-v`` f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -163,11 +164,17 @@ def emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]) -> None:
+    out = _summary_stream(args)
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(summary, indent=2, default=str), file=out)
     else:
         for line in lines:
-            print(line)
+            print(line, file=out)
+
+
+def _summary_stream(args: argparse.Namespace) -> Any:
+    """Where the summary goes: the real stdout (while a command runs, ``sys.stdout`` is stderr, see ``_run``)."""
+    return getattr(args, "summary_stream", None) or sys.stdout
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -233,9 +240,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern)
     if args.json:
-        print(json.dumps(names))
+        print(json.dumps(names), file=_summary_stream(args))
     else:
-        print("\n".join(names))
+        print("\n".join(names), file=_summary_stream(args))
     return 0
 
 
@@ -309,8 +316,12 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def _run(args: argparse.Namespace) -> int:
+    # stdout carries the summary only (`--json` must parse): whatever a library prints meanwhile, such as
+    # torch.hub's 'Downloading: ...' line, goes to stderr with the logs and progress bars
+    args.summary_stream = sys.stdout
     try:
-        return int(args.func(args))
+        with contextlib.redirect_stdout(sys.stderr):
+            return int(args.func(args))
     except KeyboardInterrupt:
         print("spurious: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
@@ -318,11 +329,16 @@ def _run(args: argparse.Namespace) -> int:
         if args.verbose:
             traceback.print_exc()
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"spurious {args.command}: error: {msg}", file=sys.stderr)
+        print(f"spurious {args.command}: error: {_one_line(msg)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # a bug or an environment failure: still one line unless -v
         if args.verbose:
             traceback.print_exc()
-        print(f"spurious {args.command}: {type(err).__name__}: {err} (run with -v for the traceback)",
+        print(f"spurious {args.command}: {type(err).__name__}: {_one_line(err)} (run with -v for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _one_line(msg: object) -> str:
+    """The message on one line (a library's multi-line text joined with spaces)."""
+    return " ".join(line.strip() for line in str(msg).splitlines() if line.strip())

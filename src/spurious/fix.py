@@ -12,6 +12,13 @@ Transfer to another classifier ``g`` (features ``phi'``, weights ``w'_k``, ``psi
     c    = (U^T U)^{-1} U^T (psi'_k(x) - mu'_k),                 U = [u_l]_{l in S_k}  (not orthogonal)
     beta_j = c_j <1, u_j>,          g~_k(x) = g_k(x) - sum_j max(beta_j, 0)
 
+A component whose source eigenvalue is ~0 (``lambda_l <= max(1e-10, 16 eps) lambda_1``, ``eps`` the
+machine epsilon of the neural PCA; for imported alphas the same test on the alphas' energy
+``|alpha_l|^2 / max_j |alpha_j|^2`` with 1e-10) or whose matched direction is ~0 (``|u_l|`` before
+normalisation at most 1e-12 of its bound ``|alpha_l| |psi'|``) has no direction to match: ``u_l`` would be
+rounding noise. It is skipped with a warning and recorded (``FixResult.skipped``, the artifact's
+``transfer.skipped``).
+
 ``beta`` is again a linear form of the raw features, ``beta = phi'(x) . B_j - d_j`` with
 ``B = diag(<1, u>) U^+ diag(w'_k)`` and ``d = B m'`` (``m'`` the mean of ``phi'`` over ``I_k``), so
 both kinds reduce to the same :class:`FixHead`: one stacked matrix ``A`` [M, D], offsets ``c`` [M] and
@@ -90,6 +97,9 @@ _PRECISIONS = ("float32", "float64")
 _EXPORT_FORMATS = ("torchscript", "onnx")
 _ALPHA_FILE_RE = re.compile(r"^spurious_alphas_train_(\d+)\.pt$")
 _COND_WARN = 1e6  # condition number of U above which the transfer warns (min-norm solution used)
+_EIG_FLOOR = 1e-10  # lambda_l / lambda_1 at or below which a source component has no direction (also alpha energy)
+_EIG_FLOOR_EPS = 16  # ... or below this many machine epsilons of the npca precision (the eigensolver's noise)
+_U_FLOOR = 1e-12  # |u_l| / (|alpha_l| |psi'|_F) at or below which the matched direction is rounding noise
 
 
 # ---------------------------------------------------------------------------- component sets
@@ -266,8 +276,11 @@ def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] 
         raise FileNotFoundError(f"{path} does not exist")
     try:
         obj = np.load(path, allow_pickle=True)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path} is not a .npy file ({err})") from None
+    except Exception as err:  # noqa: BLE001 (the unpickler raises anything on bytes that are not a pickle)
+        detail = " ".join(str(err).split())[:200]
+        raise ValueError(f"{path} is not a readable .npy file or pickle ({type(err).__name__}: {detail}); expected "
+                         "the published spurious_components.npy, a pickled dict class index -> list of 0-based "
+                         "component indices") from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, Mapping):
@@ -601,6 +614,7 @@ class FixResult:
     source: dict[str, Any] = field(default_factory=dict)
     matched_images: dict[str, int] = field(default_factory=dict)
     condition_numbers: dict[str, float | None] = field(default_factory=dict)  # None: rank-deficient U
+    skipped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # transfer: class -> skipped components
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -614,6 +628,15 @@ class FixResult:
             conds = [float("inf") if c is None else c for c in self.condition_numbers.values()]
             lines.append(f"matched training images per class: {min(n)}..{max(n)}; worst condition number of U: "
                          f"{max(conds):.3g}")
+        if self.skipped:
+            n_skipped = sum(len(v) for v in self.skipped.values())
+            shown = ", ".join(f"class {k}: {[e['component'] for e in v]}" for k, v in list(self.skipped.items())[:5])
+            lines.append(f"skipped {n_skipped} components without a direction to match (eigenvalue or matched "
+                         f"direction ~0): {shown}{', ...' if len(self.skipped) > 5 else ''}")
+            unfixed = sorted(set(self.skipped) - set(self.components), key=int)
+            if unfixed:
+                lines.append(f"not fixed (every listed component skipped): class{'es' if len(unfixed) > 1 else ''} "
+                             + ", ".join(unfixed))
         return lines
 
 
@@ -774,6 +797,14 @@ class ImportedAlphas:
                              f"{a.shape[1]} components (valid 0..{a.shape[1] - 1}), got {comps.tolist()}")
         return ids, a[:, comps].astype(np.float64)
 
+    def _spread(self, k: int, components: Sequence[int]) -> tuple[np.ndarray, float, str]:
+        """Energy ``|alpha_l|^2 / max_j |alpha_j|^2`` over the file's columns (no eigenvalues here), its floor, its name."""
+        _, a = self.alpha(k, range(self._entries[k]["n_components"]))
+        energy = (a**2).sum(axis=0)
+        top = float(energy.max()) if energy.size else 0.0
+        ratio = energy[list(components)] / top if top > 0 else np.zeros(len(components))
+        return ratio, _EIG_FLOOR, "|alpha_l|^2/max_j |alpha_j|^2"
+
 
 def load_alphas(path: str | os.PathLike[str]) -> ImportedAlphas:
     """Open a directory written by :func:`import_alphas`."""
@@ -863,6 +894,14 @@ class _WorkspaceAlphas:
         a = self.pca[k].alpha(self.store.phi(rows).astype(np.float64), components)
         return [ids[r] for r in rows], np.asarray(a, dtype=np.float64)
 
+    def _spread(self, k: int, components: Sequence[int]) -> tuple[np.ndarray, float, str]:
+        """``lambda_l / lambda_1`` of the class, the floor below which it is ~0 for this npca precision, its name."""
+        lam = self.pca[k].lam
+        top = float(lam[0]) if lam.size else 0.0
+        ratio = lam.astype(np.float64)[list(components)] / top if top > 0 else np.zeros(len(components))
+        floor = max(_EIG_FLOOR, _EIG_FLOOR_EPS * float(np.finfo(lam.dtype).eps))
+        return ratio, floor, "lambda_l/lambda_1"
+
 
 def _open_source(source: Any) -> tuple[Any, dict[str, Any]]:
     if isinstance(source, ImportedAlphas):
@@ -883,38 +922,65 @@ def _open_source(source: Any) -> tuple[Any, dict[str, Any]]:
                  "model_fingerprint": src.model_fingerprint, "split": src.split}
 
 
-def _transfer_class(alpha: np.ndarray, phi: np.ndarray, w: np.ndarray, k: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Linear form of ``beta`` for one class, all in float64.
+def _matched_directions(alpha: np.ndarray, phi: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unnormalised matched directions of one class, in float64.
 
     Args:
         alpha: [n, m] source alphas of the matched training images; phi: [n, D'] target features;
         w: [D'] target weight row ``w'_k``.
 
     Returns:
-        ``B`` [m, D'], ``d`` [m] (``beta = phi' @ B.T - d``), the unit directions ``U`` [D', m] and
-        the condition number of ``U``.
+        ``raw`` [D', m] ``= sum_i alpha_il (psi'_i - mu')``, its column norms ``|u_l|`` [m], and those
+        relative to their Cauchy-Schwarz bound ``|alpha_l| |psi'|_F`` [m] (0 when the bound is 0).
     """
-    mean = phi.mean(axis=0)
-    raw = (phi - mean).T @ alpha * w[:, None]  # [D', m] = sum_i alpha_il (psi'_i - mu')
+    raw = (phi - phi.mean(axis=0)).T @ alpha * w[:, None]
     norms = np.linalg.norm(raw, axis=0)
-    dead = norms <= 1e-300
-    if dead.any():
-        warnings.warn(f"class {k}: the matched direction of component(s) {np.flatnonzero(dead).tolist()} is zero "
-                      "(their alphas do not vary with the target features); they are not removed", stacklevel=4)
-    U = raw / np.where(dead, 1.0, norms)[None, :]
+    bound = np.linalg.norm(alpha, axis=0) * float(np.linalg.norm(phi * w[None, :]))
+    return raw, norms, np.divide(norms, bound, out=np.zeros_like(norms), where=bound > 0)
+
+
+def _transfer_class(raw: np.ndarray, phi: np.ndarray, w: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Linear form of ``beta`` for one class from its matched directions (none of them ~0), in float64.
+
+    Args:
+        raw: [D', m] unnormalised matched directions (:func:`_matched_directions`); phi: [n, D'] target
+            features of the matched images; w: [D'] target weight row ``w'_k``.
+
+    Returns:
+        ``B`` [m, D'], ``d`` [m] (``beta = phi' @ B.T - d``), the unit directions ``U`` [D', m] and
+        the condition number of ``U`` (inf when rank deficient).
+    """
+    U = raw / np.linalg.norm(raw, axis=0)[None, :]
     P, s, Qt = np.linalg.svd(U, full_matrices=False)
-    keep = s > max(float(s.max()) if s.size else 0.0, 1e-300) * 1e-12
-    alive = np.linalg.svd(U[:, ~dead], compute_uv=False) if (~dead).any() else np.zeros(0)
-    # fewer singular values than live columns, or a zero one: rank deficient (a zero column counts too)
-    full = alive.size == int((~dead).sum()) and alive.size > 0 and alive.min() > 0
-    cond = float(alive.max() / alive.min()) if full else float("inf")
-    if cond > _COND_WARN and (~dead).sum() > 1:
+    keep = s > max(float(s.max()), 1e-300) * 1e-12
+    # fewer singular values than columns, or a zero one: rank deficient
+    full = s.size == U.shape[1] and s.min() > 0
+    cond = float(s.max() / s.min()) if full else float("inf")
+    if cond > _COND_WARN and U.shape[1] > 1:
         warnings.warn(f"class {k}: the matched directions are nearly linearly dependent (condition number "
                       f"{cond:.3g}); the minimum-norm least-squares projection is used", stacklevel=4)
     pinv = (Qt[keep].T / s[keep][None, :]) @ P[:, keep].T  # [m, D'] = (U^T U)^{-1} U^T
     B = U.sum(axis=0)[:, None] * pinv * w[None, :]
-    return B, B @ mean, U, cond
+    return B, B @ phi.mean(axis=0), U, cond
+
+
+def _skip_noise_components(k: int, ls: Sequence[int], ratio: np.ndarray, floor: float, what: str,
+                           norms: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Which components of class ``k`` have a direction to match (mask); the others, warned about and described."""
+    skip = (ratio <= floor) | (rel <= _U_FLOOR)
+    skipped = [{"component": int(ls[j]), "ratio": float(ratio[j]), "ratio_of": what, "u_norm": float(norms[j]),
+                "reason": "eigenvalue ~0" if ratio[j] <= floor else "matched direction ~0"}
+               for j in np.flatnonzero(skip)]
+    if skipped:
+        figures = "; ".join(f"component {e['component']} ({e['reason']}): {what} = {e['ratio']:.3g}, |u| = "
+                            f"{e['u_norm']:.3g} before normalisation" for e in skipped)
+        tail = (f"; every listed component of class {k} is skipped, so class {k} is not fixed" if skip.all()
+                else "")
+        warnings.warn(f"class {k}: {len(skipped)} component(s) skipped, their matched direction would be rounding "
+                      f"noise, not a feature ({figures}; ~0 means {what} <= {floor:.2g} or |u| <= {_U_FLOOR:g} "
+                      f"|alpha_l| |psi'|){tail}", stacklevel=3)
+    return ~skip, skipped
 
 
 def transfer(
@@ -936,6 +1002,13 @@ def transfer(
     pseudo-inverse in float64; a warning when ``U`` is ill-conditioned), ``beta_j = c_j <1, u_j>``
     and ``g~_k = g_k - sum_j max(beta_j, 0)``. The head goes to ``OUT`` (default ``TARGET/fix``).
 
+    A component without a direction to match is skipped with a warning that gives its figures and
+    is listed in ``FixResult.skipped`` (and the artifact's ``transfer.skipped``): its eigenvalue is
+    ~0, ``lambda_l <= max(1e-10, 16 eps) lambda_1`` (``eps`` of the source's npca precision; for
+    imported alphas ``|alpha_l|^2 <= 1e-10 max_j |alpha_j|^2``), or its matched direction is ~0
+    (``|u_l| <= 1e-12 |alpha_l| |psi'|_F`` before normalisation, e.g. ``w'_k = 0``). A class whose
+    listed components are all skipped is not fixed (the warning says so).
+
     Args:
         source: a workspace with neural PCA and the features of its npca split, or imported
             reference alphas (:func:`import_alphas`).
@@ -947,7 +1020,7 @@ def transfer(
     Raises:
         FileNotFoundError: missing workspace, features, npca of the source, or component file.
         ValueError: bad component set, unknown class or component, a class without source alphas,
-            or no shared image ids for a class.
+            no shared image ids for a class, or every component skipped (nothing to transfer).
         IncompatibleArtifactError: the component set was made for another model than the source.
         FileExistsError: an artifact exists in ``out`` and ``overwrite`` is false.
     """
@@ -966,6 +1039,7 @@ def transfer(
     Bs, ds, Us, cls, comp = [], [], [], [], []
     matched: dict[str, int] = {}
     conds: dict[str, float | None] = {}
+    skipped: dict[str, list[dict[str, Any]]] = {}
     partial = []
     for k, ls in selected.items():
         sids, alpha = src.alpha(k, ls)
@@ -985,23 +1059,36 @@ def transfer(
         order = np.argsort(ti, kind="stable")  # read the target store in row order
         si, ti = si[order], ti[order]
         phi = store.phi(ti).astype(np.float64)
-        B, d, U, cond = _transfer_class(alpha[si], phi, W[k].astype(np.float64), k)
+        w = W[k].astype(np.float64)
+        raw, norms, rel = _matched_directions(alpha[si], phi, w)
+        ratio, floor, what = src._spread(k, ls)
+        live, dropped = _skip_noise_components(k, ls, ratio, floor, what, norms, rel)
+        matched[str(k)] = len(pairs)
+        if dropped:
+            skipped[str(k)] = dropped
+        if not live.any():
+            continue
+        B, d, U, cond = _transfer_class(raw[:, live], phi, w, k)
         Bs.append(B)
         ds.append(d)
         Us.append(U.T)
-        cls += [k] * len(ls)
-        comp += ls
-        matched[str(k)] = len(pairs)
+        kept = [int(ls[j]) for j in np.flatnonzero(live)]
+        cls += [k] * len(kept)
+        comp += kept
         conds[str(k)] = cond if np.isfinite(cond) else None  # None: rank deficient (JSON has no infinity)
     if partial:
         k, got, total = partial[0]
         warnings.warn(f"{len(partial)} classes use only the training images found in both workspaces (e.g. class "
                       f"{k}: {got} of {total} source images)", stacklevel=2)
+    if not Bs:
+        raise ValueError(f"no component of {comps.source or 'the component set'} can be transferred: every one has "
+                         "an eigenvalue or a matched direction of ~0 (see the warnings for the figures); choose "
+                         "components with variance in the source model")
     out_dir = Path(out) if out is not None else tws.root / "fix"
     _prepare_out(out_dir, overwrite)
     meta = {"created": utc_now(), "package_version": __version__, "model": _model_meta(tws),
             "source": {**src_meta, "components_source": comps.source, "target_split": split},
-            "transfer": {"matched_images": matched, "condition_numbers": conds}}
+            "transfer": {"matched_images": matched, "condition_numbers": conds, "skipped": skipped}}
     head = FixHead(np.concatenate(Bs), np.concatenate(ds), np.asarray(cls), np.asarray(comp),
                    num_classes=tws.num_classes, model_spec=tws.model_spec, model_fingerprint=tws.model_fingerprint,
                    name=name or f"SpuFix (transfer from {_short_spec(src_meta['model_spec'])})", kind="transfer",
@@ -1009,7 +1096,8 @@ def transfer(
     args = {"source": str(source if not isinstance(source, ImportedAlphas) else source.root), "target": str(target),
             "components": comps.source, "split": split, "precision": precision, "name": name}
     extra = {"u": np.concatenate(Us).astype(np.dtype(precision))}
-    return _write(head, out_dir, args, extra, {"matched_images": matched, "condition_numbers": conds}, t0)
+    return _write(head, out_dir, args, extra, {"matched_images": matched, "condition_numbers": conds,
+                                                "skipped": skipped}, t0)
 
 
 # ---------------------------------------------------------------------------- export

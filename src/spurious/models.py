@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from spurious._io import FINGERPRINT_SCHEME, cache_dir, read_json, write_json
 __all__ = [
     "Classifier",
     "Preprocessing",
+    "WeightsDownloadError",
     "list_models",
     "load_model",
     "register_model_source",
@@ -1025,28 +1025,34 @@ def _strip_prefix(key: str, prefix: str) -> str:
     return key
 
 
+def _unreadable_checkpoint(path: Path, error: Exception) -> ValueError:
+    """One-line error for a file that ``torch.load(weights_only=True)`` / safetensors cannot read."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # torch's weights_only message spans six lines; the one that says what was refused is enough
+    detail = next((line for line in lines if "nsupported" in line), lines[0] if lines else "")
+    detail = detail.split(". Please use")[0][:200]
+    return ValueError(
+        f"'{path}' is not a readable checkpoint ({type(error).__name__}: {detail}): expected a state dict "
+        f"saved with torch.save(model.state_dict(), ...) or a .safetensors file (only tensors and plain "
+        f"containers are read, for safety); if you trust a checkpoint that holds more, re-save its weights: "
+        f"sd = torch.load(p, weights_only=False); torch.save(sd.get('model') or sd.get('state_dict') or sd, "
+        f"'clean.pt')"
+    )
+
+
 def _read_checkpoint(path: Path) -> _Checkpoint:
     """Read a plain / wrapped / DataParallel / Madry ``robustness`` checkpoint."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path))
-    else:
-        try:
+            obj: Any = load_file(str(path))
+        else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            ValueError,
-            AttributeError,
-        ) as e:
-            raise ValueError(
-                f"could not load checkpoint '{path}' with torch.load(weights_only=True): {e}\n"
-                f"Only tensors and plain containers are read, for safety. If you trust the file, "
-                f"re-save its weights: sd = torch.load(p, weights_only=False); "
-                f"torch.save(sd['model'] or sd['state_dict'] or sd, 'clean.pt')"
-            ) from e
+    except OSError:
+        raise  # unreadable file (permissions, ...): its own message names the file
+    except Exception as e:  # noqa: BLE001 (any bytes: the unpickler raises KeyError, UnpicklingError, ...)
+        raise _unreadable_checkpoint(path, e) from e
     state = obj
     while isinstance(state, Mapping) and not all(
         isinstance(v, Tensor) for v in state.values()
@@ -1153,10 +1159,18 @@ def _map_by_order(
 # ----------------------------------------------------------------------------
 
 
-def _download_error(spec: str, error: BaseException) -> RuntimeError:
-    return RuntimeError(
+class WeightsDownloadError(OSError, RuntimeError):
+    """Pretrained weights could not be downloaded (offline, blocked, not found).
+
+    An ``OSError`` (the CLI exits with status 2 and one line) and, as it used to be, a ``RuntimeError``.
+    """
+
+
+def _download_error(spec: str, error: BaseException) -> WeightsDownloadError:
+    reason = " ".join(str(error).split())  # one line
+    return WeightsDownloadError(
         f"could not download the pretrained weights of {spec!r} "
-        f"({type(error).__name__}: {error}). This machine may be offline. Pass a local checkpoint "
+        f"({type(error).__name__}: {reason}). This machine may be offline. Pass a local checkpoint "
         f"as '{spec}@/path/to/weights.pt' (or checkpoint=...), or use pretrained=False for random "
         f"weights (CLI: --random-weights). For timm, HF_HUB_OFFLINE=1 makes this fail fast."
     )
@@ -1209,6 +1223,15 @@ def _warn_unstated(spec: str, path: Path, preprocessing: Preprocessing, source: 
     )
 
 
+def _checked_names(class_names: Sequence[str], k: int, spec: str) -> list[str]:
+    names = [str(c) for c in class_names]
+    if len(names) != k:
+        raise ValueError(
+            f"got {len(names)} class names for {spec!r} with {k} classes; pass exactly one name per class"
+        )
+    return names
+
+
 def _finish(
     model: nn.Module,
     preprocessing: Preprocessing,
@@ -1229,13 +1252,7 @@ def _finish(
     clf = Classifier(model, preprocessing, None, spec, device=device)
     clf.preprocessing_source = source
     if class_names is not None:
-        names = [str(c) for c in class_names]
-        if len(names) != clf.num_classes:
-            raise ValueError(
-                f"got {len(names)} class names for {spec!r} with {clf.num_classes} classes; "
-                f"pass exactly one name per class"
-            )
-        clf.class_names = names
+        clf.class_names = _checked_names(class_names, clf.num_classes, spec)
         clf.class_names_source = names_source
     else:
         defaults = default_names(clf.num_classes)
@@ -1680,7 +1697,8 @@ def load_model(
             does not fit the architecture or cannot be read safely, wrong ``class_names``, or a
             bad preprocessing option or config file.
         FileNotFoundError: the checkpoint (or the given config file) does not exist.
-        RuntimeError: pretrained weights could not be downloaded (offline).
+        WeightsDownloadError (an OSError and a RuntimeError): pretrained weights could not be
+            downloaded (offline).
     """
     if not isinstance(spec, str):
         raise TypeError(
@@ -1779,13 +1797,7 @@ def _load_from_source(
             f"{canonical!r} has {clf.num_classes} classes, not num_classes={num_classes}"
         )
     if class_names is not None:
-        names = [str(c) for c in class_names]
-        if len(names) != clf.num_classes:
-            raise ValueError(
-                f"got {len(names)} class names for {canonical!r} with {clf.num_classes} "
-                f"classes; pass exactly one name per class"
-            )
-        clf.class_names = names
+        clf.class_names = _checked_names(class_names, clf.num_classes, canonical)
     clf.spec = canonical
     if clf.preprocessing_source == "given":
         clf.preprocessing_source = f"stated by the '{prefix}:' model"

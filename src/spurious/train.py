@@ -89,7 +89,6 @@ import math
 import os
 import pickle
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +106,7 @@ from spurious.datasets.planted import (
     PlantedDataset,
     generate_planted,
 )
-from spurious._io import read_json
+from spurious._io import atomic_path, read_json, sha256_file
 from spurious.models import Classifier, Preprocessing
 
 __all__ = [
@@ -575,11 +574,7 @@ def shipped_checkpoint(config: DemoTrainConfig, shipped_dir: Path | None = None)
 
 @functools.lru_cache(maxsize=8)
 def _sha256_file_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _sha256_file(path: Path) -> str:
@@ -985,16 +980,8 @@ def _default_name(config: DemoTrainConfig) -> str:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:  # honours the umask (not mkstemp's 0600)
+        torch.save(obj, tmp)
 
 
 def _read_demo_checkpoint(path: Path) -> dict[str, Any]:

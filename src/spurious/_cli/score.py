@@ -69,8 +69,8 @@ def register(sub: Any) -> None:
                         "heads), identity, wnid, names, or a JSON file {\"<class>\": <output>}; any but auto keeps "
                         "the validation folders' own (sorted) classes")
     p.add_argument("--protocol", choices=["model", "reference"], default="model",
-                   help="model: each model's own preprocessing (default); reference: spurious images resized to "
-                        "the input size without crop, as the reference code did")
+                   help="model: each model's own preprocessing (default); reference: spurious images as the "
+                        "reference code fed them (shorter side resized to the input size, center crop)")
     p.add_argument("--plot-model", dest="plot_models", action="append", default=None, metavar="ROW",
                    help="row drawn in the class-wise AUC bars (repeatable; the first also gets image strips)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 64 GPU, 16 CPU)")

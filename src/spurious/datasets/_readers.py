@@ -116,6 +116,15 @@ def _class_folders(
         scan_tree(os.path.join(root_s, folder), folder + "/", listing, dataset_root=root_s)
     if not listing.images:
         raise _empty_error(kind, root, listing.skipped)
+    present = {i.split("/", 1)[0] for i in listing.images}
+    empty = [f for f in folders if f not in present]
+    if empty:  # a class that silently vanished would skew every per-class figure
+        listing.skipped.extend((f + "/", "class folder holds no images") for f in empty)
+        warnings.warn(
+            f"{root}: {len(empty)} class folder{'s hold' if len(empty) > 1 else ' holds'} no images: "
+            f"{_some(empty)} (their classes get no images here; listed in the dataset's skipped entries)",
+            stacklevel=3,
+        )
     ids = sorted(listing.images)
     folder_of = [i.split("/", 1)[0] for i in ids]
     labels = [label_of[f] for f in folder_of]

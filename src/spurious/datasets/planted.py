@@ -99,6 +99,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from spurious._io import make_temp_dir
+
 __all__ = [
     "BACKGROUNDS",
     "CLASS_SHAPES",
@@ -1261,7 +1263,7 @@ def generate_planted(
         _check_replaceable(out, config, overwrite)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")  # 0777 & ~umask (mkdtemp: 0700)
     try:
         start = time.perf_counter()
         _write_tree(tmp, config)

@@ -256,6 +256,9 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     from spurious.label.store import LabelStore
 
     store = LabelStore(ws_r, sync=True)
+    if not interactive:  # the simulated labelers are identities of their own kind, not typed names
+        for who in _LABELERS:
+            store.add_labeler(who, kind="simulated")
     wsr = Workspace.open(ws_r)
     train = wsr.feature_store("train")
     pca = load_npca(ws_r)

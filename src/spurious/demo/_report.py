@@ -1,18 +1,122 @@
-"""The demo's static report ``OUT/report/index.html``: summary tables, links to every stage's pages, plots."""
+"""The demo's static report ``OUT/report/index.html``: summary tables, what was found, links to
+every stage's pages, plots.
+
+Each planted feature found (a ``DemoResult.found`` entry: class ``k``, component ``l``) is shown
+with the pictures the ``visualize`` stage wrote for it in the robust workspace: the NPFV, its
+GradCAM, and the top max-activating training images each next to its GradCAM heatmap. The files
+are found through ``OUT/ws-robust/visualize/class_KKKKK/components.json``; every link is relative
+to the report folder, so the report keeps working when ``OUT`` is moved or copied, and a picture
+that is missing is left out with a note.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from spurious import _html
+from spurious.score.plots import display_names
 
 __all__ = ["write_report"]
+
+ROBUST_WS = "ws-robust"   # the demo workspace whose components the review labelled
+TOP_SHOWN = 8             # max-activating images shown per component (the class sheet has them all)
+_PLOTS = {"plot_scatter": "mAUC vs validation accuracy, arrows to SpuFix",
+          "plot_class_auc": "class-wise ROC-AUC"}  # ScoreResult.paths keys -> what the plot shows
 
 
 def _rel(target: str | os.PathLike[str], start: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), start.resolve())).as_posix()
+
+
+def _thumb_width(data: dict[str, Any]) -> int:
+    """Display width as on the inspection sheets: small inputs enlarged (pixelated), large ones 160 px."""
+    try:
+        h = int(data["input_size"][-1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 112
+    return h * max(1, round(112 / h)) if 0 < h < 112 else 160
+
+
+def _sheet_folder(out: Path, k: int) -> Path:
+    return out / ROBUST_WS / "visualize" / f"class_{k:05d}"
+
+
+def _class_sheet(out: Path, k: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The ``components.json`` content of class ``k``'s visualize folder, or why it is unreadable."""
+    path = _sheet_folder(out, k) / "components.json"
+    shown = path.relative_to(out).as_posix()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{shown} does not exist (visualize has not run for class {k})"
+    except (OSError, ValueError) as e:
+        return None, f"{shown} could not be read ({type(e).__name__}: {e})"
+    if not isinstance(data, dict) or not isinstance(data.get("components"), list):
+        return None, f"{shown} has no component list"
+    return data, None
+
+
+def _found_card(f: Any, out: Path, report_dir: Path) -> str:
+    """One found component: NPFV, NPFV GradCAM, top images with heatmaps; notes for what is missing."""
+    title = (f"class {_html.esc(f.class_name)} ({f.class_index}), component {f.component} &rarr; "
+             f"{_html.esc(f.feature or 'no planted feature')}")
+    head = f'<div class="card"><h3>{title}</h3>'
+    folder = _sheet_folder(out, f.class_index)
+    data, problem = _class_sheet(out, f.class_index)
+    if data is None:
+        return f'{head}<p class="note">No pictures: {_html.esc(problem)}.</p></div>'
+    comp = next((c for c in data["components"] if isinstance(c, dict) and c.get("component") == f.component), None)
+    if comp is None:
+        where = _html.esc(folder.relative_to(out).as_posix())
+        return (f'{head}<p class="note">No pictures: component {f.component} is not among the components '
+                f"visualized for class {f.class_index} (see {where}).</p></div>")
+    width = _thumb_width(data)
+    figs: list[str] = []
+    missing: list[str] = []
+
+    def pair(*pictures: tuple[Any, str, str]) -> None:
+        """An image and its heatmap, kept side by side; missing files are skipped and listed."""
+        shown = []
+        for name, alt, caption in pictures:
+            path = folder / str(name) if name else None
+            if path is None or not path.is_file():
+                missing.append(str(name) if name else f"({alt})")
+                continue
+            shown.append(_html.img(_rel(path, report_dir), alt, width=width, caption=caption))
+        if shown:
+            figs.append(f'<div class="row">{"".join(shown)}</div>')
+
+    pair((comp.get("npfv_png"), f"NPFV of class {f.class_name}, component {f.component}", "NPFV"),
+         (comp.get("npfv_heatmap_png"), f"GradCAM on the NPFV of class {f.class_name}, component {f.component}",
+          "NPFV GradCAM"))
+    tops: Sequence[Any] = comp.get("top_images") or []
+    for i, t in enumerate(tops[:TOP_SHOWN]):
+        if not isinstance(t, dict):
+            continue
+        image_id = str(t.get("id", f"#{i + 1}"))
+        alpha = t.get("alpha")
+        caption = f"#{i + 1} alpha={alpha:.3g}" if isinstance(alpha, (int, float)) else f"#{i + 1}"
+        pair((t.get("png"), f"max-activating training image {image_id} (component {f.component})", caption),
+             (t.get("heatmap_png"), f"GradCAM heatmap of {image_id} (component {f.component})", image_id))
+    sheet = folder / "index.html"
+    more = f"Showing {TOP_SHOWN} of {len(tops)} max-activating images; " if len(tops) > TOP_SHOWN else ""
+    links = f"{more}{_html.link(_rel(sheet, report_dir), 'inspection sheet of the class')}" if sheet.is_file() else more
+    body = f'<div class="row" style="gap:.75rem">{"".join(figs)}</div>' if figs else ""
+    note = (f'<p class="note">{len(missing)} picture(s) missing, not shown: {_html.esc(", ".join(missing))}</p>'
+            if missing else "")
+    stats = (f'<p class="muted">Top-20 precision {_html.fmt(f.precision_top20, 2)} (share of its 20 '
+             f"max-activating training images that show the feature); NPFV p(class) "
+             f"{_html.fmt(f.npfv_probability)}. {links}</p>")
+    return f"{head}{stats}{body}{note}</div>"
+
+
+def _model_cell(spec: str, names: dict[str, str]) -> str:
+    """A table cell with the short name, the full spec as its tooltip."""
+    return f'<span title="{_html.esc(spec)}">{_html.esc(names[spec])}</span>'
 
 
 def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
@@ -35,14 +139,28 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
                               "retrieved", "retrieval precision (top 50)", "accepted"], rows))
     if result.missed:
         parts.append("<p>Planted but not found by the review: " + _html.esc(", ".join(result.missed)) + "</p>")
+    if result.found:
+        parts.append("<h3>What each found component looks like</h3>")
+        parts.append('<p class="muted">Robust model, as on the inspection sheets of <code>visualize</code>. Per '
+                     "component: its NPFV (the feature visualization: an image optimised to raise the component's "
+                     "contribution alpha to the class logit) and the GradCAM on it, then its max-activating training "
+                     "images, each followed by its GradCAM heatmap (where the component looks).</p>")
+        parts.extend(_found_card(f, out, report_dir) for f in result.found)
+    else:
+        parts.append('<p class="note">The review agreed on no component, so there is nothing to show.</p>')
 
+    names = display_names([m.model for m in result.models])
     parts.append("<h2>Spurious score before / after SpuFix</h2>")
     rows = []
     for m in result.models:
-        rows.append([m.model, m.fix_kind, m.mauc_benchmark, m.mauc_benchmark_fixed, m.mauc_planted,
+        rows.append([_model_cell(m.model, names), m.fix_kind, m.mauc_benchmark, m.mauc_benchmark_fixed, m.mauc_planted,
                      m.mauc_planted_fixed, m.val_accuracy, m.val_accuracy_fixed])
     parts.append(_html.table(["model", "SpuFix", "mAUC built benchmark", "fixed", "mAUC planted spurious split",
-                              "fixed", "val accuracy", "fixed"], rows))
+                              "fixed", "val accuracy", "fixed"], rows, html_cols=(0,)))
+    specs = [[names[m.model], m.model] for m in result.models if names[m.model] != m.model]
+    if specs:
+        parts.append('<p class="muted">Model specs (the full ones are in the JSON and CSV outputs):</p>')
+        parts.append(_html.table(["name", "spec"], specs, left_cols=(0, 1)))
     parts.append('<p class="muted">mAUC: mean over classes of the ROC-AUC separating validation images of the '
                  "class (positives) from spurious-only images of the class (negatives) by the class probability; "
                  "1 = no reliance on the spurious feature.</p>")
@@ -52,9 +170,10 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
     for m in result.models:
         a = m.train_agreement or {}
         if a.get("checked"):
-            rows.append([m.model, a["labelled"], a["agreement"], a["chance"], a["kappa"],
+            rows.append([_model_cell(m.model, names), a["labelled"], a["agreement"], a["chance"], a["kappa"],
                          "ok" if a["ok"] else "SUSPECT"])
-    parts.append(_html.table(["model", "train images", "top-1 agreement", "chance", "Cohen's kappa", "verdict"], rows))
+    parts.append(_html.table(["model", "train images", "top-1 agreement", "chance", "Cohen's kappa", "verdict"], rows,
+                             html_cols=(0,)))
     parts.append('<p class="muted">What <code>extract</code> checks on every labelled split: the top-1 prediction '
                  "against the stored label, and the agreement expected by chance from the label and prediction "
                  "frequencies alone. Below kappa 0.2 every later figure is suspect (wrong preprocessing or labels "
@@ -64,12 +183,12 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
     for which, res in scored.items():
         for key, path in sorted(res.paths.items()):
             if str(path).endswith(".png"):
-                parts.append(_html.img(_rel(path, report_dir), f"{which}: {key}", width=520,
-                                       caption=f"{which}: {key}"))
+                what = _PLOTS.get(key, key)
+                parts.append(_html.img(_rel(path, report_dir), f"{what}, {which}", caption=f"{which}: {what}"))
 
     parts.append("<h2>Stage pages</h2><ul>")
-    links = [(out / "ws-robust" / "visualize" / "index.html", "inspection sheets (visualize, robust model)"),
-             (out / "ws-robust" / "retrieve" / "gallery" / "index.html", "retrieved candidates (gallery)"),
+    links = [(out / ROBUST_WS / "visualize" / "index.html", "inspection sheets (visualize, robust model)"),
+             (out / ROBUST_WS / "retrieve" / "gallery" / "index.html", "retrieved candidates (gallery)"),
              (out / "benchmark" / "README.md", "built benchmark: dataset card"),
              (out / "score" / "report.html", "score report: built benchmark"),
              (out / "score-planted" / "report.html", "score report: planted spurious split")]

@@ -2,7 +2,8 @@
 
 * :class:`LabelStore` (``WS/labels.sqlite``, no web imports): verdicts per labeler, the agreed
   spurious components (:meth:`LabelStore.agreed_components`, the sets ``S_k`` of SpuFix), the
-  accepted benchmark images (:meth:`LabelStore.accepted_images`) and the exports.
+  accepted benchmark images (:meth:`LabelStore.accepted_images`), the exports, and the identities
+  (typed names, invited labelers with tokens, simulated labelers) with their sign-in sessions.
 * :func:`create_app` / :func:`serve` (``spurious label WS``): the FastAPI web UI; imported lazily,
   so ``from spurious.label import LabelStore`` does not load the web stack.
 """
@@ -14,10 +15,12 @@ from typing import Any
 from spurious.label.store import (
     COMPONENT_VERDICTS,
     FILTERS,
+    IDENTITY_KINDS,
     IMAGE_VERDICTS,
     SCHEMA_VERSION,
     ComponentRow,
     CurateRow,
+    Labeler,
     LabelStore,
     SyncResult,
     UnknownItemError,
@@ -27,11 +30,13 @@ from spurious.label.store import (
 __all__ = [
     "COMPONENT_VERDICTS",
     "FILTERS",
+    "IDENTITY_KINDS",
     "IMAGE_VERDICTS",
     "SCHEMA_VERSION",
     "ComponentRow",
     "CurateRow",
     "LabelStore",
+    "Labeler",
     "SyncResult",
     "UnknownItemError",
     "check_labeler",

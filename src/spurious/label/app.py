@@ -1,8 +1,15 @@
 """The labelling web UI (``spurious label WS``): FastAPI + Jinja2 pages and a small vanilla-JS file.
 
-Pages (every one needs a labeler name, kept in the ``spurious_labeler`` cookie; ``/login`` asks for it):
+Every page needs a signed-in labeler: the ``spurious_session`` cookie holds an opaque random session
+id (its SHA-256 is kept in the label store), opened either by an invite link (``/join?token=...``,
+made by ``spurious label WS --add-labeler NAME``) or, in the simple mode on loopback, by typing a
+name on ``/login`` (not verified). With ``require_tokens`` (always when bound beyond loopback) only
+invite links sign in.
 
 ========================================  ===========================================================
+``GET  /login``, ``POST /login``          sign in by name (simple mode; refused with ``require_tokens``)
+``GET  /join?token=T``, ``POST /join``    sign in with an invite link (the GET only shows a button)
+``POST /logout``                          end the session
 ``GET  /``                                progress counts, per-class table, exports
 ``GET  /class/{k}``                       overview of class ``k``: components, votes, notes, curation
 ``GET  /review`` / ``/review/{k}/{l}``    one component per page; ``?filter=all|unlabeled|disagreements&cls=K``
@@ -18,6 +25,9 @@ Pages (every one needs a labeler name, kept in the ``spurious_labeler`` cookie; 
 
 Unknown verdicts are rejected with 422; Jinja2 autoescaping is on for every template, and the pages
 run no inline script (a Content-Security-Policy forbids it), so data and user text show as text.
+Request bodies are limited (``max_body``, 64 KiB by default; 413 before more is read), error
+answers never repeat the request body, and every state-changing request (``POST`` etc.) from another
+origin (``Origin`` / ``Referer`` / ``Sec-Fetch-Site``) is refused with 403.
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -47,11 +58,15 @@ from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spurious import __version__
+from spurious.label.guards import MAX_BODY_BYTES, BodyLimit, SameOrigin, validation_summary
 from spurious.label.store import (
     IMAGE_VERDICTS,
+    MAX_LABELER_CHARS,
     MAX_NOTE_CHARS,
+    SESSION_SECONDS,
     ComponentRow,
     CurateRow,
+    Labeler,
     LabelStore,
     UnknownItemError,
     _check_min_agree,
@@ -63,13 +78,13 @@ from spurious.label.store import (
 )
 from spurious.workspace import Workspace
 
-__all__ = ["COOKIE", "LOOPBACK_HOSTS", "create_app", "is_loopback", "serve"]
+__all__ = ["COOKIE", "LOOPBACK_HOSTS", "MAX_BODY_BYTES", "create_app", "is_loopback", "serve"]
 
 # the ?filter= of the review and curate pages (the same values as spurious.label.store.FILTERS)
 Filter = Literal["all", "unlabeled", "disagreements"]
 
 
-COOKIE = "spurious_labeler"
+COOKIE = "spurious_session"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _HERE = Path(__file__).parent
 _KEY_RE = re.compile(r"^[0-9a-f]{24}$")
@@ -181,7 +196,8 @@ def _vote_counts(votes: dict[str, str]) -> dict[str, int]:
     return {verdict: sum(1 for x in votes.values() if x == verdict) for verdict in IMAGE_VERDICTS}
 
 def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = True, min_agree: int = 2,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, require_tokens: bool = False,
+               max_body: int = MAX_BODY_BYTES) -> FastAPI:
     """Build the labelling app for a workspace.
 
     Args:
@@ -190,20 +206,35 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         min_agree: labelers that must agree for a spurious component / an accepted image (>= 1).
         allowed_hosts: accepted ``Host`` headers (``None``: any); :func:`serve` passes the loopback
             names when it binds to loopback, which blocks DNS-rebinding pages.
+        require_tokens: only invited labelers (invite link, :meth:`LabelStore.invite_labeler`) can
+            sign in; ``False`` also allows typing a name (unverified; for loopback). :func:`serve`
+            sets it when binding beyond loopback.
+        max_body: the largest request body in bytes; a larger one is answered 413 unread.
 
     Raises:
         FileNotFoundError: not a workspace.
-        ValueError: ``min_agree`` < 1, a newer label schema, malformed stage artifacts.
+        ValueError: ``min_agree`` < 1, ``max_body`` < 1024, a newer label schema, malformed stage artifacts.
     """
     min_agree = _check_min_agree(min_agree)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
+        raise ValueError(f"max_body must be an integer >= 1024 (bytes; default {MAX_BODY_BYTES}), got {max_body!r}")
     store = LabelStore(workspace, sync=sync)
     templates = _templates()
     num_classes = store.workspace.num_classes
     app = FastAPI(title="spurious label", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    app.state.require_tokens = bool(require_tokens)
+    app.state.max_body = max_body
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
+    # the last added runs first: body limit, then host check, then the origin check
+    app.add_middleware(SameOrigin)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(BodyLimit, max_bytes=max_body)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_summary(exc.errors())}, status_code=422)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -213,14 +244,16 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         response.headers["Referrer-Policy"] = "same-origin"
         return response
 
+    def identity_of(request: Request) -> Labeler | None:
+        """The signed-in identity: a live session, of an invited labeler when tokens are required."""
+        who = store.session_labeler(request.cookies.get(COOKIE))
+        if who is None or (require_tokens and not who.verified):
+            return None
+        return who
+
     def labeler_of(request: Request) -> str | None:
-        raw = request.cookies.get(COOKIE)
-        if raw is None:
-            return None
-        try:
-            return check_labeler(unquote(raw))
-        except (TypeError, ValueError):
-            return None
+        who = identity_of(request)
+        return None if who is None else who.name
 
     def need_labeler(request: Request) -> str:
         name = labeler_of(request)
@@ -228,15 +261,23 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             raise HTTPException(401, "sign in first: GET /login")
         return name
 
+    def signed_in(response: Response, name: str) -> Response:
+        response.set_cookie(COOKIE, store.open_session(name), max_age=SESSION_SECONDS, httponly=True,
+                            samesite="lax", path="/")
+        return response
+
     def login_redirect(request: Request) -> RedirectResponse:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
     def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("labeler", labeler_of(request))
+        who = identity_of(request)
+        context.setdefault("labeler", None if who is None else who.name)
+        context.setdefault("identity", who)
         context.setdefault("page", template.removesuffix(".html"))
         return templates.TemplateResponse(request, template, {"version": __version__, "ws": str(store.root),
-                                                          "min_agree": min_agree, **context},
+                                                          "min_agree": min_agree, "require_tokens": require_tokens,
+                                                          **context},
                                           status_code=status_code)
 
     def img_url(path: str | os.PathLike[str]) -> str:
@@ -247,22 +288,59 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     # ------------------------------------------------------------------ sign-in
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request, next: str = "/") -> HTMLResponse:
-        return render(request, "login.html", next=_safe_next(next), error=None, name="")
+        return render(request, "login.html", next=_safe_next(next), error=None)
 
     @app.post("/login", response_model=None)
     def login(request: Request, name: str = Form(""), next: str = Form("/")) -> Response:
+        """Simple mode: sign in under a typed name (unverified). Error pages never repeat the name."""
+        def refuse(status: int, error: str) -> Response:
+            return render(request, "login.html", status_code=status, next=_safe_next(next), error=error)
+
+        if require_tokens:
+            return refuse(403, "Signing in by name is off on this server: open the invite link the owner gave you.")
+        try:
+            name = check_labeler(name)
+        except (TypeError, ValueError):
+            return refuse(422, f"invalid labeler name: use 1-{MAX_LABELER_CHARS} letters, digits, '_', and inside "
+                               "the name also space . @ + - (e.g. 'alice' or 'bob.smith')")
+        existing = store.identity(name)
+        if existing is not None and existing.revoked is not None:
+            return refuse(403, "The owner removed this labeler; ask for an invite link.")
+        if existing is not None and existing.kind == "token":
+            return refuse(403, "This name belongs to an invited labeler: sign in with your invite link.")
+        if existing is not None and existing.kind != "name":
+            return refuse(403, "This name belongs to a simulated labeler (a script); pick another name.")
         try:
             name = store.add_labeler(name)
-        except (TypeError, ValueError) as err:
-            return render(request, "login.html", status_code=422, next=_safe_next(next), error=str(err), name=name)
-        response = RedirectResponse(_safe_next(next), status_code=303)
-        response.set_cookie(COOKIE, quote(name, safe=""), max_age=365 * 24 * 3600, httponly=True, samesite="lax")
+        except ValueError:  # changed meanwhile (invited or removed)
+            return refuse(403, "This name cannot sign in by name any more; ask the owner for an invite link.")
+        return signed_in(RedirectResponse(_safe_next(next), status_code=303), name)
+
+    @app.get("/join", response_class=HTMLResponse)
+    def join_page(request: Request, token: str = "", next: str = "/") -> HTMLResponse:
+        """The invite link: shows whose link it is and a button (a GET changes nothing)."""
+        who = store.labeler_for_token(token)
+        response = render(request, "join.html", status_code=200 if who else 404, invited=who,
+                          token=token if who else "", next=_safe_next(next))
+        # no-store; the app's Referrer-Policy same-origin keeps the link off other sites ("no-referrer"
+        # would make the browser send "Origin: null" with the button's POST, which is refused)
+        response.headers["Cache-Control"] = "no-store"
         return response
 
+    @app.post("/join", response_model=None)
+    def join(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
+        who = store.labeler_for_token(token)
+        if who is None:
+            response = render(request, "join.html", status_code=404, invited=None, token="", next="/")
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        return signed_in(RedirectResponse(_safe_next(next), status_code=303), who.name)
+
     @app.post("/logout")
-    def logout() -> RedirectResponse:
+    def logout(request: Request) -> RedirectResponse:
+        store.close_session(request.cookies.get(COOKIE))
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(COOKIE, path="/")
         return response
 
     # ------------------------------------------------------------------ overview pages
@@ -286,7 +364,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             c["judged"] += cr.judged_by_me
             c["accepted"] += cr.accepted
         return render(request, "index.html", progress={**review_progress(comps), **curate_progress(cur)},
-                      classes=[classes[k] for k in sorted(classes)], labelers=store.labelers())
+                      classes=[classes[k] for k in sorted(classes)], labelers=store.identities())
 
     @app.get("/class/{k}", response_class=HTMLResponse, response_model=None)
     def class_page(request: Request, k: int) -> Response:
@@ -468,7 +546,8 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         return Response(status_code=204)
 
     @app.get("/img/{key}")
-    def image(key: str) -> FileResponse:
+    def image(request: Request, key: str) -> FileResponse:
+        need_labeler(request)
         path = store.file_path(key) if _KEY_RE.match(key) else None
         if path is None or not path.is_file():
             raise HTTPException(404, "no such image")
@@ -487,26 +566,44 @@ def _class_choices(rows: list[Any]) -> list[int]:
 
 
 def serve(workspace: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8765, min_agree: int = 2,
-          open_browser: bool = False, log_level: str = "info") -> None:
+          open_browser: bool = False, log_level: str = "info", require_tokens: bool | None = None,
+          max_body: int = MAX_BODY_BYTES) -> None:
     """Run the labelling app with uvicorn until interrupted.
 
-    Binding to anything but loopback exposes the labels to the network (there are no passwords):
-    a ``UserWarning`` says so. On loopback, requests must name a loopback host (DNS-rebinding guard).
+    On loopback, requests must name a loopback host (DNS-rebinding guard) and both sign-in modes
+    work (typed names, unverified, and invite links) unless ``require_tokens=True``. Beyond loopback
+    only invite links sign in (``require_tokens`` is forced), and a ``UserWarning`` says that the
+    traffic is plain HTTP (and when nobody has an invite yet).
+
+    Args:
+        require_tokens: ``None``: only beyond loopback; ``True``: also on loopback.
+        max_body: the largest request body in bytes (see :func:`create_app`).
 
     Raises:
-        ValueError: ``port`` outside 0..65535 (0 = any free port), or see :func:`create_app`.
+        ValueError: ``port`` outside 0..65535 (0 = any free port), ``require_tokens=False`` beyond
+            loopback, or see :func:`create_app`.
     """
     import uvicorn
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in 0..65535 (0 = any free port), got {port!r}")
     loopback = is_loopback(host)
+    if require_tokens is None:
+        require_tokens = not loopback
+    elif not require_tokens and not loopback:
+        raise ValueError(f"binding to {host} needs invite tokens (require_tokens=True): typed names are not "
+                         "verified, so they are only offered on loopback (127.0.0.1)")
     if not loopback:
-        warnings.warn(f"binding to {host}: anyone who can reach this address can read and change the labels "
-                      "(there are no passwords); use --host 127.0.0.1 unless this network is trusted",
+        warnings.warn(f"binding to {host}: only invited labelers can sign in (spurious label WS --add-labeler NAME), "
+                      "but the connection is plain HTTP: invite links, sessions and labels cross the network "
+                      "unencrypted; use a trusted network, or keep 127.0.0.1 and give each labeler an SSH tunnel",
                       stacklevel=2)
     allowed = ([*LOOPBACK_HOSTS, "[::1]", host.strip("[]")] if loopback else None)
-    app = create_app(workspace, min_agree=min_agree, allowed_hosts=allowed)
+    app = create_app(workspace, min_agree=min_agree, allowed_hosts=allowed, require_tokens=require_tokens,
+                     max_body=max_body)
+    if require_tokens and not any(who.verified and who.revoked is None for who in app.state.store.identities()):
+        warnings.warn("nobody can sign in yet: invite labelers with `spurious label WS --add-labeler NAME` "
+                      "(the running server accepts new invites at once)", stacklevel=2)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     server = uvicorn.Server(config)
     if open_browser:

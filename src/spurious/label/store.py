@@ -17,8 +17,20 @@ Storage: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE`` write transaction
 connection per call, so any number of threads and processes (two servers on one workspace, a
 script exporting while people label) write without losing a verdict; ``synchronous=FULL`` so a
 committed verdict survives a crash of the server. The schema is versioned with
-``PRAGMA user_version``; a database written by a newer spurious is refused with a clear error.
-Every verdict change is also appended to a history table.
+``PRAGMA user_version``; an older database is migrated in place on open (version 1 -> 2 adds the
+identity columns and the sessions table), one written by a newer spurious is refused with a clear
+error. Every verdict change is also appended to a history table.
+
+Identities (``labelers`` table, one row per name; every verdict names the identity that gave it, and
+the agreement rules count distinct identities):
+
+* ``name``: a name typed on the sign-in page (loopback only, unverified: anyone can type any name);
+* ``token``: a labeler invited by the owner (:meth:`LabelStore.invite_labeler`), who signs in with a
+  secret link; only the SHA-256 of the token is stored;
+* ``simulated``: a script that labels through this API (``add_labeler(name, kind="simulated")``).
+
+A signed-in browser holds an opaque random session id; the ``sessions`` table keeps its SHA-256,
+the identity and an expiry, and inviting again or removing a labeler ends its sessions.
 
 This module imports no web code, so ``fix``, ``retrieve`` and the benchmark builder can use it cheaply.
 """
@@ -33,7 +45,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import sqlite3
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,14 +61,18 @@ from spurious.workspace import IncompatibleArtifactError, Workspace
 __all__ = [
     "COMPONENT_VERDICTS",
     "FILTERS",
+    "IDENTITY_KINDS",
     "IMAGE_VERDICTS",
     "SCHEMA_VERSION",
+    "SESSION_SECONDS",
     "ComponentRow",
     "CurateRow",
     "LabelStore",
+    "Labeler",
     "SyncResult",
     "UnknownItemError",
     "check_labeler",
+    "csv_cell",
     "curate_progress",
     "file_key",
     "review_progress",
@@ -63,10 +81,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COMPONENT_VERDICTS: tuple[str, ...] = ("spurious", "core", "unsure")
 IMAGE_VERDICTS: tuple[str, ...] = ("in", "out", "trash")
 FILTERS: tuple[str, ...] = ("all", "unlabeled", "disagreements")
+IDENTITY_KINDS: tuple[str, ...] = ("name", "token", "simulated")
+SESSION_SECONDS = 30 * 24 * 3600  # a sign-in lasts 30 days (then the invite link or the name again)
 DB_NAME = "labels.sqlite"
 MAX_NOTE_CHARS = 2000
 MAX_LABELER_CHARS = 64
@@ -74,7 +94,12 @@ _BUSY_TIMEOUT_MS = 30_000
 _LABELER_RE = re.compile(r"^[\w][\w .@+-]*$")
 _CLASS_DIR_RE = re.compile(r"^class_(\d+)$")
 _CANDIDATE_KEYS = ("class", "component", "rank", "id", "path", "alpha")
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")  # invite tokens and session ids (token_urlsafe)
+_SQL_INT_MAX = 2**63 - 1  # SQLite INTEGER; larger Python ints cannot even be looked up
+_CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: a leading one starts a formula
 
+# version 1, as first released; a new database is created as version 1 and then migrated, so new
+# and upgraded files get the same schema
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE components (
@@ -105,9 +130,43 @@ CREATE TABLE history (
     class INTEGER NOT NULL, component INTEGER NOT NULL, id TEXT, verdict TEXT NOT NULL, note TEXT);
 """
 
+# version -> the statements that migrate the previous version to it (in place, verdicts untouched)
+_MIGRATIONS: dict[int, str] = {
+    2: f"""
+ALTER TABLE labelers ADD COLUMN kind TEXT NOT NULL DEFAULT 'name'
+    CHECK (kind IN ({", ".join(repr(k) for k in IDENTITY_KINDS)}));
+ALTER TABLE labelers ADD COLUMN token_hash TEXT;
+ALTER TABLE labelers ADD COLUMN revoked TEXT;
+CREATE UNIQUE INDEX labelers_token ON labelers (token_hash);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY, labeler TEXT NOT NULL, created TEXT NOT NULL, expires INTEGER NOT NULL);
+CREATE INDEX sessions_labeler ON sessions (labeler);
+""",
+}
+
 
 class UnknownItemError(ValueError):
     """A verdict names a component or image that is not registered in the label store."""
+
+
+@dataclass(frozen=True)
+class Labeler:
+    """One identity of the label store.
+
+    ``kind``: ``name`` (typed on the sign-in page, not verified), ``token`` (invited by the owner,
+    signs in with a secret link) or ``simulated`` (a script). ``revoked``: when the owner removed it
+    (``None`` while active); its verdicts stay and count.
+    """
+
+    name: str
+    kind: str
+    created: str
+    revoked: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        """Signed in with an invite token (the only kind the server can tell apart from an impostor)."""
+        return self.kind == "token"
 
 
 @dataclass(frozen=True)
@@ -220,6 +279,33 @@ def _check_verdict(verdict: Any, valid: Sequence[str]) -> str:
     return str(verdict)
 
 
+def _check_kind(kind: Any, valid: Sequence[str] = IDENTITY_KINDS) -> str:
+    if kind not in valid:
+        raise ValueError(f"unknown labeler kind {kind!r}; valid: {', '.join(valid)}")
+    return str(kind)
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _fits_sql(*values: int) -> bool:
+    """Whether every int can be an SQLite INTEGER (a larger one names no registered item)."""
+    return all(-_SQL_INT_MAX - 1 <= int(v) <= _SQL_INT_MAX for v in values)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP "CSV Injection").
+
+    A string that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
+    single quote (``"=1+1"`` -> ``"'=1+1"``); other strings, numbers and ``None`` are returned as
+    they are. The JSON export keeps the raw text.
+    """
+    if isinstance(value, str) and value.startswith(_CSV_TRIGGERS):
+        return "'" + value
+    return value
+
+
 def _check_min_agree(min_agree: Any) -> int:
     if isinstance(min_agree, bool) or not isinstance(min_agree, int) or min_agree < 1:
         raise ValueError(f"min_agree must be an integer >= 1, got {min_agree!r}")
@@ -297,13 +383,16 @@ class LabelStore:
                 if tables:
                     raise ValueError(f"{self.path} is an SQLite file but not a spurious label store "
                                      "(no schema version); move it away or pick another workspace")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        con.execute(statement)
+                _execute_script(con, _SCHEMA)
                 meta = {"format": "spurious-labels", "model_fingerprint": self.workspace.model_fingerprint,
                         "model_spec": self.workspace.model_spec, "created": utc_now(),
                         "package_version": __version__}
                 con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+                version = 1
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                _execute_script(con, _MIGRATIONS[target])
+                log.info("%s: label schema migrated to version %d", self.path, target)
+            if version < SCHEMA_VERSION:
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         meta = self.meta
         fingerprint = meta.get("model_fingerprint")
@@ -439,9 +528,11 @@ class LabelStore:
         Raises:
             UnknownItemError: no such component is registered.
         """
-        with self._connect() as con:
-            row = con.execute("SELECT record FROM components WHERE class = ? AND component = ?",
-                              (int(k), int(l))).fetchone()
+        row = None
+        if _fits_sql(k, l):
+            with self._connect() as con:
+                row = con.execute("SELECT record FROM components WHERE class = ? AND component = ?",
+                                  (int(k), int(l))).fetchone()
         if row is None:
             raise UnknownItemError(f"component (class {k}, component {l}) is not registered; "
                                    "run `spurious visualize` for it and reload the label store")
@@ -449,6 +540,8 @@ class LabelStore:
 
     def candidates(self, k: int, l: int) -> list[dict[str, Any]]:
         """The registered retrieval candidates of ``(k, l)`` (candidates.jsonl records), by rank."""
+        if not _fits_sql(k, l):
+            return []
         with self._connect() as con:
             rows = con.execute("SELECT record FROM candidates WHERE class = ? AND component = ? ORDER BY rank, id",
                                (int(k), int(l))).fetchall()
@@ -460,17 +553,135 @@ class LabelStore:
             row = con.execute("SELECT path FROM files WHERE key = ?", (str(key),)).fetchone()
         return None if row is None else Path(row["path"])
 
+    # ------------------------------------------------------------------ identities and sessions
     def labelers(self) -> list[str]:
-        """Everyone who gave at least one verdict, or signed in, sorted."""
+        """The names of every identity (who gave a verdict, signed in or was invited), sorted."""
         with self._connect() as con:
             return [r[0] for r in con.execute("SELECT name FROM labelers ORDER BY name")]
 
-    def add_labeler(self, name: str) -> str:
-        """Register a labeler (on sign-in); returns the validated name."""
+    def identities(self) -> list[Labeler]:
+        """Every identity with its kind, creation time and removal time, sorted by name."""
+        with self._connect() as con:
+            return [_labeler(r) for r in con.execute("SELECT * FROM labelers ORDER BY name")]
+
+    def identity(self, name: str) -> Labeler | None:
+        """The identity called ``name`` (after :func:`check_labeler`), or ``None``."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM labelers WHERE name = ?", (check_labeler(name),)).fetchone()
+        return None if row is None else _labeler(row)
+
+    def add_labeler(self, name: str, kind: str = "name") -> str:
+        """Register an identity that needs no token (a typed name, or a ``simulated`` script); returns
+        the validated name. Registering an existing identity of the same kind again does nothing.
+
+        Raises:
+            ValueError: bad name; ``kind`` not ``name``/``simulated`` (invite with :meth:`invite_labeler`);
+                the name belongs to an identity of another kind, or one the owner removed.
+        """
+        name = check_labeler(name)
+        if kind == "token":
+            raise ValueError("an invited labeler needs a token: use invite_labeler(name) "
+                             "(`spurious label WS --add-labeler NAME`)")
+        kind = _check_kind(kind, ("name", "simulated"))
+        with self._connect(write=True) as con:
+            row = con.execute("SELECT * FROM labelers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                con.execute("INSERT INTO labelers (name, created, kind) VALUES (?, ?, ?)", (name, utc_now(), kind))
+            elif row["revoked"] is not None:
+                raise ValueError(f"labeler {name!r} was removed from this label store on {row['revoked']}; "
+                                 f"invite again with `spurious label WS --add-labeler {name!r}`")
+            elif row["kind"] != kind:
+                raise ValueError(f"labeler {name!r} is an identity of kind {row['kind']!r}, not {kind!r}"
+                                 + ("; it signs in with its invite link" if row["kind"] == "token" else ""))
+        return name
+
+    def invite_labeler(self, name: str) -> str:
+        """Create (or renew) the invite token of labeler ``name``; returns the token.
+
+        The token is shown once: only its SHA-256 is stored. A new invite replaces the labeler's
+        old token and ends its sessions. An unverified ``name`` identity of that name becomes an
+        invited one (its verdicts stay), a removed one is restored.
+
+        Raises:
+            ValueError: bad name, or the name belongs to a ``simulated`` labeler.
+        """
+        name = check_labeler(name)
+        token = secrets.token_urlsafe(32)
+        with self._connect(write=True) as con:
+            row = con.execute("SELECT kind FROM labelers WHERE name = ?", (name,)).fetchone()
+            if row is not None and row["kind"] == "simulated":
+                raise ValueError(f"labeler {name!r} is a simulated labeler (a script); invite people under "
+                                 "another name")
+            if row is None:
+                con.execute("INSERT INTO labelers (name, created, kind, token_hash) VALUES (?, ?, 'token', ?)",
+                            (name, utc_now(), _secret_hash(token)))
+            else:
+                con.execute("UPDATE labelers SET kind = 'token', token_hash = ?, revoked = NULL WHERE name = ?",
+                            (_secret_hash(token), name))
+            con.execute("DELETE FROM sessions WHERE labeler = ?", (name,))
+        return token
+
+    def remove_labeler(self, name: str) -> Labeler:
+        """End labeler ``name``'s access: its token no longer signs in, its sessions end, its name can
+        no longer be typed. Its verdicts stay (and count). Returns the removed identity.
+
+        Raises:
+            ValueError: no such labeler (the message lists the known names).
+        """
         name = check_labeler(name)
         with self._connect(write=True) as con:
-            con.execute("INSERT OR IGNORE INTO labelers (name, created) VALUES (?, ?)", (name, utc_now()))
-        return name
+            if con.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone() is None:
+                known = [r[0] for r in con.execute("SELECT name FROM labelers ORDER BY name")]
+                raise ValueError(f"no labeler {name!r} in {self.path}; known: {', '.join(known) or 'none'} "
+                                 "(see `spurious label WS --list-labelers`)")
+            con.execute("UPDATE labelers SET token_hash = NULL, revoked = coalesce(revoked, ?) WHERE name = ?",
+                        (utc_now(), name))
+            con.execute("DELETE FROM sessions WHERE labeler = ?", (name,))
+            return _labeler(con.execute("SELECT * FROM labelers WHERE name = ?", (name,)).fetchone())
+
+    def labeler_for_token(self, token: str) -> Labeler | None:
+        """The active invited labeler whose token this is, or ``None`` (unknown, replaced or removed)."""
+        if not isinstance(token, str) or not _SECRET_RE.match(token):
+            return None
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM labelers WHERE token_hash = ? AND kind = 'token' AND revoked IS NULL",
+                              (_secret_hash(token),)).fetchone()
+        return None if row is None else _labeler(row)
+
+    def open_session(self, name: str) -> str:
+        """Start a sign-in session of the active identity ``name``; returns the session id (the
+        browser's cookie; only its SHA-256 is stored). Sessions last :data:`SESSION_SECONDS`.
+
+        Raises:
+            ValueError: no such identity, or it was removed.
+        """
+        name = check_labeler(name)
+        session = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with self._connect(write=True) as con:
+            if con.execute("SELECT 1 FROM labelers WHERE name = ? AND revoked IS NULL", (name,)).fetchone() is None:
+                raise ValueError(f"no active labeler {name!r}; sign in or invite first")
+            con.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            con.execute("INSERT INTO sessions (id_hash, labeler, created, expires) VALUES (?, ?, ?, ?)",
+                        (_secret_hash(session), name, utc_now(), now + SESSION_SECONDS))
+        return session
+
+    def session_labeler(self, session: str | None) -> Labeler | None:
+        """The identity of a live session id, or ``None`` (unknown, expired, ended, or removed labeler)."""
+        if not isinstance(session, str) or not _SECRET_RE.match(session):
+            return None
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT l.* FROM sessions s JOIN labelers l ON l.name = s.labeler "
+                "WHERE s.id_hash = ? AND s.expires > ? AND l.revoked IS NULL",
+                (_secret_hash(session), int(time.time()))).fetchone()
+        return None if row is None else _labeler(row)
+
+    def close_session(self, session: str | None) -> None:
+        """End a session (sign-out); an unknown id is ignored."""
+        if isinstance(session, str) and _SECRET_RE.match(session):
+            with self._connect(write=True) as con:
+                con.execute("DELETE FROM sessions WHERE id_hash = ?", (_secret_hash(session),))
 
     # ------------------------------------------------------------------ verdicts
     def set_component_verdict(self, labeler: str, k: int, l: int, verdict: str, note: str | None = None) -> None:
@@ -488,6 +699,8 @@ class LabelStore:
         verdict = _check_verdict(verdict, COMPONENT_VERDICTS)
         if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
             raise ValueError(f"note must be a string of at most {MAX_NOTE_CHARS} characters")
+        if not _fits_sql(k, l):
+            raise UnknownItemError(f"component (class {k}, component {l}) is not registered")
         now = utc_now()
         with self._connect(write=True) as con:
             if con.execute("SELECT 1 FROM components WHERE class = ? AND component = ?", (k, l)).fetchone() is None:
@@ -510,6 +723,8 @@ class LabelStore:
         """
         labeler = check_labeler(labeler)
         verdict = _check_verdict(verdict, IMAGE_VERDICTS)
+        if not _fits_sql(k, l):
+            raise UnknownItemError(f"image {image_id!r} is not a registered candidate of (class {k}, component {l})")
         now = utc_now()
         with self._connect(write=True) as con:
             if con.execute("SELECT 1 FROM candidates WHERE class = ? AND component = ? AND id = ?",
@@ -566,6 +781,8 @@ class LabelStore:
                + ("WHERE c.class = ? " if cls is not None else "")
                + "GROUP BY c.class, c.component ORDER BY c.class, c.rank, c.component")
         params: list[Any] = [labeler] + ([int(cls)] if cls is not None else [])
+        if cls is not None and not _fits_sql(cls):
+            return []
         with self._connect() as con:
             rows = con.execute(sql, params).fetchall()
         out = []
@@ -595,6 +812,8 @@ class LabelStore:
             + ("WHERE c.class = ? " if cls is not None else "")
             + "GROUP BY c.class, c.component ORDER BY c.class, c.component")
         params: list[Any] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
+        if cls is not None and not _fits_sql(cls):
+            return []
         with self._connect() as con:
             rows = con.execute(sql, params).fetchall()
         out = [CurateRow(r["class"], r["component"], r["n"], r["n_mine"], r["n_dis"], r["n_acc"]) for r in rows]
@@ -676,9 +895,11 @@ class LabelStore:
     def verdict_rows(self, min_agree: int = 2) -> list[dict[str, Any]]:
         """Every current verdict as a flat record (the CSV export), review first, then curation.
 
-        Keys: ``task, class, class_name, component, id, path, labeler, verdict, note, updated, agreed``;
-        ``agreed`` says whether the item is an agreed spurious component / an accepted image.
+        Keys: ``task, class, class_name, component, id, path, labeler, verdict, note, updated, agreed,
+        labeler_kind``; ``agreed`` says whether the item is an agreed spurious component / an accepted
+        image, ``labeler_kind`` which kind of identity gave the verdict (:class:`Labeler`).
         """
+        kinds = {who.name: who.kind for who in self.identities()}
         agreed = {(k, l) for k, ls in self.agreed_components(min_agree).items() for l in ls}
         accepted = {(k, l, rec["id"]) for (k, l), recs in self.accepted_images(min_agree).items() for rec in recs}
         rows: list[dict[str, Any]] = []
@@ -687,7 +908,8 @@ class LabelStore:
                 rows.append({"task": "review", "class": r["class"], "class_name": self.class_name(r["class"]),
                              "component": r["component"], "id": "", "path": "", "labeler": r["labeler"],
                              "verdict": r["verdict"], "note": r["note"], "updated": r["updated"],
-                             "agreed": (r["class"], r["component"]) in agreed})
+                             "agreed": (r["class"], r["component"]) in agreed,
+                             "labeler_kind": kinds.get(r["labeler"], "name")})
             for r in con.execute(
                     "SELECT v.*, c.path FROM image_verdicts v LEFT JOIN candidates c "
                     "ON c.class = v.class AND c.component = v.component AND c.id = v.id "
@@ -695,7 +917,8 @@ class LabelStore:
                 rows.append({"task": "curate", "class": r["class"], "class_name": self.class_name(r["class"]),
                              "component": r["component"], "id": r["id"], "path": r["path"] or "",
                              "labeler": r["labeler"], "verdict": r["verdict"], "note": "", "updated": r["updated"],
-                             "agreed": (r["class"], r["component"], r["id"]) in accepted})
+                             "agreed": (r["class"], r["component"], r["id"]) in accepted,
+                             "labeler_kind": kinds.get(r["labeler"], "name")})
         return rows
 
     def labels_document(self, min_agree: int = 2) -> dict[str, Any]:
@@ -708,18 +931,27 @@ class LabelStore:
             "created": utc_now(),
             "min_agree": min_agree,
             "labelers": self.labelers(),
+            "identities": [{"name": who.name, "kind": who.kind, "created": who.created, "revoked": who.revoked}
+                           for who in self.identities()],
             "agreed_components": {str(k): ls for k, ls in self.agreed_components(min_agree).items()},
             "accepted_images": [dict(rec) for recs in accepted.values() for rec in recs],
             "verdicts": self.verdict_rows(min_agree),
         }
 
     def labels_csv(self, min_agree: int = 2) -> str:
-        """The CSV export: one row per current verdict (columns of :meth:`verdict_rows`)."""
+        """The CSV export: one row per current verdict (columns of :meth:`verdict_rows`).
+
+        Every text cell goes through :func:`csv_cell`: one that begins with ``= + - @``, a tab or a
+        carriage return (a note, a class name, an image id or path) gets a leading ``'`` so that a
+        spreadsheet shows it instead of running it as a formula.
+        """
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(_CSV_FIELDS), lineterminator="\n")
+        # RFC 4180 line ends: a cell with a comma, quote, CR or LF is quoted (with "\n" a lone CR was not)
+        writer = csv.DictWriter(buf, fieldnames=list(_CSV_FIELDS), lineterminator="\r\n")
         writer.writeheader()
         for row in self.verdict_rows(min_agree):
-            writer.writerow({k: str(row[k]).lower() if isinstance(row[k], bool) else row[k] for k in _CSV_FIELDS})
+            writer.writerow({k: str(row[k]).lower() if isinstance(row[k], bool) else csv_cell(row[k])
+                             for k in _CSV_FIELDS})
         return buf.getvalue()
 
     def export_labels(self, path: str | os.PathLike[str], format: str | None = None, min_agree: int = 2) -> Path:
@@ -740,12 +972,23 @@ class LabelStore:
         else:
             text = self.labels_csv(min_agree)
             with atomic_path(path) as tmp:
-                tmp.write_text(text, encoding="utf-8")
+                tmp.write_text(text, encoding="utf-8", newline="")
         return path
 
 
 _CSV_FIELDS = ("task", "class", "class_name", "component", "id", "path", "labeler", "verdict", "note", "updated",
-               "agreed")
+               "agreed", "labeler_kind")
+
+
+def _execute_script(con: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements one by one (``executescript`` would commit the open transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            con.execute(statement)
+
+
+def _labeler(row: sqlite3.Row) -> Labeler:
+    return Labeler(row["name"], row["kind"], row["created"], row["revoked"])
 
 
 # ---------------------------------------------------------------------- visualize records

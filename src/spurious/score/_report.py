@@ -109,13 +109,19 @@ def write_outputs(result: Any, out: Path, bench: Any, preds: dict[str, tuple[Any
     plot_dir = out / "plots"
     paths["plot_scatter"] = str(_plots.plot_scatter(result.rows, plot_dir / "scatter.png"))
     paths["plot_class_auc"] = str(_plots.plot_class_auc(result.per_class, selected, plot_dir / "class_auc.png"))
-    strips = _strips(result, bench, preds, selected[0], plot_dir)
-    paths["report_html"] = str(_write_html(result, out, selected, strips))
+    names = _names(result)
+    strips = _strips(result, bench, preds, selected[0], plot_dir, names[selected[0]])
+    paths["report_html"] = str(_write_html(result, out, selected, strips, names))
     return paths
 
 
+def _names(result: Any) -> dict[str, str]:
+    """Row label -> the name shown in the HTML and the plots (full specs stay in CSV/JSON)."""
+    return _plots.display_names([r.model for r in result.rows], {r.model: r.variant for r in result.rows})
+
+
 def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], model: str,
-            plot_dir: Path) -> list[dict[str, Any]]:
+            plot_dir: Path, shown: str) -> list[dict[str, Any]]:
     """The classes with the lowest AUC of ``model``: their most confidently misread spurious images."""
     from spurious.datasets import load_image
 
@@ -147,13 +153,24 @@ def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], mod
             thumbs.append((thumb, rec.id, tops))
         if not images:
             continue
-        png = _plots.plot_strip(images, captions, f"{model}: class {c.class_index} ({c.class_name}), AUC {c.auc:.3f}",
+        png = _plots.plot_strip(images, captions, f"{shown}: class {c.class_index} ({c.class_name}), AUC {c.auc:.3f}",
                                 plot_dir / f"strip_{_slug(model)}_{c.class_index}.png")
         strips.append({"score": c, "png": png, "thumbs": thumbs})
     return strips
 
 
-def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[dict[str, Any]]) -> Path:
+def _spec_table(result: Any, names: dict[str, str]) -> str:
+    """Short name -> full spec, for the specs whose short name differs (empty when none does)."""
+    rows = [[names[r.model], r.spec] for r in result.rows if r.variant == _plots.ORIGINAL and names[r.model] != r.spec]
+    if not rows:
+        return ""
+    return ('<p class="muted">Models are named by the part of their spec before <code>@</code> (plus the checkpoint '
+            "file name where two would share a name); the full specs, as in scores.csv and scores.json:</p>"
+            + _html.table(["name", "spec"], rows, left_cols=(0, 1)))
+
+
+def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[dict[str, Any]],
+                names: dict[str, str]) -> Path:
     rel = lambda p: Path(p).relative_to(out).as_posix()
     parts = ['<p class="muted">Positives: validation images of class k; negatives: spurious images of class k; '
              "score: softmax probability of class k. AUC 1 = the spurious images never look like the class; "
@@ -165,15 +182,16 @@ def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[di
     parts.append(_html.table(
         ["model", "mAUC", "mAP", "class extension", "val accuracy", "label kappa", "classes scored", "skipped",
          "images (spurious / val)"],
-        [[r.model, r.mauc, r.map, r.mean_extension, r.val_accuracy, _agreement_cell(r), r.classes_scored,
+        [[names[r.model], r.mauc, r.map, r.mean_extension, r.val_accuracy, _agreement_cell(r), r.classes_scored,
           r.classes_skipped, f"{r.spurious_images} / {r.val_images}"] for r in result.rows]))
+    parts.append(_spec_table(result, names))
     parts.append("<h2>Spurious score vs accuracy</h2>")
     parts.append(_html.img(rel(result_path(out, "scatter.png")), "mAUC vs validation accuracy"))
     parts.append("<h2>Class-wise ROC-AUC</h2>")
-    parts.append(f'<p class="muted">Rows shown: {_html.esc(", ".join(selected))}</p>')
+    parts.append(f'<p class="muted">Rows shown: {_html.esc(", ".join(names[m] for m in selected))}</p>')
     parts.append(_html.img(rel(result_path(out, "class_auc.png")), "class-wise AUC bars"))
     if strips:
-        parts.append(f"<h2>Most affected classes of {_html.esc(selected[0])}</h2>")
+        parts.append(f"<h2>Most affected classes of {_html.esc(names[selected[0]])}</h2>")
         parts.append('<p class="muted">The spurious images with the highest probability of the class, with the '
                      "model's top-3 predictions.</p>")
         for s in strips:
@@ -185,7 +203,7 @@ def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[di
                 parts.append(_html.img(rel(thumb), image_id, caption=caption))
             parts.append(f'</div><p class="muted">{_html.link(rel(s["png"]), "strip as PNG")}</p></div>')
     parts.append("<h2>Per class</h2>")
-    header = ["class", "name", "val images", "spurious images"] + [f"AUC {m}" for m in (r.model for r in result.rows)]
+    header = ["class", "name", "val images", "spurious images"] + [f"AUC {names[r.model]}" for r in result.rows]
     by = {(c.model, c.class_index): c for c in result.per_class}
     body = []
     for k in result.classes:

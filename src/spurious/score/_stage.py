@@ -208,11 +208,16 @@ def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- transforms
-class ResizeNoCrop:
-    """The reference protocol for spurious images: resize to the input size, no crop, no aspect ratio kept.
+class ReferenceResizeCrop:
+    """The reference protocol for spurious images: resize the shorter side to the input size, center crop.
 
-    Turns an RGB PIL image into a float32 ``[3, H, W]`` tensor in ``[0, 1]`` with ``(H, W)`` the
-    classifier's ``input_size`` and its interpolation (normalisation happens inside the classifier).
+    What the reference code fed its models (torchvision ``Resize(S)`` then ``CenterCrop(S)`` on a
+    PIL image, ``S`` the square input size): the aspect ratio is kept and nothing is stretched; it
+    differs from a model's own preprocessing only in resizing to the input size itself instead of
+    ``resize_size`` (no border cut off by a ``crop_pct`` < 1). A non-square input ``(H, W)`` gets the
+    smallest aspect-preserving resize that covers it (for ``H = W`` exactly ``Resize(H)``), then the
+    center ``(H, W)`` crop. Turns an RGB PIL image into a float32 ``[3, H, W]`` tensor in ``[0, 1]``
+    with the classifier's interpolation (normalisation happens inside the classifier).
     """
 
     def __init__(self, preprocessing: Any) -> None:
@@ -223,8 +228,15 @@ class ResizeNoCrop:
         if img.mode != "RGB":
             img = img.convert("RGB")
         h, w = self.size
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.Resampling[self.interpolation.upper()])
+        width, height = img.size
+        if width * h >= height * w:  # wider than the input: the height fits, as torchvision's int(S * long / short)
+            new_w, new_h = int(h * width / height), h
+        else:
+            new_w, new_h = w, int(w * height / width)
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), Image.Resampling[self.interpolation.upper()])
+        top, left = round((new_h - h) / 2.0), round((new_w - w) / 2.0)  # torchvision's center_crop
+        img = img.crop((left, top, left + w, top + h))
         arr = np.asarray(img, dtype=np.uint8)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
@@ -232,8 +244,10 @@ class ResizeNoCrop:
 def _transform(clf: Any, protocol: str, input_name: str) -> tuple[Any, str]:
     pre = clf.preprocessing
     if protocol == "reference" and input_name == "spurious":
-        key = {"kind": "resize", "size": list(pre.input_size), "interpolation": pre.interpolation}
-        return ResizeNoCrop(pre), json.dumps(key, sort_keys=True)
+        # "kind" names the transform: caches of the old stretching protocol ("resize") are not reused
+        key = {"kind": "resize-short-side+center-crop", "size": list(pre.input_size),
+               "interpolation": pre.interpolation}
+        return ReferenceResizeCrop(pre), json.dumps(key, sort_keys=True)
     key = {"kind": "resize+crop", "size": list(pre.input_size), "resize": pre.resize_size,
            "interpolation": pre.interpolation}
     return pre, json.dumps(key, sort_keys=True)
@@ -719,8 +733,9 @@ def score(
             file holding either. A class map other than ``"auto"`` is stated in the validation
             set's own classes, so class folders then keep their sorted folder names.
         protocol: ``"model"`` (each model's own preprocessing for both inputs) or ``"reference"``
-            (spurious images resized to the input size without crop, as the reference code did;
-            validation images with the model's preprocessing).
+            (spurious images as the reference code fed them: the shorter side resized to the input
+            size, aspect ratio kept, then the center crop, :class:`ReferenceResizeCrop`; validation
+            images with the model's preprocessing).
         fixes: SpuFix artifacts (paths for ``spurious.fix.load_fix``) or ``FixHead`` modules; each
             adds a row ``"<spec> + <name>"`` for every model with its ``model_fingerprint``.
         batch_size: images per forward pass (default 64 on a GPU, 16 on the CPU).
