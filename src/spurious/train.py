@@ -1196,7 +1196,7 @@ def load_demo_model(
                                       list(CLASS_SHAPES[: config.planted.num_classes]), spec, device=device)
     cache = _resolve_cache(cache_dir)
     path = _checkpoint_path(cache, config)
-    if not path.is_file():
+    if not path.is_file() and shipped_checkpoint(config) is None:
         logger.info("%s is not cached yet: training it now on the CPU (tiny: seconds, default: a few "
                     "minutes); it will be cached at %s", spec, path)
     info = train_demo_model(variant, tiny=tiny, cache_dir=cache, progress=True)
