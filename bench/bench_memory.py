@@ -50,7 +50,7 @@ def main() -> None:
     args = p.parse_args()
     from bench_extract import make_jpegs
 
-    from spurious.store import import_features
+    from spurious.workspace import import_features
     from spurious.workspace import Workspace
 
     result: dict = {"benchmark": "memory"}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, simulate_features  # noqa: E402
 
 from spurious.npca import load_npca, npca  # noqa: E402
-from spurious.store import import_features  # noqa: E402
+from spurious.workspace import import_features  # noqa: E402
 from spurious.workspace import Workspace  # noqa: E402
 
 

@@ -16,7 +16,7 @@ The planted pool is rich in class images (half of it; each class has as many poo
 feature has feature-only images), unlike OpenImages for an ImageNet class. A second measurement
 (``--thin``) keeps every non-class pool image but only a fixed, id-hashed fraction of the images
 that show a class object, written as another pool split of both workspaces with
-``spurious.store.import_features`` and retrieved through the same code path.
+``spurious.workspace.import_features`` and retrieved through the same code path.
 
     python bench/bench_retrieve_planted.py --out /tmp/r_demo          # runs the demo first if needed
     python bench/bench_retrieve_planted.py --out /tmp/r_demo_fast --fast
@@ -49,7 +49,7 @@ def thin_pool(workspaces: list[Path], pool_truth: dict, frac: float) -> str:
     """Write split ``pool-thinNN`` to each workspace: the pool minus all but ``frac`` of its class-object images."""
     import hashlib
 
-    from spurious.store import import_features
+    from spurious.workspace import import_features
     from spurious.workspace import Workspace
 
     split = f"pool-thin{round(frac * 100):02d}"

@@ -36,7 +36,6 @@ Prints one JSON object. The demo workspace is built once with ``spurious.demo.pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -213,7 +212,7 @@ def main() -> None:
     from spurious.models import load_model
     from spurious.npca import load_npca
     from spurious.train import train_demo_model
-    from spurious.visualize import max_activating, visualize
+    from spurious.visualize import max_activating, read_sheet_table, visualize
     from spurious.workspace import Workspace
 
     out = Path(args.out)
@@ -244,8 +243,8 @@ def main() -> None:
     prefix = data_root.name + "/"  # store ids are relative to train/; index ids to the dataset root
     results = []
     for feature, k in pairs:
-        table = json.loads((ws_dir / "visualize" / f"class_{k:05d}" / "components.json").read_text())
-        selected = [c["component"] for c in table["components"]]
+        table = read_sheet_table(ws_dir, k)
+        selected = table.selected
         basis = pca[k]
         rows = store.rows_of_class(k)
         has = {ids[r]: feature.name in {f["name"] for f in by_id[prefix + ids[r]]["features"]} for r in rows}
@@ -260,8 +259,8 @@ def main() -> None:
         acc_o = float(np.mean(~colour.feature_vs_object(held["object"])))
         shape = None if args.no_shape_judge else ShapeJudge(*train_px, epochs=args.shape_epochs)
         masses, shares, shape_masses = [], [], []
-        for comp in table["components"]:
-            npfv_rgb = np.asarray(Image.open(ws_dir / "visualize" / f"class_{k:05d}" / comp["npfv_png"]).convert("RGB"))
+        for comp in table.components:
+            npfv_rgb = np.asarray(Image.open(table.folder / comp["npfv_png"]).convert("RGB"))
             A, c = basis.projection([comp["component"]])
             x = torch.from_numpy(npfv_rgb.copy()).permute(2, 0, 1).float().div(255)[None]
             cam = _gradcam(clf, x, A[0], float(c[0]), args.cam_layer)[0].astype(np.float64)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from spurious.train import DemoModelInfo
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -61,3 +68,81 @@ def tiny_model():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_images(tmp_path / "data", {"a": 7, "b": 6, "c": 5})
+
+
+# ------------------------------------------------------------------------ built once per session
+#
+# Training the tiny demo models (seconds for the standard one, ~half a minute for the robust one) and
+# running `spurious demo --fast` are the suite's most expensive steps; they are done once per session
+# here. Tests that change what they get work on a copy (``copy_demo_out``), so the suite still passes
+# in any order and any file alone.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``$SPURIOUS_CACHE`` for the whole session: a fresh folder, never the user's ``~/.cache/spurious``.
+
+    Planted data, tiny demo checkpoints and checkpoint digests are written here on first use and reused
+    by every later test (and by the subprocesses they start, which inherit the environment). A test
+    that needs an empty cache still sets its own with ``monkeypatch.setenv``.
+    """
+    cache = tmp_path_factory.mktemp("spurious-cache")
+    old = os.environ.get("SPURIOUS_CACHE")
+    os.environ["SPURIOUS_CACHE"] = str(cache)
+    try:
+        yield cache
+    finally:
+        if old is None:
+            del os.environ["SPURIOUS_CACHE"]
+        else:
+            os.environ["SPURIOUS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_models(session_cache: Path) -> dict[str, DemoModelInfo]:
+    """``demo:robust-tiny`` and ``demo:standard-tiny`` trained into the session cache (once per session)."""
+    from spurious.train import train_demo_model
+
+    return {v: train_demo_model(v, tiny=True, cache_dir=session_cache, progress=False) for v in ("robust", "standard")}
+
+
+@dataclass(frozen=True)
+class FastDemo:
+    """One run of ``spurious demo --fast --out demo-out --json`` (from the session folder ``cwd``)."""
+
+    argv: list[str]           # the command line after ``spurious``
+    cwd: Path
+    out: Path                 # cwd / "demo-out": shared, read only; copy it with copy_demo_out to change it
+    summary: dict[str, Any]   # the --json summary as printed
+
+
+@pytest.fixture(scope="session")
+def fast_demo(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> FastDemo:
+    """The fast demo, run once per session through the CLI, the README's way (a relative ``--out``).
+
+    It trains the tiny models into the session cache if no test has yet.
+    """
+    import contextlib
+    import io
+    import json
+
+    from spurious.cli import main
+
+    argv = ["demo", "--fast", "--out", "demo-out", "--json", "--no-progress"]
+    cwd = tmp_path_factory.mktemp("fast-demo")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(argv)
+    finally:
+        os.chdir(here)
+    assert code == 0, stderr.getvalue()[-3000:]
+    return FastDemo(argv, cwd, cwd / argv[argv.index("--out") + 1], json.loads(stdout.getvalue()))
+
+
+def copy_demo_out(demo: FastDemo, dest: Path) -> Path:
+    """A private copy of the fast demo's output at ``dest`` (symlinks, such as ``planted``, kept as links)."""
+    shutil.copytree(demo.out, dest, symlinks=True)
+    return dest

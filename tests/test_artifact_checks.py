@@ -22,8 +22,8 @@ from conftest import tiny_classifier, write_images
 
 from spurious.fix import SpuFix, fix, load_fix, transfer
 from spurious.npca import load_npca, npca
-from spurious.retrieve import retrieve, select_components
-from spurious.store import import_features
+from spurious.retrieve import components_to_retrieve, retrieve
+from spurious.workspace import import_features
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 K, D, N_K = 3, 8, 12
@@ -110,7 +110,7 @@ def test_retrieve_refuses_a_component_set_of_another_model(pair: Pair, tmp_path:
     comps = _components_of(b, tmp_path / "comps.json")
     with pytest.raises(IncompatibleArtifactError, match=_names(str(comps), b.model_fingerprint, "'synth:a'",
                                                                a.model_fingerprint, str(a.root))):
-        select_components(a.root, components=comps)
+        components_to_retrieve(a.root, components=comps)
 
 
 # ---------------------------------------------------------------------------- fix artifact

@@ -18,7 +18,7 @@ from spurious.cli import main
 from spurious.datasets import parse_spurious_folder, spurious_imagenet
 from spurious.npca import npca
 from spurious.retrieve import load_candidates, retrieve
-from spurious.store import import_features
+from spurious.workspace import import_features
 from spurious.workspace import Workspace
 
 NAMES = ["tabby_cat", "bird feeder!", "c"]

@@ -7,28 +7,28 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FastDemo, copy_demo_out
+
 from spurious.cli import main
 from spurious.workspace import Workspace
 
 
-def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_fast_demo_end_to_end(tmp_path: Path, fast_demo: FastDemo) -> None:
+    """On the session's run of `spurious demo --fast --json` (conftest), copied: the test moves it."""
     import sqlite3
 
     from spurious.datasets import PlantedConfig, load_planted
     from spurious.npca import load_npca
 
-    monkeypatch.setenv("SPURIOUS_CACHE", str(tmp_path / "cache"))
-    code = main(["demo", "--fast", "--out", str(tmp_path / "out"), "--json", "--no-progress"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    r = json.loads(out)
+    r = fast_demo.summary
     cfg = PlantedConfig.tiny()
     planted = load_planted(r["planted_root"])
     assert r["labelers"] == "simulated"
     assert sorted(r["planted_features"]) == sorted(f"{planted.class_names[k]}/{f.name}"
                                                    for f in planted.features for k in f.classes)
-    root = Path(r["out"])
+    assert (fast_demo.cwd / r["out"]).resolve() == fast_demo.out.resolve()
+    assert Path(r["report"]) == Path(r["out"]) / "report" / "index.html"
+    root = copy_demo_out(fast_demo, tmp_path / "out")
     for variant in ("robust", "standard"):
         ws = root / f"ws-{variant}"
         assert load_npca(ws).classes == list(range(cfg.num_classes))
@@ -68,12 +68,15 @@ def test_fast_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     report = (root / "report" / "index.html").read_text()
     assert "simulated labelers" in report and "visualize/index.html" in report
     assert "Sanity check" in report and "kappa" in report
-    assert Path(r["report"]) == root / "report" / "index.html"
-    _check_report_pictures(root, r, tmp_path / "moved" / "demo-out")
+    _check_report_pictures(root, r, tmp_path / "moved" / "demo-out", built_in=fast_demo.out)
 
 
-def _check_report_pictures(root: Path, r: dict, moved: Path) -> None:  # type: ignore[type-arg]
-    """The report's pictures of the found components, its model names, and its links after a move."""
+def _check_report_pictures(root: Path, r: dict, moved: Path, built_in: Path) -> None:  # type: ignore[type-arg]
+    """The report's pictures of the found components, its model names, and its links after a move.
+
+    ``root`` is a copy of the demo's output, which was written in ``built_in``; no link of the moved
+    copy may lead back into either folder.
+    """
     import shutil
 
     from test_demo_report import assert_pictures_of, report_images, report_links, resolve
@@ -91,7 +94,9 @@ def _check_report_pictures(root: Path, r: dict, moved: Path) -> None:  # type: i
     report = moved / "report" / "index.html"
     assert len(report_images(report)) >= 2  # at least the score plots
     for src in [i["src"] for i in report_images(report)] + report_links(report):
-        assert resolve(report, src).exists(), src
+        target = resolve(report, src)
+        assert target.exists(), src
+        assert not target.is_relative_to(built_in.resolve()) and not target.is_relative_to(root.resolve()), src
     # the pictures of components the fast demo's review may not have agreed on: each visualized class's
     # first selected component, read from the real visualize output of the moved folder
     shown = []

@@ -18,19 +18,17 @@ import torch
 from conftest import tiny_classifier
 
 from spurious.fix import (
-    ComponentSet,
     FixHead,
     SpuFix,
     fix,
     import_alphas,
     import_components,
     load_alphas,
-    load_components,
     load_fix,
     transfer,
 )
 from spurious.npca import npca
-from spurious.store import import_features
+from spurious.workspace import import_features
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 K, D, N_K = 3, 8, 30
@@ -401,49 +399,10 @@ def test_import_alphas_errors(tmp_path: Path) -> None:
         import_alphas(pub, f"imagenet:{train}", tmp_path / "out")
 
 
-def test_import_components_from_pickled_npy(tmp_path: Path) -> None:
-    ref = {5: [0, 3], 17: [1], 999: [2, 4, 7]}
-    np.save(tmp_path / "spurious_components.npy", np.array(ref, dtype=object), allow_pickle=True)
-    comps = import_components(tmp_path / "spurious_components.npy", tmp_path / "comps.json")
-    assert comps.classes == ref and comps.model_fingerprint is None
-    data = json.loads((tmp_path / "comps.json").read_text())
-    assert data == {"format": "spurious-components", "version": 1, "model_fingerprint": None,
-                    "classes": {"5": [0, 3], "17": [1], "999": [2, 4, 7]},
-                    "source": "imported from spurious_components.npy"}
-    assert load_components(tmp_path / "comps.json").classes == ref
-    np.save(tmp_path / "bad.npy", np.arange(3))
-    with pytest.raises(ValueError, match="must hold a pickled dict"):
-        import_components(tmp_path / "bad.npy")
+# ---------------------------------------------------------------------------- errors
 
 
-# ---------------------------------------------------------------------------- component files and errors
-
-
-def test_component_file_forms(tmp_path: Path) -> None:
-    (tmp_path / "plain.json").write_text('{"0": [1, 2], "3": []}')
-    assert load_components(tmp_path / "plain.json").classes == {0: [1, 2], 3: []}
-    full = {"format": "spurious-components", "version": 1, "model_fingerprint": "abc", "classes": {"2": [0]},
-            "source": "labels of alice+bob"}
-    (tmp_path / "full.json").write_text(json.dumps(full))
-    cs = load_components(tmp_path / "full.json")
-    assert (cs.classes, cs.model_fingerprint, cs.source) == ({2: [0]}, "abc", "labels of alice+bob")
-    assert ComponentSet({2: [0]}, "abc", "labels of alice+bob").to_dict() == full
-
-
-@pytest.mark.parametrize("text, match", [
-    ("not json", "is not valid JSON"),
-    ("[1, 2]", "must hold a JSON object"),
-    ('{"format": "other", "classes": {}}', "has format 'other'"),
-    ('{"format": "spurious-components", "version": 9, "classes": {"0": [1]}}', "has version 9"),
-    ('{"0": 3}', "must be a list of 0-based component indices"),
-    ('{"0": [-1]}', "is not a 0-based component index"),
-    ('{"0": [1.5]}', "is not a 0-based component index"),
-    ('{"0": []}', "the component set is empty"),
-])
-def test_bad_component_files(tmp_path: Path, text: str, match: str) -> None:
-    (tmp_path / "c.json").write_text(text)
-    with pytest.raises(ValueError, match=match):
-        load_components(tmp_path / "c.json")
+# the component-set file itself (forms, bad files, the published .npy): tests/test_components.py
 
 
 def test_fix_errors(source: dict, tmp_path: Path) -> None:

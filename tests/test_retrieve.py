@@ -15,8 +15,8 @@ import pytest
 
 from spurious.cli import main
 from spurious.npca import load_npca, npca
-from spurious.retrieve import _TopK, load_candidates, rank_pool, retrieve, select_components
-from spurious.store import import_features
+from spurious.retrieve import _TopK, components_to_retrieve, load_candidates, rank_pool, retrieve
+from spurious.workspace import import_features
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 K, D, N_POOL = 4, 16, 230
@@ -304,22 +304,22 @@ def test_killed_run_resumes_from_its_checkpoint(fresh: Synth, monkeypatch: pytes
 def test_component_selection_sources(fresh: Synth, tmp_path: Path) -> None:
     s = fresh
     ws = Workspace.open(s.ws)
-    sel, src = select_components(ws, top_components=2, classes=[1, "d"])
+    sel, src = components_to_retrieve(ws, top_components=2, classes=[1, "d"])
     assert sel == {1: [0, 1], 3: [0, 1]} and "top 2" in src
     path = tmp_path / "comps.json"
     path.write_text(json.dumps({"format": "spurious-components", "version": 1,
                                 "model_fingerprint": ws.model_fingerprint, "classes": {"2": [3, 1], "c": [0]}}))
     with pytest.raises(ValueError, match="class 'c' is listed twice"):
-        select_components(ws, components=path)
+        components_to_retrieve(ws, components=path)
     path.write_text(json.dumps({"2": [3, 1]}))
-    assert select_components(ws, components=path)[0] == {2: [1, 3]}
+    assert components_to_retrieve(ws, components=path)[0] == {2: [1, 3]}
     # visualize selection (class_KKKKK/components.json) when nothing else is given
     vis = s.ws / "visualize" / "class_00002"
     vis.mkdir(parents=True)
     (vis / "components.json").write_text(json.dumps({"class": 2, "components": [{"rank": 1, "component": 4},
                                                                                 {"rank": 2, "component": 0}]}))
     try:
-        assert select_components(ws) == ({2: [0, 4]}, "visualize selection")
+        assert components_to_retrieve(ws) == ({2: [0, 4]}, "visualize selection")
     finally:
         import shutil
 

@@ -129,7 +129,8 @@ def test_real_imagenet_model_on_photos(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equals_single_process(tmp_path: Path) -> None:
+def test_torchrun_two_processes_equals_single_process(tmp_path: Path, demo_models: dict[str, object]) -> None:
+    # demo_models: the model is in the session cache before two ranks start (they would both train it)
     sys.path.insert(0, str(Path(__file__).parent))
     from test_score import make_bench
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spurious.store import FeatureStore, import_features
+from spurious.store import FeatureStore
+from spurious.workspace import import_features
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 

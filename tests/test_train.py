@@ -34,8 +34,13 @@ from spurious.train import (
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("spurious-cache")
+def cache(tmp_path_factory: pytest.TempPathFactory, demo_models: dict[str, DemoModelInfo]) -> Path:
+    """A private copy of the session cache with both tiny models trained (some tests here force a retrain)."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("spurious-cache") / "cache"
+    shutil.copytree(demo_models["standard"].path.parents[1], copy)
+    return copy
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,7 @@ def test_max_activating_equals_numpy_argsort(tiny) -> None:  # type: ignore[no-u
 def test_max_activating_ties_and_missing_probability(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Many tied values (ties go to the lower row, also across chunks); NaN where k is not in the stored top-k."""
     from spurious.npca import fit_class
-    from spurious.store import import_features
+    from spurious.workspace import import_features
     from spurious.visualize import max_activating, max_activating_neurons
     from spurious.workspace import Workspace
 

@@ -18,17 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
+from spurious._cli._common import common_options, emit, summary_stream
 from spurious._cli._model_options import add_model_options, model_options
 
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit with an error (after writing the split) when the model's top-1 agreement with the "
                         "labels is not clearly above chance (Cohen's kappa < 0.2), instead of warning")
     add_model_options(p)
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("npca", help="class-wise neural PCA of the training features -> WS/npca",
@@ -79,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["float32", "float64"], default="float32")
     p.add_argument("--overwrite", action="store_true")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_npca)
 
     p = sub.add_parser("model", help="show a model: preprocessing, feature dimension, head, label space",
@@ -90,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="do not download pretrained weights")
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
     add_model_options(p)
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("models", help="list valid model specs", description="List model specs (fnmatch pattern).")
     p.add_argument("pattern", nargs="?", default=None, help="e.g. 'timm:convnext*'")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("demo", help="run the whole method end to end on the embedded planted dataset, offline",
@@ -114,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true",
                    help="train the demo classifiers on this machine (a few minutes; cached) instead of using the "
                         "weights shipped in the package, whose figures the documentation reports")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("data", help="generate datasets (the planted demo data)",
@@ -128,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="the tiny test config (6 classes, 32 px, ~270 images)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a planted dataset of another config")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_data_planted)
 
     p = sub.add_parser("train", help="train the embedded demo classifiers",
@@ -144,37 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even when a checkpoint is cached")
     p.add_argument("--cache-dir", default=None,
                    help="cache folder (default: $SPURIOUS_CACHE, else $XDG_CACHE_HOME/spurious or ~/.cache/spurious)")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_train_demo)
 
     from spurious._cli import register_all
 
     register_all(sub)  # later stages (visualize, score, fix, ...) live in spurious/_cli/<stage>.py
     return parser
-
-
-def common_options(p: argparse.ArgumentParser) -> None:
-    """``--json``, ``-v`` and ``--no-progress``: every sub-command has them (for ``spurious._cli`` plugins)."""
-    _common(p)
-
-
-def emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]) -> None:
-    """Print ``summary`` as JSON with ``--json``, else the human ``lines`` (for ``spurious._cli`` plugins)."""
-    _emit(args, summary, lines)
-
-
-def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: Sequence[str]) -> None:
-    out = _summary_stream(args)
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str), file=out)
-    else:
-        for line in lines:
-            print(line, file=out)
-
-
-def _summary_stream(args: argparse.Namespace) -> Any:
-    """Where the summary goes: the real stdout (while a command runs, ``sys.stdout`` is stderr, see ``_run``)."""
-    return getattr(args, "summary_stream", None) or sys.stdout
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -188,7 +159,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 model_config=opts["config"], class_map=args.class_map, strict=args.strict)
     if not r.complete:  # non-zero torchrun rank: rank 0 reports
         return 0
-    _emit(args, r.to_dict(), r.summary_lines())
+    emit(args, r.to_dict(), r.summary_lines())
     return 0
 
 
@@ -201,7 +172,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
     head = " + ".join(f"{h['coef']:g} x {h['kind']} '{h['layer']}'" if h["coef"] != 1 else f"{h['kind']} "
                       f"'{h['layer']}'" for h in d["head"])
-    _emit(args, d, [
+    emit(args, d, [
         f"model          {d['spec']}",
         f"fingerprint    {d['fingerprint']}",
         f"preprocessing  {d['preprocessing_text']}",
@@ -227,7 +198,7 @@ def _cmd_npca(args: argparse.Namespace) -> int:
             raise ValueError(f"--components must be a positive integer or 'all', got {args.components!r}") from None
     r = npca(args.workspace, split=args.split, n_components=comps, classes=args.classes, device=args.device,
              precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
-    _emit(args, r.to_dict(), [
+    emit(args, r.to_dict(), [
         f"neural PCA: {r.classes_fitted} classes fitted, {r.classes_reused} reused, "
         f"{len(r.classes_skipped)} skipped (< 2 images) -> {r.path}",
         f"{r.seconds:.1f} s ({r.seconds_per_class:.3f} s/class on {r.device})",
@@ -240,9 +211,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern)
     if args.json:
-        print(json.dumps(names), file=_summary_stream(args))
+        print(json.dumps(names), file=summary_stream(args))
     else:
-        print("\n".join(names), file=_summary_stream(args))
+        print("\n".join(names), file=summary_stream(args))
     return 0
 
 
@@ -256,7 +227,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         r = run_demo(args.out, fast=args.fast, interactive=args.interactive, progress=not args.no_progress,
                      port=args.port, retrain=args.retrain)
-    _emit(args, r.to_dict(), r.summary_lines())
+    emit(args, r.to_dict(), r.summary_lines())
     return 0
 
 
@@ -271,7 +242,7 @@ def _cmd_data_planted(args: argparse.Namespace) -> int:
         "features": [f.name for f in ds.features],
         "spurious_folders": sorted(ds.spurious_folders.values()),
     }
-    _emit(args, summary, [
+    emit(args, summary, [
         f"planted dataset -> {ds.root}",
         f"{len(ds.class_names)} classes, {ds.config.image_size} px; "
         + ", ".join(f"{k} {v}" for k, v in ds.counts.items()),
@@ -285,7 +256,7 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
     variants = ["standard", "robust"] if args.variant == "both" else [args.variant]
     infos = [train_demo_model(v, tiny=args.tiny, cache_dir=args.cache_dir, force=args.force,
                               progress=not args.no_progress, use_shipped=False) for v in variants]
-    _emit(args, {"models": [info.to_dict() for info in infos]},
+    emit(args, {"models": [info.to_dict() for info in infos]},
           [line for info in infos for line in info.summary_lines()])
     return 0
 

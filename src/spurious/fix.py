@@ -30,12 +30,10 @@ Artifact: ``WS/fix/spufix.safetensors`` (tensors ``A``, ``c``, ``cls``, ``comp``
 the unit matched directions ``u``; the JSON metadata in the safetensors header under the key
 ``spurious_fix``) plus ``WS/fix/manifest.json`` (the same metadata, the arguments and the file hash).
 
-Component sets (see ``docs/fix.md``): a JSON file ``{"format": "spurious-components", "version": 1,
-"model_fingerprint": ..., "classes": {"<k>": [l, ...]}, "source": ...}`` or a plain ``{"<k>": [l, ...]}``
-mapping (what the label UI exports; :func:`components_from_labels` reads the label store directly);
-the published ``spurious_components.npy`` (a pickle) is read only by the explicit
-:func:`import_components`, and the published per-class training alphas ``spurious_alphas_train_<kkk>.pt``
-by :func:`import_alphas`.
+Component sets (``S_k``) are read, checked against the model and resolved by :mod:`spurious.components`
+(a component-set JSON file, the label store's agreed verdicts, or the published ``spurious_components.npy``);
+its public names are re-exported here (``from spurious.fix import load_components`` keeps working). The
+published per-class training alphas ``spurious_alphas_train_<kkk>.pt`` are imported by :func:`import_alphas`.
 """
 
 from __future__ import annotations
@@ -59,6 +57,13 @@ from torch import Tensor, nn
 
 from spurious import __version__
 from spurious._io import atomic_path, read_json, sha256_file, utc_now, write_json
+from spurious.components import (
+    COMPONENTS_FORMAT,
+    ComponentSet,
+    components_from_labels,
+    import_components,
+    load_components,
+)
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 if TYPE_CHECKING:
@@ -85,9 +90,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COMPONENTS_FORMAT = "spurious-components"
-"""``format`` field of a component-set file."""
-
 _FIX_FORMAT = "spurious-fix"
 _ALPHAS_FORMAT = "spurious-alphas"
 _VERSION = 1
@@ -100,240 +102,6 @@ _COND_WARN = 1e6  # condition number of U above which the transfer warns (min-no
 _EIG_FLOOR = 1e-10  # lambda_l / lambda_1 at or below which a source component has no direction (also alpha energy)
 _EIG_FLOOR_EPS = 16  # ... or below this many machine epsilons of the npca precision (the eigensolver's noise)
 _U_FLOOR = 1e-12  # |u_l| / (|alpha_l| |psi'|_F) at or below which the matched direction is rounding noise
-
-
-# ---------------------------------------------------------------------------- component sets
-
-
-@dataclass
-class ComponentSet:
-    """Spurious components per class: ``classes[k]`` = 0-based component indices (ranked by eigenvalue).
-
-    Attributes:
-        classes: class (index, or a class name to resolve against a workspace) -> component indices.
-        model_fingerprint: fingerprint of the model whose neural PCA the indices refer to (``None``:
-            unknown, not checked; e.g. imported reference artifacts).
-        source: free text provenance (a labeler session, a file, "spurious_components.npy").
-        path: the file (or label store) it was read from, for messages; not written to the file.
-    """
-
-    classes: dict[int | str, list[int]]
-    model_fingerprint: str | None = None
-    source: str = ""
-    path: str | None = field(default=None, compare=False)
-
-    @property
-    def num_components(self) -> int:
-        return sum(len(v) for v in self.classes.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The component-set file document: ``format``, ``version``, ``model_fingerprint``, ``classes``, ``source``."""
-        return {"format": COMPONENTS_FORMAT, "version": _VERSION, "model_fingerprint": self.model_fingerprint,
-                "classes": {str(k): [int(x) for x in v] for k, v in self.classes.items()}, "source": self.source}
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the component-set JSON file (atomically); returns its path."""
-        path = Path(path)
-        write_json(path, self.to_dict())
-        return path
-
-    def check_model(self, fingerprint: str, spec: str, *, used_with: str) -> None:
-        """Refuse to use the set with another model than the one whose neural PCA its indices refer to.
-
-        A set that names no model (``model_fingerprint`` None, e.g. imported reference artifacts)
-        is not checked.
-
-        Args:
-            fingerprint: fingerprint of the model the set is about to be used with.
-            spec: that model's spec.
-            used_with: where that model comes from, for the message (e.g. ``"workspace ws"``).
-
-        Raises:
-            IncompatibleArtifactError: the set names another model's fingerprint.
-        """
-        if self.model_fingerprint is None or self.model_fingerprint == fingerprint:
-            return
-        where = self.path or self.source or "given in code"
-        if self.path and self.source and self.source != self.path:
-            where = f"{self.path} ({self.source})"
-        raise IncompatibleArtifactError(
-            f"component set {where} was made for the model with fingerprint {self.model_fingerprint} (component "
-            f"sets record no spec), but {used_with} has model {spec!r} (fingerprint {fingerprint}); component "
-            "indices only mean something for the neural PCA of the model they were chosen on: use the workspace "
-            "the set was made in, or label this model's components (`spurious label WS`) and use those")
-
-
-def _parse_key(key: Any, where: str) -> int | str:
-    if isinstance(key, (bool, np.bool_)):
-        raise ValueError(f"{where}: class key {key!r} is not a class index or name")
-    if isinstance(key, (int, np.integer)):
-        return int(key)
-    if isinstance(key, str) and key.strip():
-        s = key.strip()
-        return int(s) if s.lstrip("-").isdigit() else s
-    raise ValueError(f"{where}: class key {key!r} is not a class index or name")
-
-
-def _parse_list(value: Any, key: Any, where: str) -> list[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ValueError(f"{where}: components of class {key!r} must be a list of 0-based component indices, "
-                         f"got {value!r}")
-    out: list[int] = []
-    for x in list(value):
-        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or int(x) < 0:
-            raise ValueError(f"{where}: component {x!r} of class {key!r} is not a 0-based component index "
-                             "(a non-negative integer)")
-        out.append(int(x))
-    if len(set(out)) != len(out):
-        warnings.warn(f"{where}: class {key!r} lists a component twice ({out}); each is removed once",
-                      stacklevel=4)
-        out = sorted(set(out))
-    return out
-
-
-def _parse_mapping(mapping: Mapping[Any, Any], where: str) -> dict[int | str, list[int]]:
-    out: dict[int | str, list[int]] = {}
-    for key, value in mapping.items():
-        k = _parse_key(key, where)
-        if k in out:
-            raise ValueError(f"{where}: class {k!r} appears twice")
-        out[k] = _parse_list(value, key, where)
-    if not any(out.values()):
-        raise ValueError(f"{where}: the component set is empty (no class lists a component); "
-                         'expected {"<class>": [component, ...], ...}')
-    return out
-
-
-def load_components(source: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet) -> ComponentSet:
-    """Read a component set: a :class:`ComponentSet`, a mapping ``{class: [l, ...]}``, or a JSON file.
-
-    The file is either the documented format ``{"format": "spurious-components", "version": 1,
-    "model_fingerprint": "..." | null, "classes": {"<k>": [l, ...]}, "source": "..."}`` or a plain
-    ``{"<k>": [l, ...]}`` mapping. Class keys are indices (or class names, resolved later against
-    the workspace); components are 0-based indices into the class's neural PCA (by eigenvalue).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not JSON, a wrong ``format``/``version``, a key that is not a class, a value
-            that is not a list of non-negative integers, or no component at all.
-    """
-    if isinstance(source, ComponentSet):
-        return ComponentSet(_parse_mapping(source.classes, "component set"), source.model_fingerprint, source.source,
-                            source.path)
-    if isinstance(source, Mapping):
-        return ComponentSet(_parse_mapping(source, "component mapping"), None, "python mapping")
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"components must be a file path, a mapping or a ComponentSet, got {type(source).__name__}")
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"component file {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        raise ValueError(f"{path} is a .npy file; the published spurious_components.npy is a pickle and is read "
-                         "only by the explicit import: `spurious fix import-components FILE.npy --out comps.json`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"component file {path} is not valid JSON ({err}); expected "
-                         f'{{"format": "{COMPONENTS_FORMAT}", "version": 1, "classes": {{"<k>": [l, ...]}}}} '
-                         'or a plain {"<k>": [l, ...]} mapping') from None
-    if not isinstance(data, dict):
-        raise ValueError(f"component file {path} must hold a JSON object, got {type(data).__name__}")
-    if "format" in data:
-        if data["format"] != COMPONENTS_FORMAT:
-            raise ValueError(f"component file {path} has format {data['format']!r}; expected {COMPONENTS_FORMAT!r}")
-        if data.get("version") != _VERSION:
-            raise ValueError(f"component file {path} has version {data.get('version')!r}; this package reads "
-                             f"version {_VERSION}")
-        if not isinstance(data.get("classes"), dict):
-            raise ValueError(f'component file {path} needs a "classes" object {{"<k>": [l, ...]}}')
-        fp = data.get("model_fingerprint")
-        if fp is not None and not isinstance(fp, str):
-            raise ValueError(f"component file {path}: model_fingerprint must be a string or null, got {fp!r}")
-        return ComponentSet(_parse_mapping(data["classes"], str(path)), fp, str(data.get("source") or path), str(path))
-    return ComponentSet(_parse_mapping(data, str(path)), None, str(path), str(path))
-
-
-def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> ComponentSet:
-    """Import the published ``spurious_components.npy`` (a pickled dict ``class -> [component, ...]``).
-
-    **Security:** the file is a Python pickle (``np.load(allow_pickle=True)``), which can execute
-    arbitrary code when loaded. Only import files from a source you trust. This is the only place
-    the package unpickles anything.
-
-    Args:
-        path: the ``.npy`` file (reference: 233 classes, 322 components, 0-based indices).
-        out: where to write the component-set JSON (optional).
-
-    Returns:
-        The component set (``model_fingerprint`` None: the reference model is not this package's).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file does not hold a dict of class -> list of component indices.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        obj = np.load(path, allow_pickle=True)
-    except Exception as err:  # noqa: BLE001 (the unpickler raises anything on bytes that are not a pickle)
-        detail = " ".join(str(err).split())[:200]
-        raise ValueError(f"{path} is not a readable .npy file or pickle ({type(err).__name__}: {detail}); expected "
-                         "the published spurious_components.npy, a pickled dict class index -> list of 0-based "
-                         "component indices") from None
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-        obj = obj.item()
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} must hold a pickled dict class -> list of component indices, got "
-                         f"{type(obj).__name__}")
-    parsed = _parse_mapping(obj, str(path))
-    bad = [k for k in parsed if not isinstance(k, int)]
-    if bad:
-        raise ValueError(f"{path}: keys must be class indices, got {bad[:5]}")
-    comps = ComponentSet(dict(sorted(parsed.items())), None, f"imported from {path.name}", str(path))
-    if out is not None:
-        comps.save(out)
-    return comps
-
-
-def components_from_labels(workspace: str | os.PathLike[str], *, min_agree: int = 2) -> ComponentSet:
-    """The agreed spurious components of the workspace's label store (``WS/labels.sqlite``, ``spurious label``).
-
-    A component counts when at least ``min_agree`` labelers gave it the verdict "spurious" (read
-    through :meth:`spurious.label.LabelStore.components_document`, the same document the label UI
-    exports as a component-set file).
-
-    Raises:
-        FileNotFoundError: no workspace, or no label store in it.
-        ValueError: no component has ``min_agree`` agreeing "spurious" verdicts yet.
-    """
-    from spurious.label.store import DB_NAME, LabelStore
-
-    ws = Workspace.open(workspace)
-    if not (ws.root / DB_NAME).is_file():
-        raise FileNotFoundError(f"no label store in {ws.root} ({DB_NAME}); review the components with "
-                                f"`spurious label {ws.root}` first, or pass a component file")
-    doc = LabelStore(ws).components_document(min_agree)
-    classes = {int(k): [int(x) for x in v] for k, v in doc["classes"].items() if v}
-    if not classes:
-        raise ValueError(f"no component of {ws.root} has {min_agree} agreeing 'spurious' verdicts yet; label more "
-                         "(spurious label WS) or lower min_agree")
-    return ComponentSet(classes, doc.get("model_fingerprint"), str(doc.get("source") or f"labels of {ws.root}"),
-                        str(ws.root / DB_NAME))
-
-
-def _resolve_components(comps: ComponentSet, ws: Workspace) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for key, ls in comps.classes.items():
-        if not ls:
-            continue
-        k = ws.resolve_class(key)
-        if k in out:
-            raise ValueError(f"class {key!r} is listed twice in the component set (as {k})")
-        out[k] = list(ls)
-    if not out:
-        raise ValueError("the component set is empty (no class lists a component)")
-    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------- the head
@@ -719,7 +487,7 @@ def fix(
     ws = Workspace.open(workspace)
     comps = load_components(components)
     comps.check_model(ws.model_fingerprint, ws.model_spec, used_with=f"workspace {ws.root}")
-    selected = _resolve_components(comps, ws)
+    selected = comps.resolve(ws)
     pca = load_npca(ws.root)
     As, cs, cls, comp = [], [], [], []
     for k, ls in selected.items():
@@ -1032,7 +800,7 @@ def transfer(
     if src.model_fingerprint is not None:
         comps.check_model(src.model_fingerprint, src.model_spec,
                           used_with=f"the transfer source {src_meta.get('workspace') or src_meta.get('path')}")
-    selected = _resolve_components(comps, tws)
+    selected = comps.resolve(tws)
     store = tws.feature_store(split)
     W, _ = tws.head()
     ids_t = store.ids

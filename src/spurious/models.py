@@ -71,7 +71,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 LITE0_SPEC = "efficientnet_lite0"
 _LITE0_TIMM_ARCH = "tf_efficientnet_lite0"
-_BUILTIN_PREFIXES = ("torchvision", "timm", "demo")
+_BUILTIN_PREFIXES = ("torchvision", "timm")
 
 _INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -1459,18 +1459,45 @@ _LITE0_PREPROCESSING = Preprocessing(
 
 _SOURCES: dict[str, tuple[Callable[..., Classifier], Callable[[], list[str]]]] = {}
 
+PLUGIN_GROUP = "spurious.model_sources"
+"""Entry-point group of model-source plugins: each entry is a function that calls
+:func:`register_model_source`. The demo models (``demo:``) come this way, from ``spurious.demo``,
+so no core module imports the demo; a package of your own can add a zoo the same way."""
+
+_PLUGIN_PREFIXES = ("demo",)  # reserved for the plugins that ship with spurious
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Register the model sources of every installed plugin (once per process)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()()
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the built-in models
+            warnings.warn(f"model source plugin {entry.name!r} ({entry.value}) failed to load: "
+                          f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=3)
+
 
 def register_model_source(
     prefix: str,
     factory: Callable[..., Classifier],
     names: Callable[[], list[str]],
+    *,
+    _plugin: bool = False,
 ) -> None:
     """Add a family of specs ``PREFIX:NAME`` (e.g. a model zoo of your own).
 
     ``load_model("PREFIX:NAME", ...)`` then calls
     ``factory(NAME, pretrained=..., checkpoint=..., device=...)`` (``checkpoint`` is a
     ``Path`` or ``None``) and :func:`list_models` includes ``PREFIX:`` + each of ``names()``.
-    Registering a prefix again replaces it.
+    Registering a prefix again replaces it. An installed package can register at start-up through
+    the entry-point group :data:`PLUGIN_GROUP`.
 
     Args:
         prefix: e.g. ``"myzoo"`` (a trailing ``":"`` is ignored); not ``torchvision``/``timm``/``demo``.
@@ -1487,7 +1514,7 @@ def register_model_source(
         raise ValueError(
             f"invalid model source prefix {prefix!r}: use a word such as 'demo'"
         )
-    if key in _BUILTIN_PREFIXES or key == LITE0_SPEC:
+    if key in _BUILTIN_PREFIXES or key == LITE0_SPEC or (key in _PLUGIN_PREFIXES and not _plugin):
         raise ValueError(
             f"model source prefix {key!r} is built in and cannot be replaced"
         )
@@ -1496,36 +1523,11 @@ def register_model_source(
     _SOURCES[key] = (factory, names)
 
 
-def _demo_factory(
-    name: str,
-    *,
-    pretrained: bool,
-    checkpoint: Path | None,
-    device: str | torch.device | None,
-) -> Classifier:
-    """The built-in ``demo:`` source (lazy import: ``spurious.train`` loads only when used)."""
-    from spurious.train import load_demo_model
-
-    return load_demo_model(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
-
-
-def _demo_names() -> list[str]:
-    from spurious.train import demo_model_names
-
-    return demo_model_names()
-
-
-_BUILTIN_SOURCES: dict[str, tuple[Callable[..., Classifier], Callable[[], list[str]]]] = {
-    "demo": (_demo_factory, _demo_names),
-}
-
-
 def _builtin_names() -> list[str]:
     import timm
     import torchvision
 
     names = [LITE0_SPEC]
-    names += [f"demo:{n}" for n in _demo_names()]
     names += [
         f"torchvision:{n}"
         for n in torchvision.models.list_models(module=torchvision.models)
@@ -1547,6 +1549,7 @@ def list_models(pattern: str | None = None) -> list[str]:
     Returns:
         matching spec names.
     """
+    _load_plugins()
     names = _builtin_names()
     for prefix, (_, source_names) in _SOURCES.items():
         names += [f"{prefix}:{n}" for n in source_names()]
@@ -1630,14 +1633,11 @@ def _validate_arch(arch: str, prefix: str, name: str) -> None:
             "." in name and name not in timm.list_models(pretrained=True)
         ):
             raise _unknown_model(arch, " (not a timm model or pretrained tag)")
-    elif prefix in _BUILTIN_SOURCES:
-        valid_names = _BUILTIN_SOURCES[prefix][1]()
-        if name not in valid_names:
-            listed = ", ".join(f"{prefix}:{n}" for n in valid_names)
-            raise _unknown_model(arch, f" (not a '{prefix}:' model; valid: {listed})")
     elif prefix in _SOURCES:
-        if name not in _SOURCES[prefix][1]():
-            raise _unknown_model(arch, f" (not a '{prefix}:' model)")
+        valid_names = _SOURCES[prefix][1]()
+        if name not in valid_names:
+            listed = ", ".join(f"{prefix}:{n}" for n in valid_names[:10])
+            raise _unknown_model(arch, f" (not a '{prefix}:' model; valid: {listed})")
     elif prefix:
         raise _unknown_model(arch, f" (unknown prefix '{prefix}:')")
     else:
@@ -1712,6 +1712,7 @@ def load_model(
         raise TypeError(
             f"preprocessing must be a Preprocessing or a dict of its fields, got {type(preprocessing).__name__}"
         )
+    _load_plugins()
     arch, ckpt_path = _split_spec(spec, checkpoint)
     path = _checked_file(ckpt_path, arch) if ckpt_path is not None else None
     cfg: ModelConfig | None = None
@@ -1743,7 +1744,7 @@ def load_model(
             )
     names_source = "config file" if cfg is not None and class_names is cfg.class_names else "given"
     canonical = arch if path is None else f"{arch}@{path}"
-    if prefix in _SOURCES or prefix in _BUILTIN_SOURCES:
+    if prefix in _SOURCES:
         clf = _load_from_source(prefix, name, canonical, pretrained, path, num_classes, class_names, device)
         if class_names is not None:
             clf.class_names_source = names_source
@@ -1786,7 +1787,7 @@ def _load_from_source(
     class_names: Sequence[str] | None,
     device: str | torch.device | None,
 ) -> Classifier:
-    factory = {**_SOURCES, **_BUILTIN_SOURCES}[prefix][0]
+    factory = _SOURCES[prefix][0]
     clf = factory(name, pretrained=pretrained, checkpoint=path, device=device)
     if not isinstance(clf, Classifier):
         raise TypeError(

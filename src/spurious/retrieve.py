@@ -68,6 +68,8 @@ import numpy as np
 
 from spurious import __version__
 from spurious._io import atomic_path, read_json, sha256_file, utc_now, write_json
+from spurious.components import ComponentSet, labelled_components, load_components
+from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = [
@@ -76,9 +78,9 @@ __all__ = [
     "RetrieveResult",
     "Voter",
     "load_candidates",
+    "components_to_retrieve",
     "rank_pool",
     "retrieve",
-    "select_components",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,70 +99,46 @@ DEPENDENCE_TESTS = ("none", "flip")
 def _visualize_selection(ws: Workspace) -> dict[int, list[int]]:
     """The components that ``visualize`` selected for review, per finished class folder."""
     out: dict[int, list[int]] = {}
-    root = ws.root / "visualize"
-    if not root.is_dir():
-        return out
-    for folder in sorted(root.glob("class_*")):
-        path = folder / "components.json"
-        if not path.is_file():
-            continue
-        table = read_json(path)
-        comps = [int(c.get("component", c.get("l", -1))) for c in table.get("components", [])]
-        comps = [c for c in comps if c >= 0]
-        if comps:
-            out[int(table.get("class", int(folder.name.split("_")[1])))] = sorted(set(comps))
+    for k in sheet_classes(ws):
+        selected = read_sheet_table(ws, k).selected
+        if selected:
+            out[k] = sorted(set(selected))
     return out
 
 
-def _agreed_from_labels(ws: Workspace, min_agree: int) -> dict[int, list[int]]:
-    """Agreed spurious components from ``WS/labels.sqlite`` ({} when there is no label store)."""
-    if not (ws.root / "labels.sqlite").is_file():
-        return {}
-    try:
-        from spurious.label.store import LabelStore
-    except ImportError:  # the label stage is not installed in this build
-        return {}
-    return LabelStore(ws).agreed_components(min_agree=min_agree)
-
-
-def select_components(
+def components_to_retrieve(
     workspace: str | os.PathLike[str] | Workspace,
     *,
-    components: Mapping[int, Sequence[int]] | str | os.PathLike[str] | None = None,
+    components: Mapping[int | str, Sequence[int]] | str | os.PathLike[str] | ComponentSet | None = None,
     classes: Sequence[int | str] | None = None,
     top_components: int | None = None,
     min_agree: int = 2,
 ) -> tuple[dict[int, list[int]], str]:
     """Which ``(k, l)`` to retrieve for, and where the choice came from.
 
-    In order of precedence: ``components`` (a mapping or a component-set file, read with
-    :func:`spurious.fix.load_components`); ``top_components`` (the top-N by eigenvalue of every fitted
-    class); the label store's agreed components (``min_agree`` labelers said *spurious*); the
-    components ``visualize`` selected for review. ``classes`` restricts any of these.
+    In order of precedence: ``components`` (a mapping, a component-set file or a
+    :class:`~spurious.components.ComponentSet`, read, checked against the workspace's model and
+    resolved by :mod:`spurious.components`); ``top_components`` (the top-N by eigenvalue of every
+    fitted class); the label store's agreed components (``min_agree`` labelers said *spurious*,
+    :func:`spurious.components.labelled_components`); the components ``visualize`` selected for
+    review (:func:`spurious.visualize.read_sheet_table`). ``classes`` restricts any of these.
 
     Returns:
-        ``({k: [l, ...]}, source)``; components are checked against the fitted neural PCA.
+        ``({k: [l, ...]}, source)``; components sorted, checked against the fitted neural PCA.
 
     Raises:
         ValueError: nothing selected, an unknown class, or a component index past the fitted ones.
+        IncompatibleArtifactError: ``components`` was made for another model.
     """
-    from spurious.npca import load_npca
+    from spurious.npca import load_npca  # torch is loaded on use, as everywhere in this module
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
     pca = load_npca(ws.root)
     wanted = None if classes is None else {ws.resolve_class(c) for c in classes}
     if components is not None:
-        from spurious.fix import load_components
-
         cs = load_components(components)
         cs.check_model(ws.model_fingerprint, ws.model_spec, used_with=f"workspace {ws.root}")
-        sel = {}
-        for key, comps in cs.classes.items():
-            k = ws.resolve_class(key)
-            if k in sel:
-                raise ValueError(f"class {key!r} is listed twice in the component set (as class {k})")
-            if comps:
-                sel[k] = sorted({int(c) for c in comps})
+        sel = {k: sorted(set(ls)) for k, ls in cs.resolve(ws).items()}
         source = f"component set {cs.source}"
     elif top_components is not None:
         if isinstance(top_components, bool) or not isinstance(top_components, (int, np.integer)) or top_components < 1:
@@ -169,7 +147,8 @@ def select_components(
         sel = {k: list(range(min(int(top_components), pca[k].num_components))) for k in ks if k in pca}
         source = f"top {top_components} components by eigenvalue"
     else:
-        sel, source = _agreed_from_labels(ws, min_agree), f"label store (>= {min_agree} labelers: spurious)"
+        sel = labelled_components(ws, min_agree=min_agree).resolve(ws)
+        source = f"label store (>= {min_agree} labelers: spurious)"
         if not sel:
             sel, source = _visualize_selection(ws), "visualize selection"
     if wanted is not None:
@@ -812,7 +791,7 @@ def retrieve(
         workspace: workspace with neural PCA (``spurious npca``).
         pool: a feature split of ``workspace`` (default ``"pool"``) or another workspace directory of
             the same model, whose split ``pool_split`` is used.
-        components, classes, top_components: which ``(k, l)``; see :func:`select_components`.
+        components, classes, top_components: which ``(k, l)``; see :func:`components_to_retrieve`.
         agree: other workspaces that extracted the same pool images (voters; matched by image id).
         agree_models: model specs run on the shortlisted pool images (voters; cached by image id).
         self_vote: the workspace's own model is a voter (default).
@@ -864,7 +843,7 @@ def retrieve(
     chunk_rows = _check_count("chunk_rows", chunk_rows)
     ws = Workspace.open(workspace)
     pca = load_npca(ws.root)
-    sel, source = select_components(ws, components=components, classes=classes, top_components=top_components)
+    sel, source = components_to_retrieve(ws, components=components, classes=classes, top_components=top_components)
     store = _resolve_pool(ws, pool, pool_split)
     info = init_distributed(_cpu())
 

@@ -32,7 +32,7 @@ import numpy as np
 from spurious import __version__
 from spurious._io import atomic_path, read_json, save_npy, sha256_strings, utc_now, write_json
 
-__all__ = ["FeatureStore", "SHARD_ARRAYS", "ShardInfo", "finalize_store", "import_features", "shard_name",
+__all__ = ["FeatureStore", "SHARD_ARRAYS", "ShardInfo", "finalize_store", "shard_name",
            "write_shard"]
 
 SHARD_ARRAYS = ("phi", "rows", "topk_index", "topk_logit", "logsumexp")
@@ -311,58 +311,3 @@ def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: in
     }
     write_json(out / "manifest.json", manifest)
     return FeatureStore(out)
-
-
-def import_features(workspace: str | os.PathLike[str], phi: np.ndarray, labels: Sequence[int] | np.ndarray,
-                    ids: Sequence[str], *, split: str = "train", dtype: str = "float16", topk: int = 5,
-                    shard_size: int = 4096, data_spec: str = "import", chunk_rows: int = 65536) -> FeatureStore:
-    """Write features computed elsewhere into ``WS/features/<split>`` (the workspace must hold the head).
-
-    Top-k predictions are computed from the workspace head. ``phi`` may be a memmap: it is read
-    ``shard_size`` rows at a time. Rows are stored in the given order; ``ids`` must be unique.
-
-    Args:
-        workspace: a workspace made by :meth:`spurious.workspace.Workspace.create_from_head` (or extract).
-        phi: [N, D] features; ``labels``: [N] ints (-1 = unlabeled); ``ids``: [N] unique image ids.
-    """
-    from spurious.workspace import Workspace
-
-    ws = Workspace.open(workspace)
-    phi_shape = tuple(phi.shape)
-    labels = np.asarray(labels, dtype=np.int64)
-    ids = list(ids)
-    if len(phi_shape) != 2 or phi_shape[1] != ws.num_features:
-        raise ValueError(f"feature dimension mismatch: phi has shape {phi_shape}, the workspace model has "
-                         f"D={ws.num_features}")
-    if labels.shape != (phi_shape[0],) or len(ids) != phi_shape[0]:
-        raise ValueError(f"labels ({labels.shape[0]}) and ids ({len(ids)}) must have one entry per row of phi "
-                         f"({phi_shape[0]})")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique")
-    W, b = ws.head()
-    k = min(topk, W.shape[0])
-    n = phi_shape[0]
-    n_shards = -(-n // shard_size)
-    plan = {"model": {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint},
-            "data": {"spec": data_spec, "kind": "import", "fingerprint": sha256_strings(
-                f"{i}\t{int(y)}" for i, y in zip(ids, labels)), "num_records": n},
-            "dim": ws.num_features, "dtype": dtype, "topk": k, "shard_size": shard_size}
-    phash = plan_hash(plan)
-    out = ws.features_dir(split)
-    if out.exists():
-        raise ValueError(f"{out} already exists; pick another split name")
-    shards_dir = out / "shards"
-    shards_dir.mkdir(parents=True)
-    write_json(out / "plan.json", plan)
-    for i in range(n_shards):
-        start, stop = i * shard_size, min((i + 1) * shard_size, n)
-        x = np.asarray(phi[start:stop], dtype=np.float32)
-        logits = x @ W.T + b
-        idx = np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int32)
-        top = np.take_along_axis(logits, idx, 1).astype(np.float32)
-        m = logits.max(1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(1))).astype(np.float32)
-        write_shard(shards_dir, i, {"phi": x.astype(dtype), "rows": np.arange(start, stop, dtype=np.int64),
-                                    "topk_index": idx, "topk_logit": top, "logsumexp": lse},
-                    {"start": start, "stop": stop, "rows": stop - start, "failed": [], "plan": phash})
-    return finalize_store(out, plan, phash, n_shards, lambda r: (ids[r], int(labels[r])))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ from spurious._io import (
     utc_now,
     write_json,
 )
+from spurious.store import FeatureStore, finalize_store, plan_hash, write_shard
 
-__all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint", "prepare_artifact_dir"]
+__all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint", "import_features", "prepare_artifact_dir"]
 
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -92,7 +93,7 @@ class Workspace:
                          model_info: dict[str, Any] | None = None) -> Workspace:
         """Open or create a workspace from a bare linear head ``W`` [K, D], ``b`` [K].
 
-        For features computed elsewhere (see :func:`spurious.store.import_features`). The
+        For features computed elsewhere (see :func:`import_features`). The
         fingerprint defaults to :func:`head_fingerprint` of ``W, b``; ``model_info`` adds keys to the
         manifest's ``model`` record (where the preprocessing and class names were stated).
         """
@@ -251,8 +252,6 @@ class Workspace:
 
     def feature_store(self, split: str) -> Any:
         """Open the finished feature store of ``split`` (a :class:`spurious.store.FeatureStore`)."""
-        from spurious.store import FeatureStore
-
         path = self.features_dir(split)
         if not (path / "manifest.json").is_file():
             have = ", ".join(self.splits()) or "none"
@@ -296,3 +295,56 @@ def prepare_artifact_dir(out: Path, plan: dict[str, Any], *, overwrite: bool,
     out.mkdir(parents=True, exist_ok=True)
     if not plan_path.is_file():
         write_json(plan_path, plan)
+
+
+def import_features(workspace: str | os.PathLike[str], phi: np.ndarray, labels: Sequence[int] | np.ndarray,
+                    ids: Sequence[str], *, split: str = "train", dtype: str = "float16", topk: int = 5,
+                    shard_size: int = 4096, data_spec: str = "import", chunk_rows: int = 65536) -> FeatureStore:
+    """Write features computed elsewhere into ``WS/features/<split>`` (the workspace must hold the head).
+
+    Top-k predictions are computed from the workspace head. ``phi`` may be a memmap: it is read
+    ``shard_size`` rows at a time. Rows are stored in the given order; ``ids`` must be unique.
+
+    Args:
+        workspace: a workspace made by :meth:`Workspace.create_from_head` (or extract).
+        phi: [N, D] features; ``labels``: [N] ints (-1 = unlabeled); ``ids``: [N] unique image ids.
+    """
+    ws = Workspace.open(workspace)
+    phi_shape = tuple(phi.shape)
+    labels = np.asarray(labels, dtype=np.int64)
+    ids = list(ids)
+    if len(phi_shape) != 2 or phi_shape[1] != ws.num_features:
+        raise ValueError(f"feature dimension mismatch: phi has shape {phi_shape}, the workspace model has "
+                         f"D={ws.num_features}")
+    if labels.shape != (phi_shape[0],) or len(ids) != phi_shape[0]:
+        raise ValueError(f"labels ({labels.shape[0]}) and ids ({len(ids)}) must have one entry per row of phi "
+                         f"({phi_shape[0]})")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    W, b = ws.head()
+    k = min(topk, W.shape[0])
+    n = phi_shape[0]
+    n_shards = -(-n // shard_size)
+    plan = {"model": {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint},
+            "data": {"spec": data_spec, "kind": "import", "fingerprint": sha256_strings(
+                f"{i}\t{int(y)}" for i, y in zip(ids, labels)), "num_records": n},
+            "dim": ws.num_features, "dtype": dtype, "topk": k, "shard_size": shard_size}
+    phash = plan_hash(plan)
+    out = ws.features_dir(split)
+    if out.exists():
+        raise ValueError(f"{out} already exists; pick another split name")
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True)
+    write_json(out / "plan.json", plan)
+    for i in range(n_shards):
+        start, stop = i * shard_size, min((i + 1) * shard_size, n)
+        x = np.asarray(phi[start:stop], dtype=np.float32)
+        logits = x @ W.T + b
+        idx = np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int32)
+        top = np.take_along_axis(logits, idx, 1).astype(np.float32)
+        m = logits.max(1, keepdims=True)
+        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(1))).astype(np.float32)
+        write_shard(shards_dir, i, {"phi": x.astype(dtype), "rows": np.arange(start, stop, dtype=np.int64),
+                                    "topk_index": idx, "topk_logit": top, "logsumexp": lse},
+                    {"start": start, "stop": stop, "rows": stop - start, "failed": [], "plan": phash})
+    return finalize_store(out, plan, phash, n_shards, lambda r: (ids[r], int(labels[r])))

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from spurious.cli import common_options
+    from spurious._cli._common import common_options
 
     p = sub.add_parser("benchmark", help="build a spurious-feature benchmark from curated candidates",
                        description="Benchmarks; see 'spurious benchmark build -h'.")
@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from spurious.benchmark import build_benchmark
-    from spurious.cli import emit
+    from spurious._cli._common import emit
 
     r = build_benchmark(args.workspace, args.out, per_component=args.per_component, accept=args.accept,
                         min_agree=args.min_agree, min_per_component=args.min_per_component, prefix=args.prefix,

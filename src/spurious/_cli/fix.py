@@ -58,7 +58,7 @@ component-set file (JSON): {"format": "spurious-components", "version": 1, "mode
 
 def register(sub: Any) -> None:
     """Add the ``fix`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious.cli import common_options
+    from spurious._cli._common import common_options
 
     p = sub.add_parser("fix", help="SpuFix: remove spurious components from a model (+ transfer, export, imports)",
                        usage="\n       ".join(f"%(prog)s {u}" if u[0] != "(" else u for u in _USAGE),
@@ -111,7 +111,7 @@ def _components(args: argparse.Namespace, form: str, labelled_ws: str | None) ->
         raise ValueError(f"`spurious fix {form}` needs exactly one of --components FILE and --from-labels")
     if args.components is not None:
         return args.components
-    from spurious.fix import components_from_labels
+    from spurious.components import components_from_labels
 
     if labelled_ws is None:
         raise ValueError("--from-labels needs a --source workspace (imported alphas carry no labels)")
@@ -132,7 +132,7 @@ def _need(value: Any, flag: str, form: str) -> Any:
 
 
 def _cmd_fix(args: argparse.Namespace) -> int:
-    from spurious.cli import emit
+    from spurious._cli._common import emit
 
     form = args.target
     if form == "transfer":
@@ -199,7 +199,7 @@ def _export(args: argparse.Namespace, emit: Any) -> int:
 
 
 def _import_components(args: argparse.Namespace, emit: Any) -> int:
-    from spurious.fix import import_components
+    from spurious.components import import_components
 
     _only(args, "import-components", {"out", "overwrite"})
     src = _need(args.path, "the .npy file (spurious fix import-components FILE.npy --out comps.json)",

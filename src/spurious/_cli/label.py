@@ -50,7 +50,7 @@ See docs/label.md."""
 
 def register(sub: Any) -> None:
     """Add the ``label`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious.cli import common_options
+    from spurious._cli._common import common_options
 
     p = sub.add_parser("label", help="web UI: review components and curate retrieved images (+ exports)",
                        usage="\n       ".join(f"%(prog)s {u}" if u[0] != "(" else u for u in _USAGE),
@@ -104,7 +104,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if form == "components" and args.format is not None:
         raise ValueError("--format belongs to `spurious label export`; the component-set file is always JSON")
 
-    from spurious.cli import emit
+    from spurious._cli._common import emit
     from spurious.label import LabelStore
 
     store = LabelStore(args.path, sync=form == "sync")
@@ -151,7 +151,7 @@ def _link_base(host: str, port: int) -> str:
 
 
 def _labelers(args: argparse.Namespace) -> int:
-    from spurious.cli import emit
+    from spurious._cli._common import emit
     from spurious.label import LabelStore, check_labeler
 
     store = LabelStore(args.target)

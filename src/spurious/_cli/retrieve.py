@@ -7,7 +7,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from spurious.cli import common_options
+    from spurious._cli._common import common_options
 
     p = sub.add_parser(
         "retrieve", help="rank a pool by alpha_l^k per selected component; keep images m of n models predict as k",
@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
-    from spurious.cli import emit
+    from spurious._cli._common import emit
     from spurious.retrieve import retrieve
 
     r = retrieve(args.workspace, pool=args.pool, pool_split=args.pool_split, components=args.components,

@@ -38,7 +38,7 @@ examples:
 
 def register(sub: Any) -> None:
     """Add the ``score`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious.cli import common_options
+    from spurious._cli._common import common_options
 
     p = sub.add_parser("score", help="spurious score (mAUC / mAP / class extension / accuracy) of models",
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,7 +91,7 @@ def register(sub: Any) -> None:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spurious.cli import emit
+    from spurious._cli._common import emit
     from spurious.score import score
 
     class_names = None

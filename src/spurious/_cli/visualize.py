@@ -10,7 +10,7 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     """Add the ``visualize`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious.cli import common_options
+    from spurious._cli._common import common_options
 
     p = sub.add_parser(
         "visualize", help="NPFVs, max-activating images and GradCAM of each class's components -> WS/visualize",
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
-    from spurious.cli import emit
+    from spurious._cli._common import emit
     from spurious.visualize import visualize
 
     r = visualize(args.workspace, classes=args.classes, split=args.split, candidates=args.candidates, keep=args.keep,

@@ -244,7 +244,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     names = list(planted.class_names)
 
     # 2. visualize the planted classes of the robust model ------------------------------------------
-    from spurious.visualize import max_activating, visualize
+    from spurious.visualize import max_activating, read_sheet_table, visualize
 
     ws_r = ws_dirs["robust"]
     planted_classes = sorted(truth.features_of_class)
@@ -262,12 +262,11 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     wsr = Workspace.open(ws_r)
     train = wsr.feature_store("train")
     pca = load_npca(ws_r)
-    sheets = {k: json.loads((ws_r / "visualize" / f"class_{k:05d}" / "components.json").read_text("utf-8"))
-              for k in planted_classes}
+    sheets = {k: read_sheet_table(ws_r, k) for k in planted_classes}
     comp_feature: dict[tuple[int, int], tuple[str | None, float, float]] = {}
     for k, sheet in sheets.items():
-        for comp in sheet["components"]:
-            l = int(comp["component"])
+        for comp in sheet.components:
+            l = comp["component"]
             shown = [img["id"] for img in comp["top_images"]]
             top20 = max_activating(train, pca[k], [l], top=20).ids[0]
             feat, share20 = truth.dominant_feature(k, "train", list(top20))

@@ -11,7 +11,6 @@ that is missing is left out with a note.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from spurious import _html
 from spurious.score.plots import display_names
+from spurious.visualize import SHEET_TABLE, SheetTable, read_sheet_table, sheet_folder
 
 __all__ = ["write_report"]
 
@@ -41,23 +41,16 @@ def _thumb_width(data: dict[str, Any]) -> int:
     return h * max(1, round(112 / h)) if 0 < h < 112 else 160
 
 
-def _sheet_folder(out: Path, k: int) -> Path:
-    return out / ROBUST_WS / "visualize" / f"class_{k:05d}"
-
-
-def _class_sheet(out: Path, k: int) -> tuple[dict[str, Any] | None, str | None]:
-    """The ``components.json`` content of class ``k``'s visualize folder, or why it is unreadable."""
-    path = _sheet_folder(out, k) / "components.json"
+def _class_sheet(out: Path, k: int) -> tuple[SheetTable | None, str | None]:
+    """The table of class ``k``'s inspection sheet, or why it is unreadable."""
+    path = sheet_folder(out / ROBUST_WS, k) / SHEET_TABLE
     shown = path.relative_to(out).as_posix()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return read_sheet_table(out / ROBUST_WS, k), None
     except FileNotFoundError:
         return None, f"{shown} does not exist (visualize has not run for class {k})"
-    except (OSError, ValueError) as e:
-        return None, f"{shown} could not be read ({type(e).__name__}: {e})"
-    if not isinstance(data, dict) or not isinstance(data.get("components"), list):
-        return None, f"{shown} has no component list"
-    return data, None
+    except (OSError, ValueError) as e:  # the report names no absolute path: it may be moved
+        return None, f"{shown} could not be read ({type(e).__name__}: {str(e).replace(str(path), shown)})"
 
 
 def _found_card(f: Any, out: Path, report_dir: Path) -> str:
@@ -65,16 +58,16 @@ def _found_card(f: Any, out: Path, report_dir: Path) -> str:
     title = (f"class {_html.esc(f.class_name)} ({f.class_index}), component {f.component} &rarr; "
              f"{_html.esc(f.feature or 'no planted feature')}")
     head = f'<div class="card"><h3>{title}</h3>'
-    folder = _sheet_folder(out, f.class_index)
-    data, problem = _class_sheet(out, f.class_index)
-    if data is None:
+    folder = sheet_folder(out / ROBUST_WS, f.class_index)
+    sheet, problem = _class_sheet(out, f.class_index)
+    if sheet is None:
         return f'{head}<p class="note">No pictures: {_html.esc(problem)}.</p></div>'
-    comp = next((c for c in data["components"] if isinstance(c, dict) and c.get("component") == f.component), None)
+    comp = sheet.component(f.component)
     if comp is None:
         where = _html.esc(folder.relative_to(out).as_posix())
         return (f'{head}<p class="note">No pictures: component {f.component} is not among the components '
                 f"visualized for class {f.class_index} (see {where}).</p></div>")
-    width = _thumb_width(data)
+    width = _thumb_width(sheet.document)
     figs: list[str] = []
     missing: list[str] = []
 

@@ -234,22 +234,20 @@ def run_real_tour(out: str | os.PathLike[str] = "demo-out/real", *, fast: bool =
 def _tour_later_stages(result: RealTourResult, ws_dir: Path, out: Path, classes: list[int], names: list[str],
                        *, fast: bool, progress: bool) -> None:
     """NPFVs of the photo classes, a scored patch benchmark, and a SpuFix round-trip on the real model."""
-    import json
-
     import torch
 
     from spurious.fix import SpuFix, export, fix, load_fix
     from spurious.models import load_model
     from spurious.score import score
-    from spurious.visualize import visualize
+    from spurious.visualize import read_sheet_table, visualize
 
     v = visualize(ws_dir, classes=classes, candidates=2 if fast else 4, keep=2, steps=3 if fast else 20,
                   top_images=3, neurons=0, progress=progress)
     result.visualize_index = v.index_html
     for k in classes:
-        table = json.loads((ws_dir / "visualize" / f"class_{k:05d}" / "components.json").read_text("utf-8"))
+        table = read_sheet_table(ws_dir, k)
         result.npfv[names[k]] = [{"component": c["component"], "npfv_probability": round(c["npfv_probability"], 4),
-                                  "top1": c["npfv_top3"][0]["name"]} for c in table["components"]]
+                                  "top1": c["npfv_top3"][0]["name"]} for c in table.components]
     result.npfv_note = ("EfficientNet-Lite0 is a standard (not adversarially robust) model: its NPFVs are "
                         "adversarial noise that raises the component, not a picture a person can read; use a "
                         "robust model for the visual inspection")

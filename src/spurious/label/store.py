@@ -56,6 +56,7 @@ from typing import Any
 
 from spurious import __version__
 from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = [
@@ -92,7 +93,6 @@ MAX_NOTE_CHARS = 2000
 MAX_LABELER_CHARS = 64
 _BUSY_TIMEOUT_MS = 30_000
 _LABELER_RE = re.compile(r"^[\w][\w .@+-]*$")
-_CLASS_DIR_RE = re.compile(r"^class_(\d+)$")
 _CANDIDATE_KEYS = ("class", "component", "rank", "id", "path", "alpha")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")  # invite tokens and session ids (token_urlsafe)
 _SQL_INT_MAX = 2**63 - 1  # SQLite INTEGER; larger Python ints cannot even be looked up
@@ -477,13 +477,11 @@ class LabelStore:
         self._check_manifest(root)
         components: list[dict[str, Any]] = []
         files: list[Path] = []
-        for folder in sorted(root.iterdir()):
-            m = _CLASS_DIR_RE.match(folder.name)
-            if not m or not (folder / "components.json").is_file():
-                continue
-            data = read_json(folder / "components.json")
-            for rec in _component_records(data, int(m.group(1)), folder / "components.json"):
-                rec["folder"] = folder.name
+        for k in sheet_classes(self.root):
+            table = read_sheet_table(self.root, k)
+            folder = table.folder
+            for rec in table.components:
+                rec = {**rec, "folder": folder.name}
                 for name in _png_names(rec):
                     path = self.visual_path(rec, name)
                     if path.resolve().parent == folder.resolve():  # only files of this class folder are served
@@ -523,7 +521,7 @@ class LabelStore:
         return names[k] if 0 <= k < len(names) else f"class {k}"
 
     def component(self, k: int, l: int) -> dict[str, Any]:
-        """The registered record of component ``(k, l)`` (see :func:`_component_records` for its keys).
+        """The registered record of component ``(k, l)`` (see :class:`spurious.visualize.SheetTable` for its keys).
 
         Raises:
             UnknownItemError: no such component is registered.
@@ -992,33 +990,6 @@ def _labeler(row: sqlite3.Row) -> Labeler:
 
 
 # ---------------------------------------------------------------------- visualize records
-def _first(rec: dict[str, Any], names: Sequence[str], default: Any = None) -> Any:
-    for n in names:
-        if n in rec:
-            return rec[n]
-    return default
-
-
-def _component_records(data: Any, k: int, path: Path) -> list[dict[str, Any]]:
-    """Normalise the component records of one ``components.json``: every record keeps its fields
-    and gains ``class``, ``component`` and ``rank`` (0-based) as ints."""
-    items = data.get("components") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a list of components (or {{'components': [...]}}); "
-                         "re-run `spurious visualize`")
-    out = []
-    for i, rec in enumerate(items):
-        comp = _first(rec, ("component", "l")) if isinstance(rec, dict) else None
-        if comp is None:
-            raise ValueError(f"{path}: component record {i} has no component index; re-run `spurious visualize`")
-        rec = dict(rec)
-        rec["class"] = int(k)
-        rec["component"] = int(comp)
-        rec["rank"] = int(_first(rec, ("rank",), i))
-        out.append(rec)
-    return out
-
-
 def _png_names(rec: Any) -> Iterator[str]:
     """Every string in a record (nested) that names an image file."""
     if isinstance(rec, dict):

@@ -33,26 +33,37 @@ Artifacts (``WS/visualize/``)::
 
 Resumable per class (a class whose ``components.json`` was written under the same plan is not
 recomputed); under ``torchrun`` class ``k`` goes to rank ``k % world_size``.
+
+``components.json`` is read by one reader, :func:`read_sheet_table` (with :func:`sheet_classes`),
+which loads no torch; the stage's functions load it on first use.
 """
 
-from spurious.visualize._core import (
-    ROBUSTNESS_NOTE,
-    FeatureVisualization,
-    MaxActivating,
-    NeuronImportance,
-    Selection,
-    SetDiversity,
-    VisualizeResult,
-    default_eps,
-    diversity,
-    max_activating,
-    max_activating_neurons,
-    neuron_importance,
-    neuron_visualization,
-    npfv,
-    select_components,
-    visualize,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from spurious.visualize._report import ROBUSTNESS_NOTE
+from spurious.visualize._table import SHEET_TABLE, SheetTable, read_sheet_table, sheet_classes, sheet_folder
+
+if TYPE_CHECKING:
+    from spurious.visualize._core import (
+        FeatureVisualization,
+        MaxActivating,
+        NeuronImportance,
+        Selection,
+        SetDiversity,
+        VisualizeResult,
+        default_eps,
+        diversity,
+        max_activating,
+        max_activating_neurons,
+        neuron_importance,
+        neuron_visualization,
+        npfv,
+        select_components,
+        visualize,
+    )
 
 __all__ = [
     "ROBUSTNESS_NOTE",
@@ -60,7 +71,9 @@ __all__ = [
     "MaxActivating",
     "NeuronImportance",
     "Selection",
+    "SHEET_TABLE",
     "SetDiversity",
+    "SheetTable",
     "VisualizeResult",
     "default_eps",
     "diversity",
@@ -69,6 +82,23 @@ __all__ = [
     "neuron_importance",
     "neuron_visualization",
     "npfv",
+    "read_sheet_table",
     "select_components",
+    "sheet_classes",
+    "sheet_folder",
     "visualize",
 ]
+
+_EAGER = {"ROBUSTNESS_NOTE", "SHEET_TABLE", "SheetTable", "read_sheet_table", "sheet_classes", "sheet_folder"}
+
+
+def __getattr__(name: str) -> Any:
+    """The stage's functions load torch on first use, so that reading a sheet table
+    (:func:`read_sheet_table`, used by the label store and the reports) does not."""
+    if name in __all__ and name not in _EAGER:
+        return getattr(importlib.import_module("spurious.visualize._core"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spurious.visualize._report import class_page, index_page
+from spurious.visualize._table import SHEET_TABLE, read_sheet_table, sheet_classes, sheet_folder
 from spurious import __version__
 from spurious._dist import (
     all_sum,
@@ -28,7 +30,7 @@ from spurious._dist import (
     on_main_rank,
     resolve_device,
 )
-from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious._io import atomic_path, sha256_strings, utc_now, write_json
 from spurious.workspace import (
     IncompatibleArtifactError,
     Workspace,
@@ -60,16 +62,6 @@ REFERENCE_EPS = 30.0
 REFERENCE_VALUES = 3 * 224 * 224
 
 _FORMAT_VERSION = 1
-ROBUSTNESS_NOTE = (
-    "Neural PCA feature visualizations (NPFVs) are only meaningful for an adversarially robust model. "
-    "On a standard (non-robust) model the same optimisation returns adversarial noise that raises "
-    "alpha without showing any recognisable feature; judge such a model by its max-activating images "
-    "and heatmaps instead. Even on a robust model, a feature that needs many pixels in fixed places "
-    "(a frame along the image border) can lie beyond the NPFV's small budget: the NPFV then shows "
-    "something else, and only the max-activating images and their heatmaps show the feature."
-)
-
-
 # ---------------------------------------------------------------------------- small checks
 
 
@@ -641,13 +633,9 @@ class VisualizeResult:
         return asdict(self)
 
 
-def _class_dir(root: Path, k: int) -> Path:
-    return root / f"class_{k:05d}"
-
-
-def _class_done(path: Path, phash: str) -> bool:
+def _class_done(ws: Workspace, k: int, phash: str) -> bool:
     try:
-        return read_json(path / "components.json").get("plan") == phash
+        return read_sheet_table(ws, k).plan == phash
     except (OSError, ValueError):
         return False
 
@@ -819,7 +807,7 @@ def visualize(
     on_main_rank(lambda: prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=mismatch))
 
     mine = [k for k in wanted if k % info.world_size == info.rank]
-    todo = [k for k in mine if not _class_done(_class_dir(out, k), phash)]
+    todo = [k for k in mine if not _class_done(ws, k, phash)]
     W, _ = ws.head()
     importance = neuron_importance(store, W, todo) if (todo and neurons) else None
     ctx = _StageContext(ws=ws, store=store, pca=pca, classifier=classifier, out=out, phash=phash, plan=plan,
@@ -913,7 +901,7 @@ def _visualize_class(ctx: _StageContext, k: int) -> None:
 
     plan, clf, store = ctx.plan, ctx.classifier, ctx.store
     names = ctx.ws.class_names
-    cdir = _class_dir(ctx.out, k)
+    cdir = sheet_folder(ctx.ws, k)
     if cdir.exists():  # an interrupted earlier attempt: start the class afresh
         shutil.rmtree(cdir)
     cdir.mkdir(parents=True)
@@ -1017,29 +1005,28 @@ def _visualize_class(ctx: _StageContext, k: int) -> None:
         "neurons": {"n_predicted": n_predicted, "note": neuron_note, "top": neuron_rows},
         "diversity": div,
     }
-    from spurious.visualize._report import class_page
 
     class_page(cdir / "index.html", table, names)
-    write_json(cdir / "components.json", table)  # last: marks the class as done
+    write_json(cdir / SHEET_TABLE, table)  # last: marks the class as done
 
 
 def _write_stage_manifest(out: Path, plan: dict[str, Any], phash: str, ws: Workspace,
                           args: dict[str, Any]) -> dict[str, Any]:
     """Rank 0, after every rank finished: ``manifest.json`` and ``index.html`` from the finished classes."""
-    from spurious.visualize._report import index_page
 
     entries = []
     total: dict[str, SetDiversity] = {}
-    for cdir in sorted(out.glob("class_*")):
+    for k in sheet_classes(ws):
         try:
-            table = read_json(cdir / "components.json")
+            sheet = read_sheet_table(ws, k)
         except (OSError, ValueError):
             continue
-        if table.get("plan") != phash:
+        if sheet.plan != phash:
             continue
-        best = table["components"][0] if table["components"] else None
-        entries.append({"class": table["class"], "name": table["name"], "dir": cdir.name, "n_images": table["n_images"],
-                        "selected": [c["component"] for c in table["components"]],
+        table = sheet.document
+        best = sheet.components[0] if sheet.components else None
+        entries.append({"class": k, "name": table["name"], "dir": sheet.folder.name, "n_images": table["n_images"],
+                        "selected": sheet.selected,
                         "best_npfv_probability": best["npfv_probability"] if best else None,
                         "neurons": [n["neuron"] for n in table["neurons"]["top"]],
                         "diversity": table["diversity"]})

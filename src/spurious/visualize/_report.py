@@ -22,6 +22,17 @@ _DIVERSITY_HELP = (
 )
 
 
+
+ROBUSTNESS_NOTE = (
+    "Neural PCA feature visualizations (NPFVs) are only meaningful for an adversarially robust model. "
+    "On a standard (non-robust) model the same optimisation returns adversarial noise that raises "
+    "alpha without showing any recognisable feature; judge such a model by its max-activating images "
+    "and heatmaps instead. Even on a robust model, a feature that needs many pixels in fixed places "
+    "(a frame along the image border) can lie beyond the NPFV's small budget: the NPFV then shows "
+    "something else, and only the max-activating images and their heatmaps show the feature."
+)
+"""Shown on every inspection sheet (visualize) and repeated in the docs."""
+
 def _width(input_size: Sequence[int]) -> int:
     """Display width of a thumbnail: small inputs are enlarged (pixelated), large ones shrunk a little."""
     h = int(input_size[-1])
@@ -59,8 +70,6 @@ def _diversity_table(div: dict[str, dict[str, int]]) -> str:
 
 def class_page(path: Path, data: dict[str, Any], names: Sequence[str]) -> Path:
     """Write the inspection sheet of one class from its ``components.json`` content ``data``."""
-    from spurious.visualize._core import ROBUSTNESS_NOTE
-
     w = _width(data["input_size"])
     parts = [f'<div class="note">{esc(ROBUSTNESS_NOTE)}</div>',
              (f'<p class="muted">model {esc(data["model_spec"])}; {data["n_images"]} training images labelled '
@@ -108,8 +117,6 @@ def class_page(path: Path, data: dict[str, Any], names: Sequence[str]) -> Path:
 
 def index_page(path: Path, manifest: dict[str, Any]) -> Path:
     """Write ``visualize/index.html``: one row per finished class, with links and diversity numbers."""
-    from spurious.visualize._core import ROBUSTNESS_NOTE
-
     rows = []
     for e in manifest["classes"]:
         comp = e["diversity"].get("components", {})

@@ -1,0 +1,121 @@
+"""The shape of the house: no import loops between spurious modules, and the core never imports the demo.
+
+The import graph is read from the source (every ``import`` statement, also those inside functions,
+which is where loops hide), so a loop fails here even when lazy imports keep it from failing at run
+time.
+"""
+
+from __future__ import annotations
+
+import ast
+from importlib.metadata import entry_points
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in (SRC / "spurious").rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = path
+    return mods
+
+
+def _targets(module: str, node: ast.Import | ast.ImportFrom, mods: dict[str, Path]) -> list[str]:
+    """The spurious modules an import statement loads (a package only when names come from its __init__)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        if node.level:
+            base = module.split(".")
+            package = base if mods[module].name == "__init__.py" else base[:-1]
+            package = package[: len(package) - (node.level - 1)]
+            prefix = ".".join(package + ([node.module] if node.module else []))
+        else:
+            prefix = node.module or ""
+        submodules = [f"{prefix}.{a.name}" for a in node.names if f"{prefix}.{a.name}" in mods]
+        names = submodules + ([prefix] if len(submodules) < len(node.names) else [])
+    out = []
+    for name in names:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        if name.startswith("spurious") and name != module:
+            out.append(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[module] = {t for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                         for t in _targets(module, node, mods)}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_loops() -> None:
+    graph = import_graph()
+    assert "spurious.models" in graph and len(graph) > 30
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_planted_loop() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_core_modules_never_import_the_demo() -> None:
+    graph = import_graph()
+    demo = {"spurious.demo", "spurious.train", "spurious.datasets.planted"}
+    core = [m for m in graph if not m.startswith(("spurious.demo", "spurious.train", "spurious.cli",
+                                                   "spurious._cli", "spurious.__main__"))
+            and m not in demo and m != "spurious.datasets"]
+    offenders = {m: sorted(graph[m] & {d for d in graph if d.startswith(tuple(demo))}) for m in core}
+    assert {m: v for m, v in offenders.items() if v} == {}
+
+
+def test_the_demo_models_come_from_a_registered_plugin() -> None:
+    from spurious.models import PLUGIN_GROUP, list_models
+
+    plugins = {e.name: e.value for e in entry_points(group=PLUGIN_GROUP)}
+    assert plugins.get("demo") == "spurious.demo._source:register"
+    assert "demo:robust" in list_models("demo:*")
