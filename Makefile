@@ -1,12 +1,13 @@
 # Two commands do all the set-up from a fresh clone:
 #   make demo   create .venv if missing, install, run the demo offline
 #   make test   create .venv if missing, install, run the whole test suite
+#   make check  lint (ruff) and type checks of src/ (also run by .ci/run)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test check install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+check: $(STAMP)
+	$(BIN)/ruff check src
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_npca.py

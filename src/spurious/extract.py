@@ -21,9 +21,21 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from spurious._dist import all_sum, barrier, init_distributed, on_main_rank, resolve_device
+from spurious._dist import (
+    all_sum,
+    barrier,
+    init_distributed,
+    on_main_rank,
+    resolve_device,
+)
 from spurious.agreement import report_agreement
-from spurious.store import FeatureStore, finalize_store, plan_hash, shard_done, write_shard
+from spurious.store import (
+    FeatureStore,
+    finalize_store,
+    plan_hash,
+    shard_done,
+    write_shard,
+)
 from spurious.workspace import Workspace, prepare_artifact_dir
 
 __all__ = ["ExtractResult", "extract", "default_num_workers"]
@@ -127,7 +139,12 @@ def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.de
 def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
     """Open ``data`` in the model's label space: class folders and list labels are matched by name."""
     from spurious import imagenet
-    from spurious.datasets import ImageDataset, dataset_kind, open_dataset, read_class_map
+    from spurious.datasets import (
+        ImageDataset,
+        dataset_kind,
+        open_dataset,
+        read_class_map,
+    )
 
     if isinstance(data, ImageDataset):
         if class_map is not None:
@@ -361,7 +378,7 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
     use_amp = amp and device.type == "cuda"
     done = 0
     try:
-        for (images, indices, failed), shard in zip(loader, sampler.shard_of_batch):
+        for (images, indices, failed), shard in zip(loader, sampler.shard_of_batch, strict=False):
             buf = buffers.setdefault(shard, {"phi": [], "rows": [], "idx": [], "logit": [], "lse": [],
                                              "failed": []})
             if len(indices):

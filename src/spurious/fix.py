@@ -175,7 +175,7 @@ class FixHead(nn.Module):
         self.meta = dict(meta or {})
         self.path: Path | None = None
         comps: dict[int, list[int]] = {}
-        for k, l in zip(cls_t.tolist(), comp_t.tolist()):
+        for k, l in zip(cls_t.tolist(), comp_t.tolist(), strict=False):
             comps.setdefault(int(k), []).append(int(l))
         self.components = dict(sorted(comps.items()))
         self.classes = sorted(self.components)

@@ -217,7 +217,7 @@ def find_target_layer(classifier: Classifier) -> str:
 
     final = seen[-1].grid
     shape = (final.h, final.w, final.channels)
-    pairs = list(zip(singles, grads))[::-1]  # last executed first; spread is checked lazily
+    pairs = list(zip(singles, grads, strict=False))[::-1]  # last executed first; spread is checked lazily
     for s, g in pairs:
         if (s.grid.h, s.grid.w, s.grid.channels) == shape and spread(s, g):
             return s.name

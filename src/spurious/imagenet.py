@@ -13,7 +13,7 @@ __all__ = ["NUM_CLASSES", "class_names", "wnids", "wnid_to_index"]
 NUM_CLASSES = 1000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _info():  # type: ignore[no-untyped-def]
     from timm.data import ImageNetInfo
 
@@ -30,7 +30,7 @@ def class_names() -> list[str]:
     return [d.split(",")[0].strip() for d in _info().label_descriptions()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wnid_to_index() -> dict[str, int]:
     """Map a WordNet id to its ImageNet-1k class index."""
     return {w: i for i, w in enumerate(wnids())}

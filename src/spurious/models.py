@@ -1143,7 +1143,7 @@ def _map_by_order(
             f"{what}: {len(source)} tensors in the weights but {len(target)} in the model"
         )
     mapped = {}
-    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=False):
         src_kind, dst_kind = src_key.rsplit(".", 1)[-1], dst_key.rsplit(".", 1)[-1]
         if src.shape != dst.shape or src_kind != dst_kind:
             raise ValueError(

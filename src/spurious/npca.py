@@ -34,7 +34,11 @@ from tqdm.auto import tqdm
 from spurious import __version__
 from spurious._dist import barrier, init_distributed, on_main_rank, resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
-from spurious.workspace import IncompatibleArtifactError, Workspace, prepare_artifact_dir
+from spurious.workspace import (
+    IncompatibleArtifactError,
+    Workspace,
+    prepare_artifact_dir,
+)
 
 __all__ = ["ClassBasis", "NPCA", "NPCAResult", "alpha", "fit_class", "load_npca", "npca"]
 

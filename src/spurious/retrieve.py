@@ -130,7 +130,9 @@ def components_to_retrieve(
         ValueError: nothing selected, an unknown class, or a component index past the fitted ones.
         IncompatibleArtifactError: ``components`` was made for another model.
     """
-    from spurious.npca import load_npca  # torch is loaded on use, as everywhere in this module
+    from spurious.npca import (
+        load_npca,  # torch is loaded on use, as everywhere in this module
+    )
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
     pca = load_npca(ws.root)
@@ -525,7 +527,7 @@ class _ModelVotes:
         out: dict[str, int] = {}
         for part in sorted(self.dir.glob("part-*.npz")):
             with np.load(part, allow_pickle=False) as z:
-                out.update(zip(z["ids"].tolist(), z["top1"].tolist()))
+                out.update(zip(z["ids"].tolist(), z["top1"].tolist(), strict=False))
         return out
 
     def predict(self, ids: Sequence[str], paths: Sequence[str], progress: bool) -> dict[str, int]:
@@ -538,7 +540,7 @@ class _ModelVotes:
         from spurious.extract import default_num_workers
 
         have = self.cached()
-        todo = sorted({i: p for i, p in zip(ids, paths) if i not in have}.items())
+        todo = sorted({i: p for i, p in zip(ids, paths, strict=False) if i not in have}.items())
         if not todo:
             return have
         n_parts = len(list(self.dir.glob("part-*.npz")))
@@ -566,7 +568,7 @@ class _ModelVotes:
                         with open(tmp, "wb") as fh:
                             np.savez(fh, ids=part_ids, top1=top1)
                     n_parts += 1
-                    have.update(zip(part_ids.tolist(), top1.tolist()))
+                    have.update(zip(part_ids.tolist(), top1.tolist(), strict=False))
         finally:
             self.clf.train(was_training)
         return have
@@ -892,7 +894,7 @@ def retrieve(
         "components": {str(k): v for k, v in sel.items()},
         "voters": [{"kind": v.kind, "name": v.name, "fingerprint": v.fingerprint or None,
                     "data": s.data_fingerprint if s is not None else None}
-                   for v, s in zip(voters, [None] * int(self_vote) + voter_stores + [None] * len(agree_models))],
+                   for v, s in zip(voters, [None] * int(self_vote) + voter_stores + [None] * len(agree_models), strict=False)],
         "min_votes": min_votes, "top_n": top_n, "keep": keep,
         "dependence": {"test": dependence, "margin": dependence_margin},
     }
@@ -913,7 +915,7 @@ def retrieve(
     pre_top1 = []
     if self_vote:
         pre_top1.append(dep_top1 if dep_top1 is not None else _top1(store))
-    for v, s in zip(voters[int(self_vote):], voter_stores):
+    for v, s in zip(voters[int(self_vote):], voter_stores, strict=False):
         t1, matched = _aligned_top1(store, s, pool_keys)
         if matched == 0:
             raise ValueError(f"voter workspace {v.name}: none of its {len(s)} images (split {s.path.name!r}) has "
@@ -1006,7 +1008,7 @@ def retrieve(
             if dep_top1 is not None:  # the exact dependence test, on the float64 alpha
                 ok &= (dep_top1[cand] == k) & (np.maximum(a, 0) > dep_gap[cand].astype(np.float64) - dependence_margin)
             cand, a, votes = cand[ok][:top_n], a[ok][:top_n], votes[ok][:top_n]
-            for rank, (r, av, nv) in enumerate(zip(cand.tolist(), a.tolist(), votes.tolist())):
+            for rank, (r, av, nv) in enumerate(zip(cand.tolist(), a.tolist(), votes.tolist(), strict=False)):
                 records.append({"class": k, "component": l, "rank": rank, "id": ids_of[r], "path": paths_of(ids_of[r]),
                                 "alpha": float(av), "votes": int(nv), "models": len(voters)})
             per_component[f"{k}/{l}"] = int(cand.size)

@@ -30,7 +30,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from spurious import __version__
-from spurious._io import atomic_path, read_json, save_npy, sha256_strings, utc_now, write_json
+from spurious._io import (
+    atomic_path,
+    read_json,
+    save_npy,
+    sha256_strings,
+    utc_now,
+    write_json,
+)
 
 __all__ = ["FeatureStore", "SHARD_ARRAYS", "ShardInfo", "finalize_store", "shard_name",
            "write_shard"]

@@ -100,13 +100,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spurious._io import atomic_path, read_json, sha256_file
 from spurious.datasets.planted import (
     CLASS_SHAPES,
     PlantedConfig,
     PlantedDataset,
     generate_planted,
 )
-from spurious._io import atomic_path, read_json, sha256_file
 from spurious.models import Classifier, Preprocessing
 
 __all__ = [
@@ -240,7 +240,7 @@ class DemoNet(nn.Module):
         self.stem = nn.Sequential(*stem)
         stages: list[nn.Module] = []
         in_ch = widths[0]
-        for i, (width, n) in enumerate(zip(widths, blocks)):
+        for i, (width, n) in enumerate(zip(widths, blocks, strict=False)):
             layers = [_BasicBlock(in_ch if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1,
                                   self.antialias)
                       for j in range(n)]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from spurious import __version__
 from spurious._io import (
     FINGERPRINT_SCHEME,
@@ -327,7 +328,7 @@ def import_features(workspace: str | os.PathLike[str], phi: np.ndarray, labels: 
     n_shards = -(-n // shard_size)
     plan = {"model": {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint},
             "data": {"spec": data_spec, "kind": "import", "fingerprint": sha256_strings(
-                f"{i}\t{int(y)}" for i, y in zip(ids, labels)), "num_records": n},
+                f"{i}\t{int(y)}" for i, y in zip(ids, labels, strict=False)), "num_records": n},
             "dim": ws.num_features, "dtype": dtype, "topk": k, "shard_size": shard_size}
     phash = plan_hash(plan)
     out = ws.features_dir(split)

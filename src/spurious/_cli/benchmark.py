@@ -35,8 +35,8 @@ def register(sub: Any) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from spurious.benchmark import build_benchmark
     from spurious._cli._common import emit
+    from spurious.benchmark import build_benchmark
 
     r = build_benchmark(args.workspace, args.out, per_component=args.per_component, accept=args.accept,
                         min_agree=args.min_agree, min_per_component=args.min_per_component, prefix=args.prefix,

@@ -106,7 +106,7 @@ class _StringTable:
     def __iter__(self) -> Iterator[str]:
         buf = self._buf.tobytes()
         off = self._off.tolist()
-        for a, b in zip(off[:-1], off[1:]):
+        for a, b in zip(off[:-1], off[1:], strict=False):
             yield buf[a:b].decode("utf-8")
 
     def take(self, indices: np.ndarray) -> _StringTable:
@@ -201,7 +201,7 @@ class ImageDataset(torch.utils.data.Dataset):
         metas = self._meta if self._meta is not None else [_NO_META] * len(labels)
         return [
             ImageRecord(rel, self._path(rel), label, meta)
-            for rel, label, meta in zip(self._ids, labels, metas)
+            for rel, label, meta in zip(self._ids, labels, metas, strict=False)
         ]
 
     def labels(self) -> np.ndarray:
@@ -211,8 +211,8 @@ class ImageDataset(torch.utils.data.Dataset):
     @functools.cached_property
     def _fingerprint(self) -> str:
         h = hashlib.sha256()
-        for rel, label in zip(self._ids, self._labels.tolist()):
-            h.update(f"{rel}\0{label}\n".encode("utf-8"))
+        for rel, label in zip(self._ids, self._labels.tolist(), strict=False):
+            h.update(f"{rel}\0{label}\n".encode())
         return h.hexdigest()[:16]
 
     def fingerprint(self) -> str:

@@ -655,7 +655,7 @@ def file_list(
     n_classes = None if names is None else len(names)
     entries = [
         (rel, _parse_label(raw, label_of, n_classes, f"{list_path} line {line}"))
-        for rel, (line, _, raw) in zip(ids, rows)
+        for rel, (line, _, raw) in zip(ids, rows, strict=False)
     ]
     entries.sort(key=lambda e: e[0])
     n_labelled = sum(label >= 0 for _, label in entries)

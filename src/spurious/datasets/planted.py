@@ -174,7 +174,7 @@ class SpuriousFeature:
 
     def rate(self, class_index: int) -> float:
         """Rate of the feature in class ``class_index`` (0.0 for a class it is not planted on)."""
-        for c, r in zip(self.classes, self.rates):
+        for c, r in zip(self.classes, self.rates, strict=False):
             if c == class_index:
                 return r
         return 0.0
@@ -706,7 +706,7 @@ def _feeder_sprite(rng: np.random.Generator, size: int) -> _Sprite:
         np.array([0.1, 0.07, 0.05], np.float32),
     )
     fracs = _raster(_feeder_parts, radius, angle, rng.random(2), 3)
-    rgb = sum(f[..., None] * c for f, c in zip(fracs, colors))
+    rgb = sum(f[..., None] * c for f, c in zip(fracs, colors, strict=False))
     return _Sprite(np.asarray(rgb, np.float32), np.sum(fracs, axis=0).astype(np.float32))
 
 

@@ -13,7 +13,12 @@ from spurious.demo._pipeline import (
     prepare_workspaces,
     run_demo,
 )
-from spurious.demo._tour import RealTourResult, draw_photo_dataset, draw_shapes_dataset, run_real_tour
+from spurious.demo._tour import (
+    RealTourResult,
+    draw_photo_dataset,
+    draw_shapes_dataset,
+    run_real_tour,
+)
 
 __all__ = ["DemoResult", "FoundComponent", "ModelSummary", "PreparedWorkspaces", "RealTourResult", "draw_photo_dataset",
            "draw_shapes_dataset", "prepare_workspaces", "run_demo", "run_real_tour"]

@@ -317,7 +317,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
                 f.retrieved = len(items)
                 f.retrieval_precision = float(np.mean(good[:50])) if items else float("nan")
         if not interactive:
-            for c, ok in zip(items, good):
+            for c, ok in zip(items, good, strict=False):
                 verdict = "out" if ok else ("in" if truth.has_object("pool", c["id"]) else "trash")
                 for who in _LABELERS:
                     store.set_image_verdict(who, k, l, c["id"], verdict)
@@ -363,8 +363,8 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
                               progress=progress)
     t = lap("score", t)
     for variant, info, head in zip(("robust", "standard"), (infos["robust"], infos["standard"]),
-                                   fixes or [None, None]):
-        def get(which: str, fixed: bool) -> tuple[float, float]:
+                                   fixes or [None, None], strict=False):
+        def get(which: str, fixed: bool, info: Any = info, head: Any = head) -> tuple[float, float]:
             res = scored.get(which)
             if res is None:
                 return float("nan"), float("nan")

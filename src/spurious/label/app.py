@@ -58,7 +58,12 @@ from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spurious import __version__
-from spurious.label.guards import MAX_BODY_BYTES, BodyLimit, SameOrigin, validation_summary
+from spurious.label.guards import (
+    MAX_BODY_BYTES,
+    BodyLimit,
+    SameOrigin,
+    validation_summary,
+)
 from spurious.label.store import (
     IMAGE_VERDICTS,
     MAX_LABELER_CHARS,

@@ -17,7 +17,14 @@ Example:
 from __future__ import annotations
 
 from ._inputs import CLASS_MAP_KEYWORDS, model_wnids
-from ._stage import PROTOCOLS, ClassScore, ReferenceResizeCrop, ScoreResult, ScoreRow, score
+from ._stage import (
+    PROTOCOLS,
+    ClassScore,
+    ReferenceResizeCrop,
+    ScoreResult,
+    ScoreRow,
+    score,
+)
 from .metrics import average_precision, class_extension_rate, roc_auc
 
 __all__ = [

@@ -142,7 +142,7 @@ def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], mod
                 continue
             im.thumbnail((112, 112))
             tops = [(names[int(i)] if 0 <= int(i) < len(names) else str(int(i)), float(p))
-                    for i, p in zip(spu.top_index[r][:3], spu.top_prob[r][:3])]
+                    for i, p in zip(spu.top_index[r][:3], spu.top_prob[r][:3], strict=False)]
             caption = "\n".join(f"{n[:18]} {p:.2f}" for n, p in tops)
             thumb = plot_dir / "thumbs" / _slug(model) / f"{c.class_index}_{j}.png"
             thumb.parent.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,18 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from spurious import __version__
-from spurious.agreement import Agreement, label_agreement, report_agreement
 from spurious._dist import all_sum, init_distributed, on_main_rank, resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious.agreement import Agreement, label_agreement, report_agreement
 
-from ._inputs import Benchmark, check_paths, class_map_for, class_map_hash, label_model, resolve_inputs
+from ._inputs import (
+    Benchmark,
+    check_paths,
+    class_map_for,
+    class_map_hash,
+    label_model,
+    resolve_inputs,
+)
 from .metrics import average_precision, class_extension_rate, roc_auc
 
 if TYPE_CHECKING:
@@ -441,7 +448,7 @@ def _run_group(jobs: list[_Job], ds: Any, chunk_ranges: dict[int, tuple[int, int
                smoothing=0.05)
     n_images = 0
     try:
-        for (images, indices, bad), chunk in zip(loader, sampler.chunk_of_batch):
+        for (images, indices, bad), chunk in zip(loader, sampler.chunk_of_batch, strict=False):
             failed.setdefault(chunk, []).extend(bad)
             rows.setdefault(chunk, []).append(indices.numpy().astype(np.int64))
             if len(indices):
@@ -526,7 +533,7 @@ def _load_preds(folder: Path, n_records: int, chunk_size: int, key: str | None, 
         pred[rows] = data["pred"]
         top_index[rows] = data["top_index"]
         top_prob[rows] = data["top_prob"]
-        failed.extend(zip(base["failed_rows"].tolist(), base["failed_reasons"].tolist()))
+        failed.extend(zip(base["failed_rows"].tolist(), base["failed_reasons"].tolist(), strict=False))
     return _Preds(ok, logp, pred, top_index, top_prob, failed)
 
 
@@ -841,7 +848,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
             given = ", ".join(f"{e.spec} ({e.fingerprint})" for e in entries)
             raise ValueError(f"the fix {head.name!r} was made for the model with fingerprint {head.model_fingerprint} "
                              f"({getattr(head, 'model_spec', '?')}), which is not among the models: {given}")
-    for entry, own in zip(entries, inline_heads):
+    for entry, own in zip(entries, inline_heads, strict=False):
         for head in [*own, *[h for h in heads if h.model_fingerprint == entry.fingerprint]]:
             if head.model_fingerprint != entry.fingerprint:
                 raise ValueError(f"the fix {head.name!r} does not belong to {entry.spec!r} (fingerprint "

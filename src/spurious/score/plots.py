@@ -231,7 +231,7 @@ def plot_strip(images: Sequence[Any], captions: Sequence[str], title: str, path:
     """
     n = max(1, len(images))
     fig = _figure(2.1 * n, 2.9)
-    for i, (im, caption) in enumerate(zip(images, captions)):
+    for i, (im, caption) in enumerate(zip(images, captions, strict=False)):
         ax = fig.add_subplot(1, n, i + 1)
         ax.imshow(np.asarray(im))
         ax.set_xticks([])

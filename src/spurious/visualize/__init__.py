@@ -44,7 +44,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from spurious.visualize._report import ROBUSTNESS_NOTE
-from spurious.visualize._table import SHEET_TABLE, SheetTable, read_sheet_table, sheet_classes, sheet_folder
+from spurious.visualize._table import (
+    SHEET_TABLE,
+    SheetTable,
+    read_sheet_table,
+    sheet_classes,
+    sheet_folder,
+)
 
 if TYPE_CHECKING:
     from spurious.visualize._core import (

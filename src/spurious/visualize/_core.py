@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spurious.visualize._report import class_page, index_page
-from spurious.visualize._table import SHEET_TABLE, read_sheet_table, sheet_classes, sheet_folder
 from spurious import __version__
 from spurious._dist import (
     all_sum,
@@ -31,6 +29,13 @@ from spurious._dist import (
     resolve_device,
 )
 from spurious._io import atomic_path, sha256_strings, utc_now, write_json
+from spurious.visualize._report import class_page, index_page
+from spurious.visualize._table import (
+    SHEET_TABLE,
+    read_sheet_table,
+    sheet_classes,
+    sheet_folder,
+)
 from spurious.workspace import (
     IncompatibleArtifactError,
     Workspace,
@@ -960,7 +965,7 @@ def _visualize_class(ctx: _StageContext, k: int) -> None:
 
     components = []
     t = 0
-    for r, (l, p) in enumerate(zip(sel.selected.tolist(), pos.tolist())):
+    for r, (l, p) in enumerate(zip(sel.selected.tolist(), pos.tolist(), strict=False)):
         png, cam_png = save(f"npfv_l{l:04d}", images[p], cams_vis[r])
         tops = []
         for j in range(ma.rows.shape[1]):
