@@ -27,6 +27,7 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/ruff check src
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_npca.py

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FastDemo, copy_demo_out
 
 from spurious.cli import main

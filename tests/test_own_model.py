@@ -234,3 +234,16 @@ def test_agreement_oracle() -> None:
     # predictions that ignore the image: kappa 0, suspect
     constant = label_agreement(np.array([0, 1, 2, 3]), np.array([1, 1, 1, 1]))
     assert constant.kappa == pytest.approx(0.0) and not constant.ok
+
+
+def test_a_workspace_from_before_full_fingerprints_says_so(tmp_path: Path) -> None:
+    """Workspaces made when the fingerprint covered only the head are refused with the reason and the fix."""
+    W, b = np.ones((3, 4), np.float32), np.zeros(3, np.float32)
+    ws = Workspace.create_from_head(tmp_path / "ws", W, b, spec="m", fingerprint="0123456789abcdef",
+                                    preprocessing={"input_size": [8, 8]})
+    manifest = json.loads((ws.root / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint_scheme"] == 2
+    del manifest["model"]["fingerprint_scheme"]
+    (ws.root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IncompatibleArtifactError, match="older spurious whose fingerprint covered only the head"):
+        Workspace.open(ws.root).check_model("fedcba9876543210", "m")

@@ -223,11 +223,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.real:
         from spurious.demo import run_real_tour
 
-        r = run_real_tour(Path(args.out) / "real", fast=args.fast, progress=not args.no_progress)
+        tour = run_real_tour(Path(args.out) / "real", fast=args.fast, progress=not args.no_progress)
+        emit(args, tour.to_dict(), tour.summary_lines())
     else:
         r = run_demo(args.out, fast=args.fast, interactive=args.interactive, progress=not args.no_progress,
                      port=args.port, retrain=args.retrain)
-    emit(args, r.to_dict(), r.summary_lines())
+        emit(args, r.to_dict(), r.summary_lines())
     return 0
 
 

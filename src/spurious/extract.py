@@ -136,8 +136,12 @@ def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.de
                       config=model_config).eval()
 
 
-def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
-    """Open ``data`` in the model's label space: class folders and list labels are matched by name."""
+def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict[str, Any]]:
+    """Open ``data`` in the model's label space: class folders and list labels are matched by name.
+
+    Returns:
+        The dataset and the ``open_dataset`` keywords that re-open it (recorded in the store).
+    """
     from spurious import imagenet
     from spurious.datasets import (
         ImageDataset,
@@ -152,8 +156,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
                              "build the dataset with the class names you want")
         ds = data if data.transform is not None else data.with_transform(classifier.preprocessing)
         _check_label_range(ds, classifier)
-        ds.open_kwargs = {"class_names": ds.class_names} if ds.kind in ("folder", "list") else {}
-        return ds
+        return ds, ({"class_names": ds.class_names} if ds.kind in ("folder", "list") else {})
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(
             f"data must be a dataset spec/path or a spurious.datasets.ImageDataset, got {type(data).__name__}"
@@ -166,7 +169,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
         if cmap is not None and names is None:
             raise ValueError(f"a class map needs the model's class names, but {classifier.spec!r} has none "
                              "(state them in the checkpoint's config file: \"class_names\": [...])")
-        kwargs = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
+        kwargs: dict[str, Any] = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
         ds = open_dataset(data, transform=classifier.preprocessing, **{
             **kwargs, "wnids": imagenet.wnids() if is_in1k else None})
     else:
@@ -184,8 +187,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> Any:
         kwargs = {"class_names": classifier.class_names} if own_space else {}
         ds = open_dataset(data, transform=classifier.preprocessing, **kwargs)
     _check_label_range(ds, classifier)
-    ds.open_kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return ds
+    return ds, {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _check_label_range(ds: Any, classifier: Any) -> None:
@@ -270,7 +272,7 @@ def extract(
     info = init_distributed(dev)
     ws_root = Path(workspace)
     classifier = _resolve_model(model, ws_root, pretrained, dev, preprocessing, model_config)
-    dataset = _resolve_data(data, classifier, class_map)
+    dataset, open_kwargs = _resolve_data(data, classifier, class_map)
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.spec} holds no images")
     on_main_rank(lambda: Workspace.create(ws_root, classifier))
@@ -295,9 +297,9 @@ def extract(
 
     on_main_rank(lambda: _prepare_output(out, plan, overwrite))
     if (out / "manifest.json").is_file():  # finished earlier with the same plan: nothing to do
-        store = FeatureStore(out)
-        report_agreement(store.agreement, what=f"{out} ({dataset.spec})", hint=hint, strict=strict)
-        return _result(store, split, 0, n_shards, 0, time.perf_counter() - t0, info.world_size, True)
+        finished = FeatureStore(out)
+        report_agreement(finished.agreement, what=f"{out} ({dataset.spec})", hint=hint, strict=strict)
+        return _result(finished, split, 0, n_shards, 0, time.perf_counter() - t0, info.world_size, True)
 
     mine = [i for i in range(n_shards) if i % info.world_size == info.rank]
     todo = [i for i in mine if not shard_done(shards_dir, i, phash)]
@@ -310,7 +312,7 @@ def extract(
                            num_workers, dev, progress and info.is_main, amp)
     computed_all = all_sum(computed)  # gloo/nccl collective: also a barrier
     images_all = all_sum(n_todo_images)
-    store = _merge(out, dataset, plan, phash, n_shards, time.perf_counter() - t0) if info.is_main else None
+    store = _merge(out, dataset, open_kwargs, plan, phash, n_shards, time.perf_counter() - t0) if info.is_main else None
     barrier()
     seconds = time.perf_counter() - t0
     if store is None:  # non-zero rank: rank 0 merged and reports the store
@@ -429,7 +431,8 @@ def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dic
                                            "failed": buf["failed"], "plan": phash})
 
 
-def _merge(out: Path, dataset: Any, plan: dict[str, Any], phash: str, n_shards: int, seconds: float) -> FeatureStore:
+def _merge(out: Path, dataset: Any, open_kwargs: dict[str, Any], plan: dict[str, Any], phash: str, n_shards: int,
+           seconds: float) -> FeatureStore:
     labels = dataset.labels()
 
     def record(r: int) -> tuple[str, int]:
@@ -439,7 +442,7 @@ def _merge(out: Path, dataset: Any, plan: dict[str, Any], phash: str, n_shards: 
                           skipped=list(getattr(dataset, "skipped", [])), class_names=dataset.class_names,
                           root=str(dataset.root), seconds=seconds,
                           label_source=getattr(dataset, "label_source", ""),
-                          open_kwargs=getattr(dataset, "open_kwargs", {}),
+                          open_kwargs=open_kwargs,
                           unchecked_reason=_unchecked_reason(dataset))
 
 

@@ -737,7 +737,7 @@ def _skip_noise_components(k: int, ls: Sequence[int], ratio: np.ndarray, floor: 
                            norms: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Which components of class ``k`` have a direction to match (mask); the others, warned about and described."""
     skip = (ratio <= floor) | (rel <= _U_FLOOR)
-    skipped = [{"component": int(ls[j]), "ratio": float(ratio[j]), "ratio_of": what, "u_norm": float(norms[j]),
+    skipped = [{"component": int(ls[int(j)]), "ratio": float(ratio[j]), "ratio_of": what, "u_norm": float(norms[j]),
                 "reason": "eigenvalue ~0" if ratio[j] <= floor else "matched direction ~0"}
                for j in np.flatnonzero(skip)]
     if skipped:

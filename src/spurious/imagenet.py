@@ -7,6 +7,10 @@ every torchvision / timm ImageNet-1k classifier uses.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from timm.data import ImageNetInfo
 
 __all__ = ["NUM_CLASSES", "class_names", "wnids", "wnid_to_index"]
 
@@ -14,7 +18,7 @@ NUM_CLASSES = 1000
 
 
 @functools.cache
-def _info():  # type: ignore[no-untyped-def]
+def _info() -> ImageNetInfo:
     from timm.data import ImageNetInfo
 
     return ImageNetInfo("imagenet-1k")

@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def _float_triple(value: Any, what: str) -> tuple[float, float, float]:
         raise ValueError(
             f"{what} must have 3 values (one per RGB channel), got {value!r}"
         )
-    return triple  # type: ignore[return-value]
+    return triple
 
 
 @dataclass(frozen=True)
@@ -314,10 +314,11 @@ def _is_head_candidate(module: nn.Module) -> bool:
 def _module_weight_bias(
     module: nn.Module, is_conv: bool
 ) -> tuple[Tensor, Tensor | None]:
-    weight = module.weight  # type: ignore[union-attr]
+    # a Linear or 1x1 Conv2d (see _is_head_candidate); nn.Module types attributes loosely
+    weight = cast(Tensor, module.weight)
     if is_conv:
         weight = weight.flatten(1)  # [K, D, 1, 1] -> [K, D]
-    return weight, module.bias  # type: ignore[union-attr,return-value]
+    return weight, cast("Tensor | None", module.bias)
 
 
 def _close(a: Tensor, b: Tensor, scale: float) -> bool:
@@ -1111,7 +1112,7 @@ def _infer_num_classes(
             module.out_features
             if isinstance(module, nn.Linear)
             else module.out_channels
-        )  # type: ignore[union-attr]
+        )
         if out != default_k:
             continue
         weight = state_dict.get(f"{name}.weight" if name else "weight")
@@ -1375,7 +1376,7 @@ def _load_timm(
         model = timm.create_model(name, pretrained=False, **kwargs)
         if num_classes is None:
             inferred = _infer_num_classes(
-                model, checkpoint.state_dict, model.num_classes
+                model, checkpoint.state_dict, cast(int, model.num_classes)
             )
             if inferred is not None:
                 model = timm.create_model(name, pretrained=False, num_classes=inferred)
@@ -1427,7 +1428,7 @@ def _load_lite0(
                 f"{num_classes}; use pretrained=False or a checkpoint"
             )
         state = _lite0_weights()
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     model = timm.create_model(_LITE0_TIMM_ARCH, pretrained=False, **kwargs)
     if state is None:
         return model

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -92,6 +92,10 @@ class ClassBasis:
         c = s * (v @ self.mu.astype(np.float64))
         return A, c
 
+    @overload
+    def alpha(self, phi: np.ndarray, components: Sequence[int] | np.ndarray | None = None) -> np.ndarray: ...
+    @overload
+    def alpha(self, phi: torch.Tensor, components: Sequence[int] | np.ndarray | None = None) -> torch.Tensor: ...
     def alpha(self, phi: np.ndarray | torch.Tensor, components: Sequence[int] | np.ndarray | None = None
               ) -> np.ndarray | torch.Tensor:
         """``alpha_l^k(x)`` for a batch of features; see :func:`alpha`."""
@@ -107,6 +111,11 @@ class ClassBasis:
         return comps
 
 
+@overload
+def alpha(phi: np.ndarray, basis: ClassBasis, components: Sequence[int] | np.ndarray | None = None) -> np.ndarray: ...
+@overload
+def alpha(phi: torch.Tensor, basis: ClassBasis,
+          components: Sequence[int] | np.ndarray | None = None) -> torch.Tensor: ...
 def alpha(phi: np.ndarray | torch.Tensor, basis: ClassBasis,
           components: Sequence[int] | np.ndarray | None = None) -> np.ndarray | torch.Tensor:
     """Component values ``alpha_l^k(x) = <1, v_l> <v_l, w_k ⊙ phi(x) - mu_k>`` (one matrix product).
@@ -255,8 +264,8 @@ def _top_eigh(M: torch.Tensor, L: int, precision: str) -> tuple[np.ndarray, np.n
             evals, vecs = scipy.linalg.eigh(A, driver="evd", overwrite_a=True, check_finite=False)
     else:
         dt = torch.float32 if precision == "float32" else torch.float64
-        A = M.to(dt)
-        evals_t, vecs_t = torch.linalg.eigh((A + A.T) / 2)
+        A_t = M.to(dt)
+        evals_t, vecs_t = torch.linalg.eigh((A_t + A_t.T) / 2)
         evals, vecs = evals_t[m - L:].double().cpu().numpy(), vecs_t[:, m - L:].double().cpu().numpy()
     order = np.argsort(evals)[::-1]
     return np.maximum(evals[order].astype(np.float64), 0.0), vecs[:, order].astype(np.float64)

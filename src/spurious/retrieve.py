@@ -767,7 +767,7 @@ def retrieve(
     *,
     pool: str | os.PathLike[str] = "pool",
     pool_split: str = "pool",
-    components: Mapping[int, Sequence[int]] | str | os.PathLike[str] | None = None,
+    components: Mapping[int | str, Sequence[int]] | str | os.PathLike[str] | ComponentSet | None = None,
     classes: Sequence[int | str] | None = None,
     top_components: int | None = None,
     agree: Sequence[str | os.PathLike[str]] = (),
@@ -887,7 +887,7 @@ def retrieve(
     pairs = [(k, l) for k, comps in sel.items() for l in comps]
     lazy = len(agree_models) > 0
     keep = top_n * oversample if lazy else top_n
-    plan = {
+    plan: dict[str, Any] = {
         "format": _FORMAT, "version": _VERSION,
         "model": {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint},
         "pool": {"store": str(store.path.resolve()), "data_fingerprint": store.data_fingerprint, "rows": len(store)},
@@ -955,14 +955,14 @@ def retrieve(
             last_save[0] = time.perf_counter()
 
     dep_filter = None
-    if dep_top1 is not None:
+    if dep_top1 is not None and dep_gap is not None:
         def dep_filter(scores: np.ndarray, rows: np.ndarray, first: int) -> np.ndarray:
             # float32 alpha here: lenient by 1e-3 logits so that no row passing the exact float64 test
             # (applied again below) is lost; a lenient-only row costs a slot at worst
-            g = dep_gap[rows].astype(np.float32)  # type: ignore[index]
+            g = dep_gap[rows].astype(np.float32)
             cut = g - np.float32(dependence_margin) - np.float32(1e-3) * (1 + np.abs(g))
             ks = col_class[first:first + scores.shape[0], None]
-            return (dep_top1[rows][None, :] == ks) & (np.maximum(scores, 0) > cut[None, :])  # type: ignore[index]
+            return (dep_top1[rows][None, :] == ks) & (np.maximum(scores, 0) > cut[None, :])
 
     t_rank = time.perf_counter()
     scanned = _scan(shards, positions, A, c32, top, store.dim, chunk_rows, eligible if need > 0 else None,
@@ -1005,7 +1005,7 @@ def retrieve(
             for lt in lazy_top1:
                 votes = votes + np.array([lt[int(r)] == k for r in cand], dtype=np.int64)
             ok = votes >= min_votes
-            if dep_top1 is not None:  # the exact dependence test, on the float64 alpha
+            if dep_top1 is not None and dep_gap is not None:  # the exact dependence test, on the float64 alpha
                 ok &= (dep_top1[cand] == k) & (np.maximum(a, 0) > dep_gap[cand].astype(np.float64) - dependence_margin)
             cand, a, votes = cand[ok][:top_n], a[ok][:top_n], votes[ok][:top_n]
             for rank, (r, av, nv) in enumerate(zip(cand.tolist(), a.tolist(), votes.tolist(), strict=False)):

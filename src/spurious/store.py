@@ -60,7 +60,7 @@ class ShardInfo(NamedTuple):
         directory: the store's ``shards/`` folder.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # public field name; shadows tuple.index on purpose
     start_row: int
     rows: int
     directory: Path
@@ -277,13 +277,13 @@ def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: in
         row = 0
         for i in range(n_shards):
             meta = read_json(shards_dir / f"{shard_name(i)}.json")
-            labels = []
+            shard_labels = []
             for r in np.load(shards_dir / f"{shard_name(i)}.rows.npy"):
                 rid, label = record(int(r))
                 fh.write(json.dumps({"row": row, "id": rid, "label": int(label)}) + "\n")
-                labels.append(int(label))
+                shard_labels.append(int(label))
                 row += 1
-            label_parts.append(np.asarray(labels, dtype=np.int64))
+            label_parts.append(np.asarray(shard_labels, dtype=np.int64))
             top1_parts.append(np.load(shards_dir / f"{shard_name(i)}.topk_index.npy")[:, 0].astype(np.int64))
             failed.extend(meta["failed"])
             shards.append({"index": i, "start": meta["start"], "stop": meta["stop"], "rows": meta["rows"]})

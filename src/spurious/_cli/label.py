@@ -121,7 +121,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
         path = store.export_labels(args.out, format=args.format, min_agree=args.min_agree)
         agreed = store.agreed_components(args.min_agree)
         accepted = store.accepted_images(args.min_agree)
-        summary = {"path": str(path), "labelers": store.labelers(),
+        summary: dict[str, Any] = {"path": str(path), "labelers": store.labelers(),
                    "agreed_components": sum(len(v) for v in agreed.values()),
                    "accepted_images": sum(len(v) for v in accepted.values())}
         emit(args, summary, [

@@ -144,7 +144,7 @@ class ImageDataset(torch.utils.data.Dataset):
         kind: str,
         root: str | os.PathLike[str],
         spec: str,
-        ids: Sequence[str],
+        ids: Sequence[str] | _StringTable,
         labels: Sequence[int] | np.ndarray,
         class_names: Sequence[str] | None,
         skipped: Sequence[tuple[str, str]] = (),

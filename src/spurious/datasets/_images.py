@@ -41,7 +41,7 @@ class ImageDecodeError(ValueError):
         self.path = path
         super().__init__(f"cannot decode image {path}: {reason}" if path is not None else reason)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[str, str | None]]:
         return (type(self), (self.reason, self.path))
 
 

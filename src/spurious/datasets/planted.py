@@ -645,7 +645,7 @@ class _Sprite:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.alpha.shape  # type: ignore[return-value]
+        return self.alpha.shape
 
 
 def _raster(

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,8 @@ class DemoResult:
             lines.append(f"  found: class {f.class_name} component {f.component} -> {feat} "
                          f"({100 * f.precision_top20:.0f}% of its top-20 training images; retrieval precision "
                          f"{_pct(f.retrieval_precision)} of {f.retrieved} candidates; {f.accepted} accepted)")
-        for m in self.missed:
-            lines.append(f"  not found: {m}")
+        for miss in self.missed:
+            lines.append(f"  not found: {miss}")
         if self.fast:
             lines.append(f"  note: {FAST_NOTE}")
         lines.append(f"benchmark: {self.benchmark_images} images -> {self.benchmark}")
@@ -339,13 +340,13 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     t = lap("benchmark build", t)
 
     # 7. fix and transfer ------------------------------------------------------------------------------
-    from spurious.fix import fix, load_fix, transfer
+    from spurious.fix import FixHead, fix, load_fix, transfer
 
     fixes = []
     if agreed:
-        comps = {str(k): v for k, v in agreed.items()}
-        fix(ws_r, comps, overwrite=True)
-        transfer(ws_r, ws_dirs["standard"], comps, overwrite=True)
+        fix_comps = {str(k): v for k, v in agreed.items()}
+        fix(ws_r, fix_comps, overwrite=True)
+        transfer(ws_r, ws_dirs["standard"], fix_comps, overwrite=True)
         fixes = [load_fix(ws_r), load_fix(ws_dirs["standard"])]
     t = lap("fix", t)
 
@@ -362,8 +363,8 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
                               class_names=names, classes=planted_classes, fixes=fixes, out=out / "score-planted",
                               progress=progress)
     t = lap("score", t)
-    for variant, info, head in zip(("robust", "standard"), (infos["robust"], infos["standard"]),
-                                   fixes or [None, None], strict=False):
+    heads: Sequence[FixHead | None] = fixes or [None, None]
+    for variant, info, head in zip(("robust", "standard"), (infos["robust"], infos["standard"]), heads, strict=False):
         def get(which: str, fixed: bool, info: Any = info, head: Any = head) -> tuple[float, float]:
             res = scored.get(which)
             if res is None:

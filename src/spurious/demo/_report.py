@@ -95,9 +95,10 @@ def _found_card(f: Any, out: Path, report_dir: Path) -> str:
         caption = f"#{i + 1} alpha={alpha:.3g}" if isinstance(alpha, (int, float)) else f"#{i + 1}"
         pair((t.get("png"), f"max-activating training image {image_id} (component {f.component})", caption),
              (t.get("heatmap_png"), f"GradCAM heatmap of {image_id} (component {f.component})", image_id))
-    sheet = folder / "index.html"
+    sheet_html = folder / "index.html"
     more = f"Showing {TOP_SHOWN} of {len(tops)} max-activating images; " if len(tops) > TOP_SHOWN else ""
-    links = f"{more}{_html.link(_rel(sheet, report_dir), 'inspection sheet of the class')}" if sheet.is_file() else more
+    links = (f"{more}{_html.link(_rel(sheet_html, report_dir), 'inspection sheet of the class')}"
+             if sheet_html.is_file() else more)
     body = f'<div class="row" style="gap:.75rem">{"".join(figs)}</div>' if figs else ""
     note = (f'<p class="note">{len(missing)} picture(s) missing, not shown: {_html.esc(", ".join(missing))}</p>'
             if missing else "")

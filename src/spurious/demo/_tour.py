@@ -80,7 +80,7 @@ class RealTourResult:
 def _texture(rng: np.random.Generator, size: int) -> Image.Image:
     """A smooth random colour field with grain, like out-of-focus natural backgrounds."""
     low = rng.uniform(0, 1, size=(4, 4, 3))
-    img = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    img = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
     grain = rng.normal(0, 12, size=(size, size, 3))
     arr = np.clip(np.asarray(img, dtype=np.float64) * 0.7 + 40 + grain, 0, 255).astype(np.uint8)
     return Image.fromarray(arr).filter(ImageFilter.GaussianBlur(1))
@@ -140,9 +140,9 @@ def draw_photo_dataset(root: str | os.PathLike[str], *, per_class: int = 24, siz
             scale = rng.uniform(0.55, 1.0)
             cw, ch = int(w * scale), int(h * scale)
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((size, size), Image.BICUBIC)
+            img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((size, size), Image.Resampling.BICUBIC)
             if rng.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             arr = np.asarray(img, dtype=np.float64) * rng.uniform(0.8, 1.2, size=3) + rng.normal(0, 6, (size, size, 3))
             img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).filter(
                 ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
@@ -170,7 +170,7 @@ def draw_patch_benchmark(root: str | os.PathLike[str], *, per_class: int = 12, s
         for i in range(per_class):
             side = int(min(w, h) * rng.uniform(0.2, 0.35))
             x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-            photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BICUBIC).save(
+            photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BICUBIC).save(
                 folder / f"{name}_patch_{i:03d}.jpg", quality=92)
     return root
 

@@ -309,8 +309,9 @@ def _is_spufix(obj: Any) -> bool:
 def _load_fix_heads(fixes: Sequence[Any]) -> list[nn.Module]:
     if isinstance(fixes, (str, os.PathLike, nn.Module)):
         fixes = [fixes]
-    heads = []
+    heads: list[nn.Module] = []
     for f in fixes:
+        head: nn.Module
         if isinstance(f, (str, os.PathLike)):
             try:
                 from spurious.fix import load_fix
@@ -357,7 +358,8 @@ def _chunk_file(folder: Path, chunk: int, variant_key: str | None) -> Path:
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            # np.savez stub: mypy cannot rule out an "allow_pickle" key (bool) in **arrays; keys are array names
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -853,15 +855,15 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
             if head.model_fingerprint != entry.fingerprint:
                 raise ValueError(f"the fix {head.name!r} does not belong to {entry.spec!r} (fingerprint "
                                  f"{head.model_fingerprint} vs {entry.fingerprint})")
-            key = _head_key(head)
-            if any(h.key == key for h in entry.heads):
+            head_key = _head_key(head)
+            if any(h.key == head_key for h in entry.heads):
                 continue
             names = {h.name for h in entry.heads}
             name, n = str(head.name), 2
             while name in names:
                 name, n = f"{head.name} #{n}", n + 1
             module = copy.deepcopy(head).to(entry.clf.device).eval()
-            entry.heads.append(_Head(module, name, key))
+            entry.heads.append(_Head(module, name, head_key))
 
     any_cuda = any(e.clf.device.type == "cuda" for e in entries)
     info = init_distributed(entries[0].clf.device)

@@ -963,7 +963,7 @@ def _visualize_class(ctx: _StageContext, k: int) -> None:
         _save_png(cdir / f"{name}_cam.png", overlay(x, cam))
         return f"{name}.png", f"{name}_cam.png"
 
-    components = []
+    components: list[dict[str, Any]] = []
     t = 0
     for r, (l, p) in enumerate(zip(sel.selected.tolist(), pos.tolist(), strict=False)):
         png, cam_png = save(f"npfv_l{l:04d}", images[p], cams_vis[r])
@@ -978,7 +978,7 @@ def _visualize_class(ctx: _StageContext, k: int) -> None:
                            "npfv_probability": float(probs[p, k]), "npfv_alpha": float(values[p]),
                            "npfv_top3": _top3(probs[p], names), "npfv_png": png, "npfv_heatmap_png": cam_png,
                            "top_images": tops})
-    neuron_rows = []
+    neuron_rows: list[dict[str, Any]] = []
     importance_row = (ctx.importance.importance[np.flatnonzero(ctx.importance.classes == k)[0]]
                       if ctx.importance is not None else None)
     for r, j in enumerate(top_neurons.tolist()):
