@@ -119,3 +119,26 @@ def test_the_demo_models_come_from_a_registered_plugin() -> None:
     plugins = {e.name: e.value for e in entry_points(group=PLUGIN_GROUP)}
     assert plugins.get("demo") == "spurious.demo._source:register"
     assert "demo:robust" in list_models("demo:*")
+
+
+def test_every_stage_result_says_its_own_summary() -> None:
+    """The CLI prints ``Result.summary_lines()``: no stage's summary is written by the CLI."""
+    from spurious.benchmark import BenchmarkResult
+    from spurious.extract import ExtractResult
+    from spurious.fix import ExportResult, FixResult
+    from spurious.npca import NPCAResult
+    from spurious.retrieve import RetrieveResult
+    from spurious.score import ScoreResult
+    from spurious.visualize import VisualizeResult
+
+    for result in (ExtractResult, NPCAResult, VisualizeResult, RetrieveResult, FixResult, ExportResult,
+                   ScoreResult, BenchmarkResult):
+        assert callable(getattr(result, "summary_lines", None)), result.__name__
+    r = NPCAResult(path="ws/npca", split="train", n_components=4, classes_fitted=3, classes_reused=1,
+                   classes_skipped=[7], seconds=2.0, seconds_per_class=0.5)
+    assert r.summary_lines() == ["neural PCA: 3 classes fitted, 1 reused, 1 skipped (< 2 images) -> ws/npca",
+                                 "2.0 s (0.500 s/class on cpu)"]
+    e = ExportResult(path="f.onnx", format="onnx", max_abs_diff=None, verified_with=None, seconds=1.0,
+                     fix_name="SpuFix", model_spec="demo:robust")
+    assert e.summary_lines() == ["exported SpuFix of demo:robust as onnx -> f.onnx",
+                                 "check: not checked (install onnxruntime)"]

@@ -198,11 +198,7 @@ def _cmd_npca(args: argparse.Namespace) -> int:
             raise ValueError(f"--components must be a positive integer or 'all', got {args.components!r}") from None
     r = npca(args.workspace, split=args.split, n_components=comps, classes=args.classes, device=args.device,
              precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
-    emit(args, r.to_dict(), [
-        f"neural PCA: {r.classes_fitted} classes fitted, {r.classes_reused} reused, "
-        f"{len(r.classes_skipped)} skipped (< 2 images) -> {r.path}",
-        f"{r.seconds:.1f} s ({r.seconds_per_class:.3f} s/class on {r.device})",
-    ])
+    emit(args, r.to_dict(), r.summary_lines())
     return 0
 
 

@@ -880,9 +880,17 @@ class ExportResult:
     max_abs_diff: float | None
     verified_with: str | None
     seconds: float
+    fix_name: str = ""
+    model_spec: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints."""
+        diff = ("not checked (install onnxruntime)" if self.max_abs_diff is None
+                else f"max |logit difference| {self.max_abs_diff:.2e} ({self.verified_with})")
+        return [f"exported {self.fix_name} of {self.model_spec} as {self.format} -> {self.path}", f"check: {diff}"]
 
 
 def export(fixed: SpuFix, path: str | os.PathLike[str], format: Literal["torchscript", "onnx"] = "torchscript",
@@ -957,7 +965,8 @@ def export(fixed: SpuFix, path: str | os.PathLike[str], format: Literal["torchsc
             warnings.warn(f"the exported model differs from the wrapper by up to {diff:.3g} in the logits",
                           stacklevel=2)
     return ExportResult(path=str(path), format=format, max_abs_diff=diff, verified_with=how,
-                        seconds=round(time.perf_counter() - t0, 3))
+                        seconds=round(time.perf_counter() - t0, 3), fix_name=fixed.head.name,
+                        model_spec=fixed.head.model_spec)
 
 
 def _verify_export(fixed: SpuFix, path: Path, format: str, dtype: torch.dtype, dev: torch.device

@@ -291,6 +291,14 @@ class NPCAResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints."""
+        return [
+            f"neural PCA: {self.classes_fitted} classes fitted, {self.classes_reused} reused, "
+            f"{len(self.classes_skipped)} skipped (< 2 images) -> {self.path}",
+            f"{self.seconds:.1f} s ({self.seconds_per_class:.3f} s/class on {self.device})",
+        ]
+
 
 def _class_file(root: Path, k: int) -> Path:
     return root / f"class_{k:05d}.safetensors"

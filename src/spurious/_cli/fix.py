@@ -192,9 +192,7 @@ def _export(args: argparse.Namespace, emit: Any) -> int:
     else:
         clf = load_model(args.model or head.model_spec, device=args.device, **model_options(args))
     r = export(SpuFix(clf, head), out, fmt)
-    diff = "not checked (install onnxruntime)" if r.max_abs_diff is None else \
-        f"max |logit difference| {r.max_abs_diff:.2e} ({r.verified_with})"
-    emit(args, r.to_dict(), [f"exported {head.name} of {head.model_spec} as {fmt} -> {r.path}", f"check: {diff}"])
+    emit(args, r.to_dict(), r.summary_lines())
     return 0
 
 

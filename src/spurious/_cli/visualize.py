@@ -56,12 +56,5 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
     if not dist_info().is_main:  # under torchrun rank 0 reports
         return 0
-    lines = [f"visualized {r.classes_done} classes ({r.classes_reused} reused) -> {r.path}",
-             (f"eps {r.eps:.3g}, {r.steps} APGD steps, {r.candidates} candidates, {r.keep} kept; "
-              f"{r.seconds:.1f} s on {r.device}"),
-             f"report: {r.index_html}"]
-    for kind, d in r.diversity.items():
-        lines.append(f"diversity of the top-5 {kind}: {d['distinct']} distinct of {d['slots']} images, "
-                     f"{d['identical_pairs']} identical pairs")
-    emit(args, r.to_dict(), lines)
+    emit(args, r.to_dict(), r.summary_lines())
     return 0

@@ -637,6 +637,17 @@ class VisualizeResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints."""
+        lines = [f"visualized {self.classes_done} classes ({self.classes_reused} reused) -> {self.path}",
+                 (f"eps {self.eps:.3g}, {self.steps} APGD steps, {self.candidates} candidates, {self.keep} kept; "
+                  f"{self.seconds:.1f} s on {self.device}"),
+                 f"report: {self.index_html}"]
+        for kind, d in self.diversity.items():
+            lines.append(f"diversity of the top-5 {kind}: {d['distinct']} distinct of {d['slots']} images, "
+                         f"{d['identical_pairs']} identical pairs")
+        return lines
+
 
 def _class_done(ws: Workspace, k: int, phash: str) -> bool:
     try:
