@@ -145,3 +145,17 @@ def test_fast_demo_says_what_it_is() -> None:
     full = DemoResult(out="o", fast=False, labelers="simulated", planted_root="p").summary_lines()
     assert any(FAST_NOTE in line for line in fast) and not any(FAST_NOTE in line for line in full)
     assert "checks the installation" in FAST_NOTE
+
+
+def test_planted_data_other_than_the_models_were_trained_on_is_said() -> None:
+    import warnings
+    from types import SimpleNamespace
+
+    from spurious.demo._pipeline import _check_trained_on
+
+    info = SimpleNamespace(spec="demo:robust", metadata={"planted_content_hash": "a" * 64})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_trained_on([info], "a" * 64)  # the same data: silent
+    with pytest.warns(UserWarning, match="differ from the data demo:robust was trained on.*--retrain"):
+        _check_trained_on([info], "b" * 64)

@@ -758,3 +758,22 @@ def test_checkpoint_digest_is_cached_per_file(tmp_path, monkeypatch) -> None:  #
     monkeypatch.setattr(models, "state_dict_digest", lambda sd: calls.append(1) or "x")
     b = load_model(f"torchvision:resnet18@{path}", preprocessing={"input_size": 32})
     assert a.fingerprint() == b.fingerprint() and not calls  # the file digest came from the cache
+
+
+def test_state_dict_digest_identifies_weights_not_their_storage() -> None:
+    from spurious.models import state_dict_digest
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    sd = net.state_dict()
+    digest = state_dict_digest(sd)
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    # key order, a float64 copy of float32 weights (exact) and another device-free copy: same weights
+    assert state_dict_digest(dict(reversed(list(sd.items())))) == digest
+    assert state_dict_digest({k: v.double() if v.is_floating_point() else v for k, v in sd.items()}) == digest
+    # one value changed by one ulp, or a renamed tensor, or a buffer counter: other weights
+    bumped = {k: v.clone() for k, v in sd.items()}
+    bumped["3.bias"][0] = torch.nextafter(bumped["3.bias"][0], torch.tensor(1e9))
+    renamed = {("x." + k if k == "3.bias" else k): v for k, v in sd.items()}
+    counted = {k: (v + 1 if k.endswith("num_batches_tracked") else v) for k, v in sd.items()}
+    assert len({digest, state_dict_digest(bumped), state_dict_digest(renamed), state_dict_digest(counted)}) == 4

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KAPPA_MIN", "Agreement", "AgreementError", "label_agreement", "report_agreement"]
+__all__ = ["KAPPA_MIN", "Agreement", "AgreementError", "label_agreement", "not_checked", "report_agreement"]
 
 KAPPA_MIN = 0.2
 """A labelled split whose Cohen's kappa between top-1 predictions and labels is below this is suspect."""

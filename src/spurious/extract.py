@@ -169,9 +169,10 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
         if cmap is not None and names is None:
             raise ValueError(f"a class map needs the model's class names, but {classifier.spec!r} has none "
                              "(state them in the checkpoint's config file: \"class_names\": [...])")
+        ds = open_dataset(data, transform=classifier.preprocessing, class_names=names, class_map=cmap,
+                          wnids=imagenet.wnids() if is_in1k else None)
+        # recorded so later stages re-open the same labels (FeatureStore.open_dataset expands the wnids)
         kwargs: dict[str, Any] = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
-        ds = open_dataset(data, transform=classifier.preprocessing, **{
-            **kwargs, "wnids": imagenet.wnids() if is_in1k else None})
     else:
         if cmap is not None:
             raise ValueError(f"a class map applies to folder: and list: datasets, not to a {kind!r} dataset")

@@ -508,13 +508,9 @@ class Classifier(nn.Module):
         self.class_names_source = "given" if class_names is not None else "none"
         self.config_path: str | None = None
         self._weights_digest: tuple[tuple[tuple[int, int], ...], str] | None = None
-        mean, std = preprocessing.normalisation()
-        self.register_buffer(
-            "_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("_mean", None, persistent=False)
+        self.register_buffer("_std", None, persistent=False)
+        self._set_normalisation(preprocessing, torch.device("cpu"))
         target = _resolve_device(device)
         if target is not None:
             self.to(target)
@@ -596,12 +592,16 @@ class Classifier(nn.Module):
         """
         if not isinstance(preprocessing, Preprocessing):
             raise TypeError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
-        mean, std = preprocessing.normalisation()
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._set_normalisation(preprocessing, self.device)
         self.preprocessing = preprocessing
         self.preprocessing_source = str(source)
         self.input_size = (3, *preprocessing.input_size)
+
+    def _set_normalisation(self, preprocessing: Preprocessing, device: torch.device) -> None:
+        """The ``_mean`` / ``_std`` buffers (value range folded in) that :meth:`_normalize` applies."""
+        mean, std = preprocessing.normalisation()
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def _normalize(self, x: Tensor) -> Tensor:
         return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
@@ -774,7 +774,6 @@ class Classifier(nn.Module):
 # ----------------------------------------------------------------------------
 # Fingerprints
 # ----------------------------------------------------------------------------
-
 
 
 def state_dict_digest(state: Mapping[str, Tensor]) -> str:

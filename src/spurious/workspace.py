@@ -207,7 +207,7 @@ class Workspace:
         scheme = self.manifest["model"].get("fingerprint_scheme")
         if scheme is None and self.manifest["model"].get("preprocessing") is not None:
             old = ("; the workspace was made by an older spurious whose fingerprint covered only the head: "
-                   "re-create it (extract with --overwrite into a new directory)")
+                   "extract again into a new workspace directory")
         else:
             old = ""
         raise IncompatibleArtifactError(

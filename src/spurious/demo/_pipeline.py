@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -424,16 +425,7 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     infos = {v: train_demo_model(v, tiny=fast, progress=progress, use_shipped=not retrain)
              for v in ("robust", "standard")}
     planted = generate_planted(infos["robust"].planted_root, infos["robust"].config.planted)  # reused when present
-    for info in infos.values():
-        trained_on = info.metadata.get("planted_content_hash")
-        if trained_on and trained_on != planted.content_hash:
-            import warnings
-
-            warnings.warn(
-                f"the planted data generated on this machine ({planted.content_hash[:16]}) differ from the data "
-                f"{info.spec} was trained on ({trained_on[:16]}): the demo's figures will not match the "
-                "documented ones; report it, or train the models on these data with `spurious demo --retrain`",
-                stacklevel=2)
+    _check_trained_on(infos.values(), planted.content_hash)
     names = list(planted.class_names)
     ws_dirs = {v: out / f"ws-{v}" for v in infos}
     identity: dict[str, float] = {}
@@ -448,6 +440,18 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
         npca(ws_dirs[variant], split="train", n_components="all", precision="float64", progress=progress)
         identity[variant] = _logit_identity(ws_dirs[variant])
     return PreparedWorkspaces(str(planted.root), ws_dirs, infos, identity)
+
+
+def _check_trained_on(infos: Any, content_hash: str) -> None:
+    """Warn when the planted data generated here are not the data a demo model was trained on."""
+    for info in infos:
+        trained_on = info.metadata.get("planted_content_hash")
+        if trained_on and trained_on != content_hash:
+            warnings.warn(
+                f"the planted data generated on this machine ({content_hash[:16]}) differ from the data "
+                f"{info.spec} was trained on ({trained_on[:16]}): the demo's figures will not match the "
+                "documented ones; report it, or train the models on these data with `spurious demo --retrain`",
+                stacklevel=3)
 
 
 def _logit_identity(ws_dir: Path) -> float:
