@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from spurious import imagenet, models
+from spurious.models import _checkpoint, _classifier, _registry, _torchvision
 from spurious.models import (
     Classifier,
     Preprocessing,
@@ -342,11 +343,11 @@ def test_efficientnet_lite0_predicts_real_images(lite0: Classifier) -> None:
 def test_efficientnet_lite0_weight_mapping_fails_loudly() -> None:
     source = {"a.weight": torch.zeros(2, 3), "a.bias": torch.zeros(2)}
     with pytest.raises(ValueError, match="cannot map 'a.weight'"):
-        models._map_by_order(
+        _checkpoint.map_by_order(
             source, {"b.weight": torch.zeros(3, 3), "b.bias": torch.zeros(3)}, "test"
         )
     with pytest.raises(ValueError, match="2 tensors in the weights but 1 in the model"):
-        models._map_by_order(source, {"b.weight": torch.zeros(2, 3)}, "test")
+        _checkpoint.map_by_order(source, {"b.weight": torch.zeros(2, 3)}, "test")
 
 
 # ----------------------------------------------------------------------------
@@ -551,7 +552,7 @@ def test_pretrained_download_failure_raises(monkeypatch) -> None:
 
 
 def test_registered_source(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(models, "_SOURCES", {})
+    monkeypatch.setattr(_registry, "_SOURCES", {})
     seen = {}
 
     def factory(name, *, pretrained, checkpoint, device):
@@ -586,7 +587,7 @@ def test_registered_source(monkeypatch, tmp_path) -> None:
 
 def test_torchvision_and_timm_preprocessing() -> None:
     tv = torchvision.models.get_model_weights("swin_t").DEFAULT.transforms()
-    pre = models._torchvision_preprocessing("swin_t")
+    pre = _torchvision.weights_preprocessing("swin_t")
     assert (
         pre.input_size == (tv.crop_size[0],) * 2
         and pre.resize_size == tv.resize_size[0]
@@ -755,7 +756,7 @@ def test_checkpoint_digest_is_cached_per_file(tmp_path, monkeypatch) -> None:  #
     cache = json.loads((tmp_path / "cache" / "checkpoint-digests.json").read_text())
     assert [k.split("|")[0] for k in cache] == [str(path.resolve())]
     calls = []
-    monkeypatch.setattr(models, "state_dict_digest", lambda sd: calls.append(1) or "x")
+    monkeypatch.setattr(_classifier, "state_dict_digest", lambda sd: calls.append(1) or "x")
     b = load_model(f"torchvision:resnet18@{path}", preprocessing={"input_size": 32})
     assert a.fingerprint() == b.fingerprint() and not calls  # the file digest came from the cache
 
