@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, SupportsFloat, SupportsInt, TypedDict, cast
 
 import numpy as np
 import torch
@@ -346,7 +346,6 @@ def normalise_preprocessing_options(
             close = difflib.get_close_matches(name, PREPROCESSING_OPTIONS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{where}: unknown preprocessing key {key!r}{hint}; valid: {', '.join(PREPROCESSING_OPTIONS)}")
-        number = cast("Any", value)  # int() / float() refuse what is not a number
         if name == "input_size":
             out["input_size"] = _input_size_pair(value, where)
         elif name == "mean":
@@ -356,9 +355,9 @@ def normalise_preprocessing_options(
         elif name == "value_range":
             out["value_range"] = _value_range_pair(value, where)
         elif name == "resize_size":
-            out["resize_size"] = int(number)
+            out["resize_size"] = int(cast("str | SupportsInt", value))  # int() refuses what is not a number
         elif name == "crop_pct":
-            out["crop_pct"] = float(number)
+            out["crop_pct"] = float(cast("str | SupportsFloat", value))
         else:
             out["interpolation"] = str(value).lower()
     return out
@@ -386,7 +385,7 @@ def read_model_config(path: str | os.PathLike[str]) -> ModelConfig:
         raise ValueError(f"model config {path} is not UTF-8 text") from e
     if not isinstance(obj, dict):
         raise ValueError(f"model config {path} must hold a JSON object, got {type(obj).__name__}")
-    flat: dict[str, Any] = {}
+    flat: dict[str, object] = {}
     nested = obj.get("pretrained_cfg")
     if nested is not None and not isinstance(nested, dict):
         raise ValueError(f"model config {path}: 'pretrained_cfg' must be an object")
