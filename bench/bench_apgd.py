@@ -168,8 +168,8 @@ def gradcam_planted(variant: str, layers: list[str], per_feature: int) -> dict[s
     """GradCAM of the class logit on planted spurious-only images: does it land on the feature?"""
     from PIL import Image
 
+    from spurious.demo.train import train_demo_model
     from spurious.gradcam import GradCAM
-    from spurious.train import train_demo_model
 
     info = train_demo_model(variant, progress=False)  # the cached checkpoint (trains if missing)
     clf = load_model(info.spec)

@@ -34,8 +34,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, planted_component_precision  # noqa: E402
 
-from spurious.datasets import load_planted  # noqa: E402
 from spurious.demo import prepare_workspaces  # noqa: E402
+from spurious.demo.planted import load_planted  # noqa: E402
 from spurious.fix import FixHead, fix, load_fix, transfer  # noqa: E402
 from spurious.workspace import Workspace  # noqa: E402
 
@@ -92,7 +92,7 @@ def main() -> None:
     out = Path(args.out)
     robust, standard = out / "ws-robust", out / "ws-standard"
     if args.reuse and (robust / "npca" / "manifest.json").is_file() and (standard / "npca" / "manifest.json").is_file():
-        from spurious.train import train_demo_model
+        from spurious.demo.train import train_demo_model
 
         planted_root = str(train_demo_model("robust", progress=False).planted_root)
     else:

@@ -143,15 +143,15 @@ def main() -> None:
                    help="also measure --dependence flip with these --dependence-margin values (logits)")
     args = p.parse_args()
 
-    from spurious.datasets import load_planted
     from spurious.demo import prepare_workspaces
+    from spurious.demo.planted import load_planted
     from spurious.retrieve import load_candidates, retrieve
 
     out = Path(args.out)
     ws_r, ws_s = out / "ws-robust", out / "ws-standard"
     if not (ws_s / "npca" / "manifest.json").is_file():
         prepare_workspaces(out, fast=args.fast, progress=False)
-    from spurious.train import train_demo_model
+    from spurious.demo.train import train_demo_model
 
     planted = load_planted(train_demo_model("robust", tiny=args.fast, progress=False).planted_root)
     pool_truth = {r["id"][len("pool/"):]: r for r in planted.ground_truth() if r["split"] == "pool"}

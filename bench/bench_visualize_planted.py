@@ -1,7 +1,7 @@
 """Does ``visualize`` surface the planted spurious features? Measured on the embedded demo (planted truth).
 
 For the demo model (default ``demo:robust``) and every planted (feature, class) pair of
-``spurious.datasets.planted.PLANTED_FEATURES``:
+``spurious.demo.planted.PLANTED_FEATURES``:
 
 1. ``spurious.visualize.visualize`` runs with its defaults (NPFVs of the top-128 components, ranked by
    the class probability at the NPFV, keep 10; 200 APGD steps; eps = 30 sqrt(n / (3*224*224))).
@@ -75,7 +75,7 @@ def _labelled(planted: Any, split: str, k: int, feature: str) -> tuple[np.ndarra
     2 = background (outside the object and every feature, in the images without the feature),
     -1 = none of these (e.g. another feature).
     """
-    from spurious.datasets import planted as gen
+    from spurious.demo.planted import _generator as gen
 
     images, kinds = [], []
     for item in gen._plan(planted.config):
@@ -207,11 +207,11 @@ def main() -> None:
     p.add_argument("--cam-layer", default=None, help="GradCAM block (default: the last spatial one; stages.1 is 8x8)")
     args = p.parse_args()
 
-    from spurious.datasets import PLANTED_FEATURES, load_planted
     from spurious.demo import prepare_workspaces
+    from spurious.demo.planted import PLANTED_FEATURES, load_planted
+    from spurious.demo.train import train_demo_model
     from spurious.models import load_model
     from spurious.npca import load_npca
-    from spurious.train import train_demo_model
     from spurious.visualize import max_activating, read_sheet_table, visualize
     from spurious.workspace import Workspace
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from spurious.train import DemoModelInfo
+    from spurious.demo.train import DemoModelInfo
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -101,7 +101,7 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def demo_models(session_cache: Path) -> dict[str, DemoModelInfo]:
     """``demo:robust-tiny`` and ``demo:standard-tiny`` trained into the session cache (once per session)."""
-    from spurious.train import train_demo_model
+    from spurious.demo.train import train_demo_model
 
     return {v: train_demo_model(v, tiny=True, cache_dir=session_cache, progress=False) for v in ("robust", "standard")}
 

@@ -16,7 +16,7 @@ def test_fast_demo_end_to_end(tmp_path: Path, fast_demo: FastDemo) -> None:
     """On the session's run of `spurious demo --fast --json` (conftest), copied: the test moves it."""
     import sqlite3
 
-    from spurious.datasets import PlantedConfig, load_planted
+    from spurious.demo.planted import PlantedConfig, load_planted
     from spurious.npca import load_npca
 
     r = fast_demo.summary

@@ -1,4 +1,4 @@
-"""Tests for spurious.datasets.planted: the generated dataset with planted spurious features.
+"""Tests for spurious.demo.planted: the generated dataset with planted spurious features.
 
 Oracles: pixels that change when a layer is left out of the rendering (same random numbers), the
 decoded PNG files, the documented rates (``floor(rate * n + 0.5)`` images), the colours the
@@ -18,18 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spurious.datasets import (
+from spurious.datasets import image_folder, image_pool, spurious_imagenet
+from spurious.demo.planted import (
     PLANTED_FEATURES,
     PlantedConfig,
     PlantedDataset,
     SpuriousFeature,
     generate_planted,
-    image_folder,
-    image_pool,
     load_planted,
-    spurious_imagenet,
 )
-from spurious.datasets import planted as P
+from spurious.demo.planted import _drawing as D
+from spurious.demo.planted import _generator as G
 
 TINY = PlantedConfig.tiny()
 MICRO = PlantedConfig(
@@ -80,13 +79,13 @@ _COMBOS = [
 
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_render_masks_and_changed_pixels_lie_in_boxes(size: int) -> None:
-    for case in range(2 * len(P.CLASS_SHAPES)):
-        cls = case % len(P.CLASS_SHAPES)
+    for case in range(2 * len(D.CLASS_SHAPES)):
+        cls = case % len(D.CLASS_SHAPES)
         feats = _COMBOS[case % len(_COMBOS)]
         key = [size, case]
         cls = None if case % 3 == 2 else cls  # a third without a class object, with a stand-in shape
         stand_in_p = 0.9 if cls is None else 0.0
-        r = P._render(np.random.default_rng(key), size, cls, feats, distractor_p=0.7, stand_in_p=stand_in_p)
+        r = D.render(np.random.default_rng(key), size, cls, feats, distractor_p=0.7, stand_in_p=stand_in_p)
         assert r.image.shape == (size, size, 3) and r.image.dtype == np.uint8
         if cls is not None:
             assert r.stand_in_box is None and r.stand_in_mask is None
@@ -104,14 +103,14 @@ def test_render_masks_and_changed_pixels_lie_in_boxes(size: int) -> None:
         boxes += [r.feature_boxes[f] for f in feats if f in PATCHES] + r.distractor_boxes
         for i in range(len(boxes)):
             for j in range(i):
-                assert not P._overlaps(boxes[i], boxes[j]), (case, boxes)
+                assert not D.overlaps(boxes[i], boxes[j]), (case, boxes)
         if "frame" in feats:
             for name in ("object", "stand_in"):
                 if name in masks:
                     assert not (masks[name][0] & r.feature_masks["frame"]).any()
         # leaving a layer out changes pixels only inside its box, and most of its own pixels
         for layer in [*[m for m in ("object", "stand_in") if m in masks], *[f for f in feats if f != "water"]]:
-            without = P._render(
+            without = D.render(
                 np.random.default_rng(key), size, cls, feats, distractor_p=0.7, stand_in_p=stand_in_p, omit={layer}
             )
             changed = (without.image != r.image).any(axis=2)
@@ -122,18 +121,23 @@ def test_render_masks_and_changed_pixels_lie_in_boxes(size: int) -> None:
 
 def test_render_rejects_unknown_feature() -> None:
     with pytest.raises(ValueError, match="unknown planted feature"):
-        P._render(np.random.default_rng(0), 32, 0, ("hat",))
+        D.render(np.random.default_rng(0), 32, 0, ("hat",))
+
+
+
+def test_the_drawing_kit_paints_the_planted_features_in_their_order() -> None:
+    assert D.FEATURE_NAMES == tuple(f.name for f in PLANTED_FEATURES)
 
 
 # ---------------------------------------------------------------------- written files
 def test_files_match_rendering_and_index(tiny: PlantedDataset, truth: list[dict]) -> None:
-    items = P._plan(TINY)
+    items = G._plan(TINY)
     assert [it.id for it in items] == [t["id"] for t in truth]
     pngs = {p.relative_to(tiny.root).as_posix() for p in tiny.root.rglob("*.png")}
     assert pngs == {t["id"] for t in truth}
     size = TINY.image_size
     for item, rec in zip(items, truth):
-        r = P._render_item(TINY, item)
+        r = G._render_item(TINY, item)
         np.testing.assert_array_equal(_read(tiny.root, rec["id"]), r.image, err_msg=rec["id"])
         assert rec["object"] == (r.object_mask is not None)
         if rec["object"]:
@@ -198,7 +202,7 @@ def test_existing_generation_is_reused(tiny: PlantedDataset, monkeypatch: pytest
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(P, "_render", boom)
+    monkeypatch.setattr(G, "render", boom)
     again = generate_planted(tiny.root, TINY)
     assert again == tiny
     assert {p: p.stat().st_mtime_ns for p in tiny.root.rglob("*")} == before
@@ -209,7 +213,7 @@ def test_load_planted_round_trip(tiny: PlantedDataset) -> None:
     loaded = load_planted(tiny.root)
     assert loaded == tiny
     assert loaded.config == TINY
-    assert loaded.class_names == list(P.CLASS_SHAPES[:6])
+    assert loaded.class_names == list(D.CLASS_SHAPES[:6])
     assert loaded.class_folders == sorted(loaded.class_folders)
     assert loaded.features == PLANTED_FEATURES
     meta = json.loads((tiny.root / "planted.json").read_text())
@@ -371,7 +375,7 @@ def test_overwrite_rules(tmp_path: Path) -> None:
 
 def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = P._render_item
+    real = G._render_item
 
     def flaky(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
@@ -379,7 +383,7 @@ def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(P, "_render_item", flaky)
+    monkeypatch.setattr(G, "_render_item", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         generate_planted(tmp_path / "ds", MICRO)
     assert list(tmp_path.iterdir()) == []

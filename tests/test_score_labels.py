@@ -157,8 +157,8 @@ def test_spurious_class_tokens_must_lie_in_the_model_label_space(tmp_path: Path)
 
 @pytest.mark.filterwarnings("ignore:the model does not agree")  # the tiny demo model is barely trained
 def test_planted_demo_folders_take_the_demo_model_names(tmp_path: Path) -> None:
-    from spurious.datasets import load_planted
-    from spurious.train import train_demo_model
+    from spurious.demo.planted import load_planted
+    from spurious.demo.train import train_demo_model
 
     planted = load_planted(train_demo_model("standard", tiny=True, progress=False).planted_root)
     clf = load_model("demo:standard-tiny")

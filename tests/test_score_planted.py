@@ -50,8 +50,8 @@ def _oracle(spec: str, spu: Path, val: Path) -> dict[str, float | dict[int, floa
 
 def test_planted_demo_models_end_to_end_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from spurious.cli import main
-    from spurious.datasets import load_planted
-    from spurious.train import train_demo_model
+    from spurious.demo.planted import load_planted
+    from spurious.demo.train import train_demo_model
 
     planted = load_planted(train_demo_model("standard", tiny=True, progress=False).planted_root)
     train_demo_model("robust", tiny=True, progress=False)

@@ -1,7 +1,7 @@
 """The demo classifiers: determinism, checkpoints through the adapter, cache, evidence, PGD, CLI.
 
 Only the tiny variants are trained here (seconds each); the default models are measured by hand
-(see the module doc of ``spurious.train``).
+(see the module doc of ``spurious.demo.train``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from spurious.cli import main
-from spurious.datasets import image_folder, load_planted, spurious_imagenet
-from spurious.datasets.planted import PlantedConfig
-from spurious.models import Classifier, Preprocessing, list_models, load_model
-from spurious.train import (
+from spurious.datasets import image_folder, spurious_imagenet
+from spurious.demo.planted import PlantedConfig, load_planted
+from spurious.demo.train import (
     DEMO_MODEL_NAMES,
     DemoModelInfo,
     DemoNet,
@@ -31,6 +30,7 @@ from spurious.train import (
     pgd_l2,
     train_demo_model,
 )
+from spurious.models import Classifier, Preprocessing, list_models, load_model
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_load_model_with_checkpoint_suffix(standard_tiny: DemoModelInfo) -> None
 
 
 def test_load_demo_checkpoint_default_spec_loads_the_same_model(standard_tiny: DemoModelInfo) -> None:
-    from spurious.train import load_demo_checkpoint
+    from spurious.demo.train import load_demo_checkpoint
 
     clf = load_demo_checkpoint(standard_tiny.path)
     assert clf.spec == f"demo:standard@{standard_tiny.path.resolve()}"
@@ -153,7 +153,7 @@ def test_missing_demo_model_is_trained_with_a_log_line(
     standard_tiny: DemoModelInfo,
 ) -> None:
     monkeypatch.setenv("SPURIOUS_CACHE", str(tmp_path))
-    with caplog.at_level(logging.INFO, logger="spurious.train"):
+    with caplog.at_level(logging.INFO, logger="spurious.demo"):
         clf = load_model("demo:standard-tiny")
     text = caplog.text
     assert "demo:standard-tiny is not cached yet: training it now" in text and str(tmp_path) in text
@@ -354,7 +354,7 @@ def test_unknown_variant_and_bad_configs() -> None:
 def test_unknown_demo_spec() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'demo:xyz'.*valid: demo:standard, demo:robust"):
         load_model("demo:xyz")
-    from spurious.train import load_demo_model
+    from spurious.demo.train import load_demo_model
 
     with pytest.raises(ValueError, match="unknown demo model 'tiny'; valid demo models: demo:standard"):
         load_demo_model("tiny")
@@ -456,13 +456,13 @@ def test_default_demo_models_load_the_shipped_weights_without_training(
 ) -> None:
     import hashlib
 
-    from spurious import train
+    from spurious.demo import _models
 
-    monkeypatch.setattr(train, "_train_net", lambda *a, **k: pytest.fail("the shipped weights must not be retrained"))
-    info = train.train_demo_model(variant, cache_dir=tmp_path / "cache", progress=False)
-    manifest = json.loads((train.SHIPPED_DIR / "manifest.json").read_text())
+    monkeypatch.setattr(_models, "train_net", lambda *a, **k: pytest.fail("the shipped weights must not be retrained"))
+    info = _models.train_demo_model(variant, cache_dir=tmp_path / "cache", progress=False)
+    manifest = json.loads((_models.SHIPPED_DIR / "manifest.json").read_text())
     entry = manifest["files"][info.path.name]
-    assert info.shipped and not info.trained and info.path.parent == train.SHIPPED_DIR
+    assert info.shipped and not info.trained and info.path.parent == _models.SHIPPED_DIR
     assert hashlib.sha256(info.path.read_bytes()).hexdigest() == entry["sha256"]
     # shipped for the current recipe: the file's key is the default config's cache key
     config = DemoTrainConfig.for_variant(variant)
@@ -478,22 +478,22 @@ def test_default_demo_models_load_the_shipped_weights_without_training(
 def test_damaged_shipped_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from spurious import train
+    from spurious.demo import _models
 
     shipped = tmp_path / "weights"
-    shutil.copytree(train.SHIPPED_DIR, shipped)
+    shutil.copytree(_models.SHIPPED_DIR, shipped)
     name = f"demo-robust-{DemoTrainConfig.for_variant('robust').cache_key()}.pt"
     data = bytearray((shipped / name).read_bytes())
     data[-100] ^= 0xFF
     (shipped / name).write_bytes(bytes(data))
-    monkeypatch.setattr(train, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(_models, "SHIPPED_DIR", shipped)
     with pytest.raises(ValueError, match="damaged.*reinstall"):
-        train.train_demo_model("robust", cache_dir=tmp_path / "cache", progress=False)
+        _models.train_demo_model("robust", cache_dir=tmp_path / "cache", progress=False)
 
 
 def test_no_shipped_weights_for_tiny_or_retrain(standard_tiny: DemoModelInfo, cache: Path) -> None:
-    from spurious import train
+    from spurious.demo import _models
 
-    assert train.shipped_checkpoint(DemoTrainConfig.for_variant("standard", tiny=True)) is None
-    again = train.train_demo_model("standard", tiny=True, cache_dir=cache, progress=False, use_shipped=False)
+    assert _models.shipped_checkpoint(DemoTrainConfig.for_variant("standard", tiny=True)) is None
+    again = _models.train_demo_model("standard", tiny=True, cache_dir=cache, progress=False, use_shipped=False)
     assert not again.shipped and again.path == standard_tiny.path and "@" in again.spec

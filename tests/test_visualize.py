@@ -460,11 +460,12 @@ def test_stage_errors(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def planted_ws(tmp_path_factory):  # type: ignore[no-untyped-def]
     """The tiny planted data with the tiny robust demo model (cached), train features and npca (L=6)."""
-    from spurious.datasets import image_folder, load_planted
+    from spurious.datasets import image_folder
+    from spurious.demo.planted import load_planted
+    from spurious.demo.train import train_demo_model
     from spurious.extract import extract
     from spurious.models import load_model
     from spurious.npca import npca
-    from spurious.train import train_demo_model
 
     info = train_demo_model("robust", tiny=True, progress=False)
     planted = load_planted(info.planted_root)

@@ -229,7 +229,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_planted(args: argparse.Namespace) -> int:
-    from spurious.datasets.planted import PlantedConfig, generate_planted
+    from spurious.demo.planted import PlantedConfig, generate_planted
 
     config = PlantedConfig.tiny(seed=args.seed) if args.tiny else PlantedConfig(seed=args.seed)
     ds = generate_planted(args.out, config, overwrite=args.overwrite)
@@ -248,7 +248,7 @@ def _cmd_data_planted(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_demo(args: argparse.Namespace) -> int:
-    from spurious.train import train_demo_model
+    from spurious.demo.train import train_demo_model
 
     variants = ["standard", "robust"] if args.variant == "both" else [args.variant]
     infos = [train_demo_model(v, tiny=args.tiny, cache_dir=args.cache_dir, force=args.force,

@@ -52,21 +52,3 @@ __all__ = [
     "spurious_imagenet",
 ]
 
-# appended: the generated dataset with planted spurious features
-from .planted import (
-    PLANTED_FEATURES,
-    PlantedConfig,
-    PlantedDataset,
-    SpuriousFeature,
-    generate_planted,
-    load_planted,
-)
-
-__all__ += [
-    "PLANTED_FEATURES",
-    "PlantedConfig",
-    "PlantedDataset",
-    "SpuriousFeature",
-    "generate_planted",
-    "load_planted",
-]

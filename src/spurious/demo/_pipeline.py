@@ -1,6 +1,6 @@
 """``spurious demo``: the whole method on the embedded planted data, from features to a fixed model.
 
-Planted dataset (:mod:`spurious.datasets.planted`) and the two demo classifiers (:mod:`spurious.train`,
+Planted dataset (:mod:`spurious.demo.planted`) and the two demo classifiers (:mod:`spurious.demo.train`,
 trained once and cached) ->
 
 1. ``extract`` every split (train / val / spurious / pool) with both models, ``npca`` per class;
@@ -213,7 +213,8 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     Raises:
         ValueError: ``interactive`` without a terminal on stdin.
     """
-    from spurious.datasets import image_folder, load_planted, spurious_imagenet
+    from spurious.datasets import image_folder, spurious_imagenet
+    from spurious.demo.planted import load_planted
     from spurious.npca import load_npca
     from spurious.workspace import Workspace
 
@@ -403,7 +404,7 @@ class PreparedWorkspaces:
 
     planted_root: str
     workspaces: dict[str, Path]        # "robust" / "standard" -> workspace folder
-    infos: dict[str, Any]              # the :class:`spurious.train` model infos (``.spec``, ``.path``, ...)
+    infos: dict[str, Any]              # the model infos (:class:`spurious.demo.train.DemoModelInfo`)
     logit_identity: dict[str, float]   # worst |f_k - sum_l alpha_l^k - <1, mu_k> - b_k| on held-out images
 
 
@@ -415,11 +416,12 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     benchmark scripts use this to get realistic workspaces without running the whole demo.
     ``retrain`` trains the models here instead of using the shipped weights.
     """
-    from spurious.datasets import generate_planted, image_folder, spurious_imagenet
+    from spurious.datasets import image_folder, spurious_imagenet
+    from spurious.demo._models import train_demo_model
+    from spurious.demo.planted import generate_planted
     from spurious.extract import extract
     from spurious.models import load_model
     from spurious.npca import npca
-    from spurious.train import train_demo_model
 
     out = Path(out)
     infos = {v: train_demo_model(v, tiny=fast, progress=progress, use_shipped=not retrain)

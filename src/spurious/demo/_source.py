@@ -24,14 +24,14 @@ def _factory(
     checkpoint: Path | None,
     device: str | torch.device | None,
 ) -> Classifier:
-    from spurious.train import load_demo_model
+    from spurious.demo._models import load_demo_model
 
     ckpt: str | os.PathLike[str] | None = checkpoint
     return load_demo_model(name, pretrained=pretrained, checkpoint=ckpt, device=device)
 
 
 def _names() -> list[str]:
-    from spurious.train import demo_model_names
+    from spurious.demo._models import demo_model_names
 
     return demo_model_names()
 
