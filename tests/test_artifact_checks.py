@@ -203,7 +203,7 @@ def test_visualize_refuses_npca_of_other_features(pair: Pair, tmp_path: Path) ->
 
 def test_visualize_warns_when_the_images_are_not_the_extracted_ones(pair: Pair, tmp_path: Path) -> None:
     from spurious.datasets import open_dataset
-    from spurious.visualize._core import _open_images
+    from spurious.visualize._stage import _open_images
 
     a, _ = pair
     store = a.feature_store("train")
@@ -214,7 +214,7 @@ def test_visualize_warns_when_the_images_are_not_the_extracted_ones(pair: Pair, 
 
 
 def test_visualize_refuses_another_classifier(tiny: Workspace) -> None:
-    from spurious.visualize._core import _resolve_classifier
+    from spurious.visualize._stage import _resolve_classifier
 
     other = tiny_classifier(num_classes=K, seed=3)
     with pytest.raises(IncompatibleArtifactError, match=_names(

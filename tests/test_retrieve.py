@@ -15,7 +15,8 @@ import pytest
 
 from spurious.cli import main
 from spurious.npca import load_npca, npca
-from spurious.retrieve import _TopK, components_to_retrieve, load_candidates, rank_pool, retrieve
+from spurious.retrieve import components_to_retrieve, load_candidates, rank_pool, retrieve
+from spurious.retrieve._rank import TopK as _TopK
 from spurious.workspace import import_features
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -115,9 +116,9 @@ def _check(got: list[tuple[str, float, int]], want: list[tuple[str, float, int]]
 @pytest.mark.parametrize("chunk_rows,max_scores", [(7, 1 << 25), (50, 1 << 25), (100000, 1 << 25), (50, 100)])
 def test_rank_pool_equals_numpy_argsort(synth: Synth, chunk_rows: int, max_scores: int,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import spurious.retrieve
+    import spurious.retrieve._rank
 
-    monkeypatch.setattr(spurious.retrieve, "_MAX_SCORES", max_scores)  # 100: directions in blocks of 2
+    monkeypatch.setattr(spurious.retrieve._rank, "_MAX_SCORES", max_scores)  # 100: directions in blocks of 2
     rng = np.random.default_rng(5)
     store = Workspace.open(synth.ws).feature_store("pool")
     A, c = rng.standard_normal((5, D)), rng.standard_normal(5)

@@ -36,6 +36,12 @@ recomputed); under ``torchrun`` class ``k`` goes to rank ``k % world_size``.
 
 ``components.json`` is read by one reader, :func:`read_sheet_table` (with :func:`sheet_classes`),
 which loads no torch; the stage's functions load it on first use.
+
+Modules, one idea each: ``_npfv`` (feature visualization of linear targets of ``phi``, NPFVs,
+selection), ``_max_activating`` (max-activating images from the feature store), ``_neurons`` (the
+neuron baseline and diversity), ``_stage`` (:func:`visualize`: plan, per-class work, outputs,
+resuming), ``_report`` (the HTML sheets), ``_table`` (the one reader of ``components.json``) and
+``_checks`` (argument checks).
 """
 
 from __future__ import annotations
@@ -53,23 +59,26 @@ from spurious.visualize._table import (
 )
 
 if TYPE_CHECKING:
-    from spurious.visualize._core import (
-        FeatureVisualization,
+    from spurious.visualize._max_activating import (
         MaxActivating,
-        NeuronImportance,
-        Selection,
-        SetDiversity,
-        VisualizeResult,
-        default_eps,
-        diversity,
         max_activating,
         max_activating_neurons,
+    )
+    from spurious.visualize._neurons import (
+        NeuronImportance,
+        SetDiversity,
+        diversity,
         neuron_importance,
         neuron_visualization,
+    )
+    from spurious.visualize._npfv import (
+        FeatureVisualization,
+        Selection,
+        default_eps,
         npfv,
         select_components,
-        visualize,
     )
+    from spurious.visualize._stage import VisualizeResult, visualize
 
 __all__ = [
     "ROBUSTNESS_NOTE",
@@ -95,14 +104,20 @@ __all__ = [
     "visualize",
 ]
 
-_EAGER = {"ROBUSTNESS_NOTE", "SHEET_TABLE", "SheetTable", "read_sheet_table", "sheet_classes", "sheet_folder"}
+_LAZY = {  # name -> the module that defines it (each loads torch)
+    **dict.fromkeys(["FeatureVisualization", "Selection", "default_eps", "npfv", "select_components"], "_npfv"),
+    **dict.fromkeys(["MaxActivating", "max_activating", "max_activating_neurons"], "_max_activating"),
+    **dict.fromkeys(["NeuronImportance", "SetDiversity", "diversity", "neuron_importance", "neuron_visualization"],
+                    "_neurons"),
+    **dict.fromkeys(["VisualizeResult", "visualize"], "_stage"),
+}
 
 
 def __getattr__(name: str) -> Any:
     """The stage's functions load torch on first use, so that reading a sheet table
     (:func:`read_sheet_table`, used by the label store and the reports) does not."""
-    if name in __all__ and name not in _EAGER:
-        return getattr(importlib.import_module("spurious.visualize._core"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"spurious.visualize.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

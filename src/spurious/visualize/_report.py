@@ -44,7 +44,7 @@ def _g(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _prob(p: Any) -> str:
+def _prob(p: float | None) -> str:
     return "p=n/a" if p is None else f"p={p:.3f}"
 
 
