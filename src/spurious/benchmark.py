@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
+from spurious._checks import int_at_least
 from spurious._io import make_temp_dir, read_json, sha256_file, utc_now
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -289,10 +290,9 @@ def build_benchmark(
         IncompatibleArtifactError: ``WS/retrieve`` was made with another model than the workspace's.
     """
     t0 = time.perf_counter()
-    for pname, value, lo in (("per_component", per_component, 1), ("min_per_component", min_per_component, 1),
-                             ("min_agree", min_agree, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{pname} must be an integer >= {lo}, got {value!r}")
+    per_component = int_at_least("per_component", per_component, 1)
+    min_per_component = int_at_least("min_per_component", min_per_component, 1)
+    min_agree = int_at_least("min_agree", min_agree, 1)
     benchmark_folder_name(0, "x", 0, prefix)  # validates the prefix early
     ws = Workspace.open(workspace)
     m = _retrieval_manifest(ws)

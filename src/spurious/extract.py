@@ -11,16 +11,16 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from spurious._checks import positive_int
 from spurious._dist import (
     all_sum,
     barrier,
@@ -29,6 +29,8 @@ from spurious._dist import (
     resolve_device,
 )
 from spurious.agreement import report_agreement
+from spurious.datasets import collate_images
+from spurious.datasets._dataset import BlockBatches
 from spurious.store import (
     FeatureStore,
     finalize_store,
@@ -95,24 +97,6 @@ def default_num_workers() -> int:
     except AttributeError:  # pragma: no cover - non-Linux
         n = os.cpu_count() or 1
     return max(1, min(8, n))
-
-
-class _ShardBatches(Sampler[list[int]]):
-    """Batches of dataset indices that never straddle a shard boundary, shard by shard."""
-
-    def __init__(self, shards: list[tuple[int, int, int]], batch_size: int) -> None:
-        self.batches: list[list[int]] = []
-        self.shard_of_batch: list[int] = []
-        for shard, start, stop in shards:
-            for b in range(start, stop, batch_size):
-                self.batches.append(list(range(b, min(b + batch_size, stop))))
-                self.shard_of_batch.append(shard)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device,
@@ -264,9 +248,9 @@ def extract(
     dev = resolve_device(device)
     if batch_size is None:
         batch_size = 64 if dev.type == "cuda" else 16
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("topk", topk)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    batch_size = positive_int("batch_size", batch_size)
+    shard_size = positive_int("shard_size", shard_size)
+    topk = positive_int("topk", topk)
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     t0 = time.perf_counter()
@@ -364,11 +348,9 @@ def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
 def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]], shards_dir: Path,
                 phash: str, k: int, dtype: str, batch_size: int, num_workers: int | None,
                 device: torch.device, progress: bool, amp: bool) -> int:
-    from spurious.datasets import collate_images
-
     if not ranges:
         return 0
-    sampler = _ShardBatches(ranges, batch_size)
+    sampler = BlockBatches(ranges, batch_size)
     workers = default_num_workers() if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", persistent_workers=False,
@@ -381,7 +363,7 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
     use_amp = amp and device.type == "cuda"
     done = 0
     try:
-        for (images, indices, failed), shard in zip(loader, sampler.shard_of_batch, strict=False):
+        for (images, indices, failed), shard in zip(loader, sampler.block_of_batch, strict=False):
             buf = buffers.setdefault(shard, {"phi": [], "rows": [], "idx": [], "logit": [], "lse": [],
                                              "failed": []})
             if len(indices):

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from spurious._tensors import check_images
 from spurious.models import Classifier
 
 __all__ = ["GradCAM", "find_target_layer", "overlay"]
@@ -271,19 +272,7 @@ class GradCAM:
                 float ``[N]`` tensor, or the layer's output is not a spatial map.
             TypeError: ``x`` is not a float tensor, or ``target`` is not callable.
         """
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a float torch.Tensor [N, 3, H, W], got {getattr(x, 'dtype', type(x).__name__)}")
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1:
-            raise ValueError(
-                f"x must be a batch of RGB images [N, 3, H, W] in [0, 1], got shape {tuple(x.shape)} "
-                f"(add a batch dimension with x[None] for one image)"
-            )
-        lo, hi = float(x.min()), float(x.max())
-        if not (lo >= 0.0 and hi <= 1.0):
-            raise ValueError(
-                f"x must hold images with values in [0, 1], got [{lo:.4g}, {hi:.4g}]; undo any "
-                f"mean/std normalisation (the classifier normalises internally)"
-            )
+        check_images(x)
         if not callable(target):
             raise TypeError(f"target must be callable (phi, logits) -> [N], got {type(target).__name__}")
         clf = self.classifier

@@ -343,3 +343,30 @@ def collate_images(
             "give the dataset a transform that resizes and crops to a fixed size"
         )
     return torch.stack(good), torch.tensor(indices, dtype=torch.int64), failed
+
+
+class BlockBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of dataset indices that never straddle a block boundary, block by block.
+
+    A block is a contiguous range of indices saved together (a feature shard of ``extract``, a
+    cached chunk of ``score``); ``block_of_batch[i]`` names the block of batch ``i``, so a loop over
+    ``zip(loader, sampler.block_of_batch)`` knows when a block is complete.
+
+    Args:
+        blocks: ``(block, start, stop)`` per block, in the order to visit them.
+        batch_size: the largest batch; the last batch of a block may be smaller.
+    """
+
+    def __init__(self, blocks: Sequence[tuple[int, int, int]], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        self.block_of_batch: list[int] = []
+        for block, start, stop in blocks:
+            for b in range(start, stop, batch_size):
+                self.batches.append(list(range(b, min(b + batch_size, stop))))
+                self.block_of_batch.append(block)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

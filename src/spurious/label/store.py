@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
+from spurious._checks import int_at_least
 from spurious._io import atomic_path, read_json, utc_now, write_json
 from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
@@ -306,10 +307,8 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def _check_min_agree(min_agree: Any) -> int:
-    if isinstance(min_agree, bool) or not isinstance(min_agree, int) or min_agree < 1:
-        raise ValueError(f"min_agree must be an integer >= 1, got {min_agree!r}")
-    return min_agree
+def _check_min_agree(min_agree: object) -> int:
+    return int_at_least("min_agree", min_agree, 1)
 
 
 def file_key(path: str | os.PathLike[str]) -> str:

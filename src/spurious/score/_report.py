@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from spurious import _html
-from spurious._io import atomic_path
+from spurious._io import atomic_path, slug
 
 from . import plots as _plots
 
@@ -88,10 +87,6 @@ def _markdown(result: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60] or "model"
-
-
 def write_outputs(result: Any, out: Path, bench: Any, preds: dict[str, tuple[Any, Any, Any]], *, plots: bool,
                   plot_models: Sequence[str] | None = None) -> dict[str, str]:
     """Write scores.csv, per_class.csv, scores.md and (with ``plots``) the PNGs and report.html."""
@@ -144,7 +139,7 @@ def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], mod
             tops = [(names[int(i)] if 0 <= int(i) < len(names) else str(int(i)), float(p))
                     for i, p in zip(spu.top_index[r][:3], spu.top_prob[r][:3], strict=False)]
             caption = "\n".join(f"{n[:18]} {p:.2f}" for n, p in tops)
-            thumb = plot_dir / "thumbs" / _slug(model) / f"{c.class_index}_{j}.png"
+            thumb = plot_dir / "thumbs" / slug(model) / f"{c.class_index}_{j}.png"
             thumb.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(thumb) as tmp:
                 im.save(tmp, format="PNG")
@@ -154,7 +149,7 @@ def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], mod
         if not images:
             continue
         png = _plots.plot_strip(images, captions, f"{shown}: class {c.class_index} ({c.class_name}), AUC {c.auc:.3f}",
-                                plot_dir / f"strip_{_slug(model)}_{c.class_index}.png")
+                                plot_dir / f"strip_{slug(model)}_{c.class_index}.png")
         strips.append({"score": c, "png": png, "thumbs": thumbs})
     return strips
 

@@ -8,10 +8,9 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,13 +19,23 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spurious import __version__
+from spurious._checks import positive_int
 from spurious._dist import all_sum, init_distributed, on_main_rank, resolve_device
-from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious._io import (
+    atomic_path,
+    read_json,
+    sha256_strings,
+    slug,
+    utc_now,
+    write_json,
+)
 from spurious.agreement import Agreement, label_agreement, report_agreement
+from spurious.datasets import collate_images
+from spurious.datasets._dataset import BlockBatches
 
 from ._inputs import (
     Benchmark,
@@ -280,11 +289,10 @@ class _Entry:
     computed: int = 0
 
 
-def _slug(spec: str, limit: int = 60) -> str:
+def _spec_slug(spec: str) -> str:
     """A folder name for a spec: ``demo:robust@/x/ckpt.pt`` -> ``demo-robust@ckpt``."""
     arch, _, ckpt = spec.partition("@")
-    text = arch if not ckpt else f"{arch}@{Path(ckpt).stem}"
-    return (re.sub(r"[^A-Za-z0-9._@-]+", "-", text).strip("-.") or "model")[:limit]
+    return slug(arch if not ckpt else f"{arch}@{Path(ckpt).stem}", keep="._@-")
 
 
 def _head_key(head: nn.Module) -> str:
@@ -333,24 +341,6 @@ def _load_fix_heads(fixes: Sequence[Any]) -> list[nn.Module]:
 
 
 # ----------------------------------------------------------------------------- chunked cache
-class _ChunkBatches(Sampler[list[int]]):
-    """Batches of dataset indices that never straddle a chunk boundary, chunk by chunk."""
-
-    def __init__(self, chunks: list[tuple[int, int, int]], batch_size: int) -> None:
-        self.batches: list[list[int]] = []
-        self.chunk_of_batch: list[int] = []
-        for chunk, start, stop in chunks:
-            for b in range(start, stop, batch_size):
-                self.batches.append(list(range(b, min(b + batch_size, stop))))
-                self.chunk_of_batch.append(chunk)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def _chunk_file(folder: Path, chunk: int, variant_key: str | None) -> Path:
     return folder / (f"c{chunk:05d}.npz" if variant_key is None else f"c{chunk:05d}.fix-{variant_key}.npz")
 
@@ -431,12 +421,10 @@ def _stats(logits: torch.Tensor, labels: torch.Tensor, cmap_t: torch.Tensor, col
 def _run_group(jobs: list[_Job], ds: Any, chunk_ranges: dict[int, tuple[int, int]], batch_size: int,
                num_workers: int, progress: bool, desc: str) -> int:
     """Run every chunk that some job of this group needs; decode each batch once for all of them."""
-    from spurious.datasets import collate_images
-
     chunks = sorted({c for job in jobs for c in job.todo})
     if not chunks:
         return 0
-    sampler = _ChunkBatches([(c, *chunk_ranges[c]) for c in chunks], batch_size)
+    sampler = BlockBatches([(c, *chunk_ranges[c]) for c in chunks], batch_size)
     on_cuda = any(j.entry.clf.device.type == "cuda" for j in jobs)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=on_cuda, prefetch_factor=4 if num_workers > 0 else None)
@@ -450,7 +438,7 @@ def _run_group(jobs: list[_Job], ds: Any, chunk_ranges: dict[int, tuple[int, int
                smoothing=0.05)
     n_images = 0
     try:
-        for (images, indices, bad), chunk in zip(loader, sampler.chunk_of_batch, strict=False):
+        for (images, indices, bad), chunk in zip(loader, sampler.block_of_batch, strict=False):
             failed.setdefault(chunk, []).extend(bad)
             rows.setdefault(chunk, []).append(indices.numpy().astype(np.int64))
             if len(indices):
@@ -783,9 +771,8 @@ def score(
     t0 = time.perf_counter()
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    chunk_size = None if chunk_size is None else positive_int("chunk_size", chunk_size)
+    batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
         raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     out_dir = Path(os.path.expanduser(os.fspath(out)))
@@ -842,7 +829,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
                              f"{fp}); give them distinct Classifier.spec values so that their rows can be told apart")
         seen[clf.spec] = fp
         cmap, how = class_map_for(clf, class_map, bench)
-        entries.append(_Entry(clf, clf.spec, fp, cmap, how, out / "cache" / f"{_slug(clf.spec)}-{fp}"))
+        entries.append(_Entry(clf, clf.spec, fp, cmap, how, out / "cache" / f"{_spec_slug(clf.spec)}-{fp}"))
     # fix heads: every head applies to every model with its fingerprint
     for head in heads:
         targets = [e for e in entries if e.fingerprint == head.model_fingerprint]
