@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "FINGERPRINT_SCHEME",
+    "JSONDict",
     "atomic_path",
     "cache_dir",
     "make_temp_dir",
@@ -30,6 +31,9 @@ __all__ = [
     "utc_now",
 ]
 
+
+JSONDict = dict[str, Any]
+"""A JSON object: a manifest, a plan, a record or a Result's ``to_dict()``; its values are arbitrary JSON."""
 
 FINGERPRINT_SCHEME = 2
 """Version of the model fingerprint: 1 hashed the head only; 2 all weights, the preprocessing and the class names."""

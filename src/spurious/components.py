@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from spurious._io import write_json
+from spurious._io import JSONDict, write_json
 from spurious.label.store import DB_NAME, LabelStore
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -76,7 +76,7 @@ class ComponentSet:
         """Number of ``(k, l)`` pairs over all classes."""
         return sum(len(v) for v in self.classes.values())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """The component-set file document: ``format``, ``version``, ``model_fingerprint``, ``classes``, ``source``."""
         return {"format": COMPONENTS_FORMAT, "version": _VERSION, "model_fingerprint": self.model_fingerprint,
                 "classes": {str(k): [int(x) for x in v] for k, v in self.classes.items()}, "source": self.source}

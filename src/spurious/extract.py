@@ -11,9 +11,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,8 +29,9 @@ from spurious._dist import (
     on_main_rank,
     resolve_device,
 )
+from spurious._io import JSONDict
 from spurious.agreement import report_agreement
-from spurious.datasets import collate_images
+from spurious.datasets import ImageDataset, collate_images
 from spurious.datasets._dataset import BlockBatches
 from spurious.store import (
     FeatureStore,
@@ -39,6 +41,9 @@ from spurious.store import (
     write_shard,
 )
 from spurious.workspace import Workspace, prepare_artifact_dir
+
+if TYPE_CHECKING:
+    from spurious.models import Classifier, Preprocessing
 
 __all__ = ["ExtractResult", "extract", "default_num_workers"]
 
@@ -68,9 +73,9 @@ class ExtractResult:
     world_size: int
     complete: bool
     label_source: str = ""
-    agreement: dict[str, Any] | None = None
+    agreement: JSONDict | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -99,8 +104,9 @@ def default_num_workers() -> int:
     return max(1, min(8, n))
 
 
-def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device,
-                   preprocessing: Any, model_config: Any) -> Any:
+def _resolve_model(model: str | Classifier | None, ws_root: Path, pretrained: bool, device: torch.device,
+                   preprocessing: Preprocessing | Mapping[str, object] | None,
+                   model_config: str | os.PathLike[str] | None) -> Classifier:
     from spurious.models import Classifier, load_model
 
     if isinstance(model, Classifier):
@@ -120,7 +126,9 @@ def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.de
                       config=model_config).eval()
 
 
-def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict[str, Any]]:
+def _resolve_data(data: str | os.PathLike[str] | ImageDataset, classifier: Classifier,
+                  class_map: str | os.PathLike[str] | Mapping[str, int | str] | None,
+                  ) -> tuple[ImageDataset, JSONDict]:
     """Open ``data`` in the model's label space: class folders and list labels are matched by name.
 
     Returns:
@@ -128,7 +136,6 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
     """
     from spurious import imagenet
     from spurious.datasets import (
-        ImageDataset,
         dataset_kind,
         open_dataset,
         read_class_map,
@@ -156,7 +163,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
         ds = open_dataset(data, transform=classifier.preprocessing, class_names=names, class_map=cmap,
                           wnids=imagenet.wnids() if is_in1k else None)
         # recorded so later stages re-open the same labels (FeatureStore.open_dataset expands the wnids)
-        kwargs: dict[str, Any] = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
+        kwargs: JSONDict = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
     else:
         if cmap is not None:
             raise ValueError(f"a class map applies to folder: and list: datasets, not to a {kind!r} dataset")
@@ -175,7 +182,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
     return ds, {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _check_label_range(ds: Any, classifier: Any) -> None:
+def _check_label_range(ds: ImageDataset, classifier: Classifier) -> None:
     labels = ds.labels()
     if len(labels) and int(labels.max()) >= classifier.num_classes:
         raise ValueError(
@@ -188,8 +195,8 @@ def _check_label_range(ds: Any, classifier: Any) -> None:
 def extract(
     workspace: str | os.PathLike[str],
     *,
-    data: Any,
-    model: Any = None,
+    data: str | os.PathLike[str] | ImageDataset,
+    model: str | Classifier | None = None,
     split: str = "train",
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -201,9 +208,9 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
     amp: bool = False,
-    preprocessing: Any = None,
+    preprocessing: Preprocessing | Mapping[str, object] | None = None,
     model_config: str | os.PathLike[str] | None = None,
-    class_map: Any = None,
+    class_map: str | os.PathLike[str] | Mapping[str, int | str] | None = None,
     strict: bool = False,
 ) -> ExtractResult:
     """Extract ``phi(x)`` and top-k predictions of every image of ``data`` into ``WS/features/<split>``.
@@ -269,7 +276,7 @@ def extract(
     k = min(topk, classifier.num_classes)
     n_records = len(dataset)
     n_shards = math.ceil(n_records / shard_size)
-    plan = {
+    plan: JSONDict = {
         "model": {"spec": classifier.spec, "fingerprint": classifier.fingerprint()},
         "data": {"spec": dataset.spec, "kind": dataset.kind, "fingerprint": dataset.fingerprint(),
                  "num_records": n_records},
@@ -321,12 +328,12 @@ def _result(store: FeatureStore, split: str, computed: int, n_shards: int, image
     )
 
 
-def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+def _prepare_output(out: Path, plan: JSONDict, overwrite: bool) -> None:
     prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=lambda old: _plan_mismatch(out, old, plan))
     (out / "shards").mkdir(exist_ok=True)
 
 
-def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
+def _plan_mismatch(out: Path, old: JSONDict, new: JSONDict) -> str:
     diffs = []
     if old["model"] != new["model"]:
         diffs.append(f"model {old['model']['spec']!r} (fingerprint {old['model']['fingerprint']}) vs "
@@ -345,7 +352,7 @@ def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 @torch.inference_mode()
-def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]], shards_dir: Path,
+def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tuple[int, int, int]], shards_dir: Path,
                 phash: str, k: int, dtype: str, batch_size: int, num_workers: int | None,
                 device: torch.device, progress: bool, amp: bool) -> int:
     if not ranges:
@@ -393,7 +400,7 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
 
 def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dict[str, list[Any]],
                  phash: str, dtype: str, dim: int, k: int) -> None:
-    def cat(key: str, shape: tuple[int, ...], dt: Any) -> np.ndarray:
+    def cat(key: str, shape: tuple[int, ...], dt: type[np.generic]) -> np.ndarray:
         return np.concatenate(buf[key]) if buf[key] else np.zeros(shape, dtype=dt)
 
     phi32 = cat("phi", (0, dim), np.float32)
@@ -414,7 +421,7 @@ def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dic
                                            "failed": buf["failed"], "plan": phash})
 
 
-def _merge(out: Path, dataset: Any, open_kwargs: dict[str, Any], plan: dict[str, Any], phash: str, n_shards: int,
+def _merge(out: Path, dataset: ImageDataset, open_kwargs: JSONDict, plan: JSONDict, phash: str, n_shards: int,
            seconds: float) -> FeatureStore:
     labels = dataset.labels()
 
@@ -429,7 +436,7 @@ def _merge(out: Path, dataset: Any, open_kwargs: dict[str, Any], plan: dict[str,
                           unchecked_reason=_unchecked_reason(dataset))
 
 
-def _unchecked_reason(dataset: Any) -> str:
+def _unchecked_reason(dataset: ImageDataset) -> str:
     if dataset.kind == "spurious-imagenet":
         return "a spurious benchmark split (its images show a class's spurious feature, not the class)"
     if dataset.kind == "pool" or not (dataset.labels() >= 0).any():

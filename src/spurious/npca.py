@@ -33,7 +33,14 @@ from tqdm.auto import tqdm
 
 from spurious import __version__
 from spurious._dist import barrier, init_distributed, on_main_rank, resolve_device
-from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious._io import (
+    JSONDict,
+    atomic_path,
+    read_json,
+    sha256_strings,
+    utc_now,
+    write_json,
+)
 from spurious.workspace import (
     IncompatibleArtifactError,
     Workspace,
@@ -288,7 +295,7 @@ class NPCAResult:
     seconds_per_class: float = 0.0
     device: str = "cpu"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -426,8 +433,8 @@ def _save_basis(path: Path, basis: ClassBasis, phash: str, name: str) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool, ws: Workspace, store: Any) -> None:
-    def mismatch(old: dict[str, Any]) -> str:
+def _prepare_npca_dir(out: Path, plan: JSONDict, overwrite: bool, ws: Workspace, store: Any) -> None:
+    def mismatch(old: JSONDict) -> str:
         diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
         now = []
         if old.get("model_fingerprint") != plan["model_fingerprint"]:
@@ -440,7 +447,7 @@ def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool, ws: Work
     prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=mismatch)
 
 
-def _write_npca_manifest(out: Path, plan: dict[str, Any], phash: str, ws: Workspace, split: str,
+def _write_npca_manifest(out: Path, plan: JSONDict, phash: str, ws: Workspace, split: str,
                          labels: np.ndarray, bounds: np.ndarray) -> None:
     from safetensors import safe_open
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from spurious._io import JSONDict
+
 from .. import imagenet
 from ._dataset import ImageDataset, Transform
 from ._images import IMAGE_EXTENSIONS
@@ -364,7 +366,7 @@ def spurious_imagenet(
     if not top.dirs:
         raise _empty_error("spurious-imagenet", path, top.other)
     label_of: dict[str, int] = {}
-    meta_of: dict[str, dict[str, Any]] = {}
+    meta_of: dict[str, JSONDict] = {}
     for folder in top.dirs:
         parsed = parse_spurious_folder(folder)
         if parsed is None:

@@ -415,7 +415,12 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     benchmark scripts use this to get realistic workspaces without running the whole demo.
     ``retrain`` trains the models here instead of using the shipped weights.
     """
-    from spurious.datasets import generate_planted, image_folder, spurious_imagenet
+    from spurious.datasets import (
+        ImageDataset,
+        generate_planted,
+        image_folder,
+        spurious_imagenet,
+    )
     from spurious.extract import extract
     from spurious.models import load_model
     from spurious.npca import npca
@@ -431,7 +436,7 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     identity: dict[str, float] = {}
     for variant, info in infos.items():
         clf = load_model(info.spec)
-        data = {"train": image_folder(planted.train, class_names=list(planted.class_folders)),
+        data: dict[str, str | ImageDataset] = {"train": image_folder(planted.train, class_names=list(planted.class_folders)),
                 "val": image_folder(planted.val, class_names=list(planted.class_folders)),
                 "spurious": spurious_imagenet(planted.spurious, class_names=names),
                 "pool": f"pool:{planted.pool}"}

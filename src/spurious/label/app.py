@@ -58,6 +58,7 @@ from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spurious import __version__
+from spurious._io import JSONDict
 from spurious.label.guards import (
     MAX_BODY_BYTES,
     BodyLimit,
@@ -356,7 +357,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             return login_redirect(request)
         comps = store.components(me, min_agree=min_agree)
         cur = store.curate_components(me, min_agree=min_agree)
-        classes: dict[int, dict[str, Any]] = {}
+        classes: dict[int, JSONDict] = {}
         for r in comps:
             c = classes.setdefault(r.cls, _class_counts(r.cls, class_label(r.cls)))
             c["components"] += 1
@@ -389,7 +390,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         return render(request, "class.html", k=k, class_name=class_label(k), rows=rows, curate=cur)
 
     def first_item(request: Request, task: str, rows_of: Callable[..., list[Any]],
-                   progress_of: Callable[[list[Any]], dict[str, Any]], filter: str, cls: str | None) -> Response:
+                   progress_of: Callable[[list[Any]], JSONDict], filter: str, cls: str | None) -> Response:
         """``/review`` and ``/curate``: redirect to the first row the filter keeps, else the "done" page."""
         me = labeler_of(request)
         if me is None:
@@ -446,7 +447,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     @app.post("/api/review/{k}/{l}")
     def review_verdict(request: Request, k: int, l: int, body: ReviewVerdict,
                        filter: Filter = "unlabeled",
-                       cls: str | None = None) -> dict[str, Any]:
+                       cls: str | None = None) -> JSONDict:
         me = need_labeler(request)
         kc = _parse_cls(cls, num_classes)
         try:
@@ -506,7 +507,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                       progress=curate_progress(all_rows))
 
     @app.post("/api/curate/{k}/{l}")
-    def curate_verdict(request: Request, k: int, l: int, body: CurateVerdict) -> dict[str, Any]:
+    def curate_verdict(request: Request, k: int, l: int, body: CurateVerdict) -> JSONDict:
         me = need_labeler(request)
         try:
             store.set_image_verdict(me, k, l, body.id, body.verdict)
@@ -518,12 +519,12 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
     # ------------------------------------------------------------------ API, exports, files
     @app.get("/api/progress")
-    def progress(request: Request) -> dict[str, Any]:
+    def progress(request: Request) -> JSONDict:
         me = need_labeler(request)
         return {"labeler": me, "min_agree": min_agree, **store.progress(me, min_agree=min_agree)}
 
     @app.post("/api/sync")
-    def resync(request: Request) -> dict[str, Any]:
+    def resync(request: Request) -> JSONDict:
         need_labeler(request)
         r = store.sync()
         return {"components": r.components, "candidates": r.candidates, "files": r.files, "classes": r.classes}
@@ -561,7 +562,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     return app
 
 
-def _class_counts(k: int, name: str) -> dict[str, Any]:
+def _class_counts(k: int, name: str) -> JSONDict:
     return {"k": k, "name": name, "components": 0, "mine": 0, "agreed": 0, "disagreements": 0,
             "candidates": 0, "judged": 0, "accepted": 0}
 

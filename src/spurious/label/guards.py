@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 
+from spurious._io import JSONDict
+
 __all__ = ["MAX_BODY_BYTES", "BodyLimit", "SameOrigin", "same_origin", "validation_summary"]
 
 MAX_BODY_BYTES = 64 * 1024  # the default limit (a verdict with a 2000-character note is < 13 KiB)
@@ -144,7 +146,7 @@ class SameOrigin:
         await self.app(scope, receive, send)
 
 
-def validation_summary(errors: Any) -> list[dict[str, Any]]:
+def validation_summary(errors: Any) -> list[JSONDict]:
     """FastAPI's 422 details without ``input`` and ``ctx`` (never repeat what the client sent)."""
     return [{"loc": [str(x)[:64] for x in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200],
              "type": str(e.get("type", ""))[:64]} for e in errors]

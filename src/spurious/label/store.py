@@ -56,7 +56,7 @@ from typing import Any
 
 from spurious import __version__
 from spurious._checks import int_at_least
-from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious._io import JSONDict, atomic_path, read_json, utc_now, write_json
 from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -464,17 +464,17 @@ class LabelStore:
                 f"re-run that stage in this workspace: `spurious {folder.name} {ws.root} --overwrite`"
             )
 
-    def visual_path(self, component: dict[str, Any], name: str) -> Path:
+    def visual_path(self, component: JSONDict, name: str) -> Path:
         """Where the file ``name`` of a registered component record lies (its class folder of
         ``WS/visualize``); :func:`file_key` of this path is the key the web UI serves it under."""
         return self.root / "visualize" / str(component["folder"]) / str(name)
 
-    def _scan_visualize(self) -> tuple[list[dict[str, Any]], list[Path]]:
+    def _scan_visualize(self) -> tuple[list[JSONDict], list[Path]]:
         root = self.root / "visualize"
         if not root.is_dir():
             return [], []
         self._check_manifest(root)
-        components: list[dict[str, Any]] = []
+        components: list[JSONDict] = []
         files: list[Path] = []
         for k in sheet_classes(self.root):
             table = read_sheet_table(self.root, k)
@@ -488,7 +488,7 @@ class LabelStore:
                 components.append(rec)
         return components, files
 
-    def _scan_retrieve(self) -> list[dict[str, Any]]:
+    def _scan_retrieve(self) -> list[JSONDict]:
         root = self.root / "retrieve"
         path = root / "candidates.jsonl"
         if not path.is_file():
@@ -519,7 +519,7 @@ class LabelStore:
         names = self.workspace.class_names
         return names[k] if 0 <= k < len(names) else f"class {k}"
 
-    def component(self, k: int, l: int) -> dict[str, Any]:
+    def component(self, k: int, l: int) -> JSONDict:
         """The registered record of component ``(k, l)`` (see :class:`spurious.visualize.SheetTable` for its keys).
 
         Raises:
@@ -535,7 +535,7 @@ class LabelStore:
                                    "run `spurious visualize` for it and reload the label store")
         return dict(json.loads(row["record"]))
 
-    def candidates(self, k: int, l: int) -> list[dict[str, Any]]:
+    def candidates(self, k: int, l: int) -> list[JSONDict]:
         """The registered retrieval candidates of ``(k, l)`` (candidates.jsonl records), by rank."""
         if not _fits_sql(k, l):
             return []
@@ -753,7 +753,7 @@ class LabelStore:
                 out.setdefault(r["id"], {})[r["labeler"]] = r["verdict"]
         return out
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[JSONDict]:
         """Every verdict ever given, oldest first (``seq, at, labeler, task, class, component, id, verdict, note``)."""
         with self._connect() as con:
             return [dict(r) for r in con.execute("SELECT * FROM history ORDER BY seq")]
@@ -833,7 +833,7 @@ class LabelStore:
             out.setdefault(int(r["class"]), []).append(int(r["component"]))
         return out
 
-    def accepted_images(self, min_agree: int = 2) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    def accepted_images(self, min_agree: int = 2) -> dict[tuple[int, int], list[JSONDict]]:
         """Candidates accepted for the spurious benchmark: ``(k, l) -> [record, ...]`` by rank.
 
         An image counts when at least ``min_agree`` labelers said ``out`` (the spurious feature
@@ -848,7 +848,7 @@ class LabelStore:
                 "ON v.class = c.class AND v.component = c.component AND v.id = c.id AND v.verdict = 'out' "
                 "GROUP BY c.class, c.component, c.id HAVING count(*) >= ? "
                 "ORDER BY c.class, c.component, c.rank, c.id", (min_agree,)).fetchall()
-        out: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        out: dict[tuple[int, int], list[JSONDict]] = {}
         for r in rows:
             rec = json.loads(r["record"])
             rec["labelers"] = sorted(r["names"].split("\0"))
@@ -867,7 +867,7 @@ class LabelStore:
         with self._connect() as con:
             return int(con.execute(f"SELECT count(DISTINCT labeler) FROM {table}").fetchone()[0])
 
-    def components_document(self, min_agree: int = 2) -> dict[str, Any]:
+    def components_document(self, min_agree: int = 2) -> JSONDict:
         """The component-set document that :meth:`export_components` writes (for ``spurious fix``)."""
         agreed = self.agreed_components(min_agree)
         return {
@@ -878,7 +878,7 @@ class LabelStore:
             "source": f"labels: {self._n_labelers('review')} labelers, min_agree={min_agree}",
         }
 
-    def export_components(self, path: str | os.PathLike[str], min_agree: int = 2) -> dict[str, Any]:
+    def export_components(self, path: str | os.PathLike[str], min_agree: int = 2) -> JSONDict:
         """Write the agreed spurious components as the component-set file used by ``spurious fix``.
 
         Format: ``{"format": "spurious-components", "version": 1, "model_fingerprint": ...,
@@ -889,7 +889,7 @@ class LabelStore:
         write_json(path, doc)
         return doc
 
-    def verdict_rows(self, min_agree: int = 2) -> list[dict[str, Any]]:
+    def verdict_rows(self, min_agree: int = 2) -> list[JSONDict]:
         """Every current verdict as a flat record (the CSV export), review first, then curation.
 
         Keys: ``task, class, class_name, component, id, path, labeler, verdict, note, updated, agreed,
@@ -899,7 +899,7 @@ class LabelStore:
         kinds = {who.name: who.kind for who in self.identities()}
         agreed = {(k, l) for k, ls in self.agreed_components(min_agree).items() for l in ls}
         accepted = {(k, l, rec["id"]) for (k, l), recs in self.accepted_images(min_agree).items() for rec in recs}
-        rows: list[dict[str, Any]] = []
+        rows: list[JSONDict] = []
         with self._connect() as con:
             for r in con.execute("SELECT * FROM component_verdicts ORDER BY class, component, labeler"):
                 rows.append({"task": "review", "class": r["class"], "class_name": self.class_name(r["class"]),
@@ -918,7 +918,7 @@ class LabelStore:
                              "labeler_kind": kinds.get(r["labeler"], "name")})
         return rows
 
-    def labels_document(self, min_agree: int = 2) -> dict[str, Any]:
+    def labels_document(self, min_agree: int = 2) -> JSONDict:
         """The JSON export: agreed components, accepted images and every verdict."""
         accepted = self.accepted_images(min_agree)
         return {

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from spurious import _html
-from spurious._io import atomic_path, slug
+from spurious._io import JSONDict, atomic_path, slug
 
 from . import plots as _plots
 
@@ -29,7 +29,7 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _write_csv(path: Path, fields: Sequence[str], records: Sequence[dict[str, Any]]) -> Path:
+def _write_csv(path: Path, fields: Sequence[str], records: Sequence[JSONDict]) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
@@ -39,7 +39,7 @@ def _write_csv(path: Path, fields: Sequence[str], records: Sequence[dict[str, An
     return path
 
 
-def _row_record(r: Any) -> dict[str, Any]:
+def _row_record(r: Any) -> JSONDict:
     """A ``scores.csv`` row: the ScoreRow with its label agreement flattened (``val_accuracy`` is its ``p_o``)."""
     a = r.agreement
     agreement = {"val_chance": a.chance, "val_kappa": a.kappa, "val_labels_ok": a.ok}
@@ -116,7 +116,7 @@ def _names(result: Any) -> dict[str, str]:
 
 
 def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], model: str,
-            plot_dir: Path, shown: str) -> list[dict[str, Any]]:
+            plot_dir: Path, shown: str) -> list[JSONDict]:
     """The classes with the lowest AUC of ``model``: their most confidently misread spurious images."""
     from spurious.datasets import load_image
 
@@ -164,7 +164,7 @@ def _spec_table(result: Any, names: dict[str, str]) -> str:
             + _html.table(["name", "spec"], rows, left_cols=(0, 1)))
 
 
-def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[dict[str, Any]],
+def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[JSONDict],
                 names: dict[str, str]) -> Path:
     rel = lambda p: Path(p).relative_to(out).as_posix()
     parts = ['<p class="muted">Positives: validation images of class k; negatives: spurious images of class k; '

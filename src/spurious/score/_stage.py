@@ -26,6 +26,7 @@ from spurious import __version__
 from spurious._checks import positive_int
 from spurious._dist import all_sum, init_distributed, on_main_rank, resolve_device
 from spurious._io import (
+    JSONDict,
     atomic_path,
     read_json,
     sha256_strings,
@@ -113,7 +114,7 @@ class ScoreRow:
     cached: bool
     agreement: Agreement
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         d = _nan_to_none(asdict(self))
         d["agreement"] = _nan_to_none(self.agreement.to_dict())
         return d
@@ -137,7 +138,7 @@ class ClassScore:
     extension: float
     status: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return _nan_to_none(asdict(self))
 
 
@@ -189,7 +190,7 @@ class ScoreResult:
         self.row(model)
         return [c for c in self.per_class if c.model == model]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {
             "out": self.out, "protocol": self.protocol, "classes": self.classes,
             "rows": [r.to_dict() for r in self.rows], "per_class": [c.to_dict() for c in self.per_class],
@@ -219,7 +220,7 @@ def _f(x: float) -> str:
     return "  -  " if x != x else f"{x:.3f}"
 
 
-def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
+def _nan_to_none(d: JSONDict) -> JSONDict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
@@ -357,7 +358,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _plan_dir(entry: _Entry, input_name: str, ds: Any, tkey: str, chunk_size: int) -> tuple[Path, dict[str, Any]]:
+def _plan_dir(entry: _Entry, input_name: str, ds: Any, tkey: str, chunk_size: int) -> tuple[Path, JSONDict]:
     plan = {
         "format": _CACHE_FORMAT,
         "model": {"spec": entry.spec, "fingerprint": entry.fingerprint},
@@ -798,7 +799,7 @@ def score(
         _restore(restore)
 
 
-def _jsonable_preprocessing(preprocessing: Preprocessing | Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _jsonable_preprocessing(preprocessing: Preprocessing | Mapping[str, Any] | None) -> JSONDict | None:
     """The stated preprocessing options, for the manifest."""
     if preprocessing is None:
         return None
@@ -815,7 +816,7 @@ def _restore(restore: list[tuple[Any, Any, bool]]) -> None:
 def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.Module], bench: Benchmark,
            out: Path, *, class_map: Any, protocol: str, batch_size: int | None, num_workers: int | None,
            chunk_size: int, progress: bool, plots: bool, plot_models: Sequence[str] | None, strict: bool,
-           t0: float, args: dict[str, Any]) -> ScoreResult:
+           t0: float, args: JSONDict) -> ScoreResult:
     from spurious.extract import default_num_workers
 
     entries: list[_Entry] = []
@@ -944,7 +945,7 @@ def _warn_failed(failures: dict[str, list[tuple[int, str]]], bench: Benchmark) -
                           f"(e.g. {ds.record(i).id!r}: {reason})", stacklevel=3)
 
 
-def _write_manifest(out: Path, entries: list[_Entry], bench: Benchmark, args: dict[str, Any], *, status: str,
+def _write_manifest(out: Path, entries: list[_Entry], bench: Benchmark, args: JSONDict, *, status: str,
                     result: ScoreResult | None = None) -> Path:
     manifest = {
         "stage": "score",
