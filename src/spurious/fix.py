@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -67,6 +67,7 @@ from spurious._io import (
 from spurious.components import (
     COMPONENTS_FORMAT,
     ComponentSet,
+    ComponentSource,
     components_from_labels,
     import_components,
     load_components,
@@ -74,7 +75,7 @@ from spurious.components import (
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 if TYPE_CHECKING:
-    from spurious.models import Classifier
+    from spurious.models import Classifier, Preprocessing
 
 __all__ = [
     "COMPONENTS_FORMAT",
@@ -334,7 +335,7 @@ class SpuFix(nn.Module):
         self.spec = f"{classifier.spec}+spufix"
 
     @property
-    def preprocessing(self) -> Any:
+    def preprocessing(self) -> Preprocessing:
         return self.classifier.preprocessing
 
     @property
@@ -458,7 +459,7 @@ def _model_meta(ws: Workspace) -> JSONDict:
 
 def fix(
     workspace: str | os.PathLike[str],
-    components: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet,
+    components: ComponentSource,
     *,
     out: str | os.PathLike[str] | None = None,
     precision: str = "float32",
@@ -678,7 +679,8 @@ class _WorkspaceAlphas:
         return ratio, floor, "lambda_l/lambda_1"
 
 
-def _open_source(source: Any) -> tuple[Any, JSONDict]:
+def _open_source(source: str | os.PathLike[str] | ImportedAlphas,
+                 ) -> tuple[ImportedAlphas | _WorkspaceAlphas, JSONDict]:
     if isinstance(source, ImportedAlphas):
         return source, {"kind": "alphas", "path": str(source.root), "model_spec": source.model_spec,
                         "model_fingerprint": source.model_fingerprint}
@@ -761,7 +763,7 @@ def _skip_noise_components(k: int, ls: Sequence[int], ratio: np.ndarray, floor: 
 def transfer(
     source: str | os.PathLike[str] | ImportedAlphas,
     target: str | os.PathLike[str],
-    components: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet,
+    components: ComponentSource,
     *,
     split: str = "train",
     out: str | os.PathLike[str] | None = None,

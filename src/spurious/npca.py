@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from spurious.workspace import (
     Workspace,
     prepare_artifact_dir,
 )
+
+if TYPE_CHECKING:
+    from spurious.store import FeatureStore
 
 __all__ = ["ClassBasis", "NPCA", "NPCAResult", "alpha", "fit_class", "load_npca", "npca"]
 
@@ -185,7 +188,7 @@ def fit_class(phi: np.ndarray | torch.Tensor, w: np.ndarray, b: float, *, k: int
     return acc.finish(k=k, b=float(b), n_components=L, precision=precision)
 
 
-def _check_L(n_components: Any, n: int, d: int) -> int:
+def _check_L(n_components: object, n: int, d: int) -> int:
     if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) or n_components < 1:
         raise ValueError(f"n_components must be a positive integer or 'all', got {n_components!r}")
     return int(min(n_components, n - 1, d))
@@ -401,7 +404,8 @@ def npca(
                       seconds_per_class=round(seconds / max(fitted, 1), 4), device=str(dev))
 
 
-def _fit_from_store(store: Any, rows: np.ndarray, w: np.ndarray, b: float, k: int, n_components: Any,
+def _fit_from_store(store: FeatureStore, rows: np.ndarray, w: np.ndarray, b: float, k: int,
+                    n_components: int | Literal["all"],
                     dev: torch.device, precision: str, chunk_rows: int) -> ClassBasis:
     n, d = rows.size, store.dim
     L = d if n_components == "all" else _check_L(n_components, n, d)
@@ -433,7 +437,7 @@ def _save_basis(path: Path, basis: ClassBasis, phash: str, name: str) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _prepare_npca_dir(out: Path, plan: JSONDict, overwrite: bool, ws: Workspace, store: Any) -> None:
+def _prepare_npca_dir(out: Path, plan: JSONDict, overwrite: bool, ws: Workspace, store: FeatureStore) -> None:
     def mismatch(old: JSONDict) -> str:
         diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
         now = []
