@@ -110,7 +110,7 @@ def benchmark_folder_name(k: int, class_name: str, component: int, prefix: str =
     return f"{prefix}_{int(k)}_{name}_{int(component)}"
 
 
-def _load_jsonl_or_json(path: Path) -> list[Any]:
+def _load_jsonl_or_json(path: Path) -> list[Any]:  # Any: the JSON values as read, checked by the caller
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):

@@ -12,9 +12,9 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -352,6 +352,15 @@ def _plan_mismatch(out: Path, old: JSONDict, new: JSONDict) -> str:
 
 
 @torch.inference_mode()
+@dataclass
+class _ShardBuffer:
+    """What one shard has gathered so far: arrays per batch, and ``(id, reason)`` of the images that failed."""
+
+    arrays: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {"phi": [], "rows": [], "idx": [], "logit": [], "lse": []})
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
 def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tuple[int, int, int]], shards_dir: Path,
                 phash: str, k: int, dtype: str, batch_size: int, num_workers: int | None,
                 device: torch.device, progress: bool, amp: bool) -> int:
@@ -364,15 +373,14 @@ def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tupl
                         prefetch_factor=4 if workers > 0 else None)
     remaining = {shard: stop - start for shard, start, stop in ranges}
     bounds = {shard: (start, stop) for shard, start, stop in ranges}
-    buffers: dict[int, dict[str, list[Any]]] = {}
+    buffers: dict[int, _ShardBuffer] = {}
     bar = tqdm(total=sum(remaining.values()), unit="img", desc="extract", disable=not progress,
                dynamic_ncols=True, smoothing=0.05)
     use_amp = amp and device.type == "cuda"
     done = 0
     try:
         for (images, indices, failed), shard in zip(loader, sampler.block_of_batch, strict=False):
-            buf = buffers.setdefault(shard, {"phi": [], "rows": [], "idx": [], "logit": [], "lse": [],
-                                             "failed": []})
+            buf = buffers.setdefault(shard, _ShardBuffer())
             if len(indices):
                 x = images.to(device, non_blocking=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -380,12 +388,12 @@ def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tupl
                 phi = phi.float()
                 logits = logits.float()
                 top = logits.topk(k, dim=1)
-                buf["phi"].append(phi.cpu().numpy())
-                buf["rows"].append(indices.numpy().astype(np.int64))
-                buf["idx"].append(top.indices.cpu().numpy().astype(np.int32))
-                buf["logit"].append(top.values.cpu().numpy())
-                buf["lse"].append(torch.logsumexp(logits, dim=1).cpu().numpy())
-            buf["failed"].extend((dataset.record(i).id, reason) for i, reason in failed)
+                buf.arrays["phi"].append(phi.cpu().numpy())
+                buf.arrays["rows"].append(indices.numpy().astype(np.int64))
+                buf.arrays["idx"].append(top.indices.cpu().numpy().astype(np.int32))
+                buf.arrays["logit"].append(top.values.cpu().numpy())
+                buf.arrays["lse"].append(torch.logsumexp(logits, dim=1).cpu().numpy())
+            buf.failed.extend((dataset.record(i).id, reason) for i, reason in failed)
             n = len(indices) + len(failed)
             remaining[shard] -= n
             bar.update(n)
@@ -398,10 +406,10 @@ def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tupl
     return done
 
 
-def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dict[str, list[Any]],
+def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: _ShardBuffer,
                  phash: str, dtype: str, dim: int, k: int) -> None:
     def cat(key: str, shape: tuple[int, ...], dt: type[np.generic]) -> np.ndarray:
-        return np.concatenate(buf[key]) if buf[key] else np.zeros(shape, dtype=dt)
+        return np.concatenate(buf.arrays[key]) if buf.arrays[key] else np.zeros(shape, dtype=dt)
 
     phi32 = cat("phi", (0, dim), np.float32)
     phi = phi32.astype(dtype)
@@ -418,7 +426,7 @@ def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dic
         "logsumexp": cat("lse", (0,), np.float32),
     }
     write_shard(shards_dir, shard, arrays, {"start": bounds[0], "stop": bounds[1], "rows": int(phi.shape[0]),
-                                           "failed": buf["failed"], "plan": phash})
+                                           "failed": buf.failed, "plan": phash})
 
 
 def _merge(out: Path, dataset: ImageDataset, open_kwargs: JSONDict, plan: JSONDict, phash: str, n_shards: int,

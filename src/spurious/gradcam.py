@@ -29,7 +29,6 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +40,9 @@ from spurious._tensors import check_images
 from spurious.models import Classifier
 
 __all__ = ["GradCAM", "find_target_layer", "overlay"]
+
+_ForwardHook = Callable[[nn.Module, tuple[object, ...], object], Tensor | None]
+"""A forward hook: ``(module, inputs, output) -> replacement output or None``."""
 
 # At most this many leading non-patch tokens (cls, distillation, register tokens) in a token grid.
 _MAX_EXTRA_TOKENS = 16
@@ -95,7 +97,7 @@ def _grid_of(shape: torch.Size | tuple[int, ...], height: int, width: int) -> _G
     return None
 
 
-def _check_classifier(classifier: Any) -> Classifier:
+def _check_classifier(classifier: object) -> Classifier:
     if not isinstance(classifier, Classifier):
         raise TypeError(
             f"classifier must be a spurious.models.Classifier (see load_model / "
@@ -174,8 +176,8 @@ def find_target_layer(classifier: Classifier) -> str:
     calls: dict[str, int] = {}
     handles = []
 
-    def make_hook(name: str) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+    def make_hook(name: str) -> _ForwardHook:
+        def hook(module: nn.Module, args: tuple[object, ...], out: object) -> Tensor | None:
             calls[name] = calls.get(name, 0) + 1
             if not isinstance(out, Tensor) or not out.is_floating_point() or not out.requires_grad:
                 return None
@@ -279,7 +281,7 @@ class GradCAM:
         n, _, height, width = x.shape
         captured: list[Tensor] = []
 
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        def hook(module: nn.Module, args: tuple[object, ...], out: object) -> Tensor | None:
             if isinstance(out, Tensor):
                 captured.append(out)
                 return out.clone()  # later in-place ops must not alter the captured tensor

@@ -52,7 +52,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from spurious import __version__
 from spurious._checks import int_at_least
@@ -228,7 +228,11 @@ class CurateRow:
             (filter == "disagreements" and self.disagreements > 0)
 
 
-def select(rows: Sequence[Any], filter: str = "all", cls: int | None = None) -> list[Any]:
+Row = TypeVar("Row", ComponentRow, CurateRow)
+"""A row of the review list (:class:`ComponentRow`) or of the curation list (:class:`CurateRow`)."""
+
+
+def select(rows: Sequence[Row], filter: str = "all", cls: int | None = None) -> list[Row]:
     """The rows (:class:`ComponentRow` or :class:`CurateRow`) that match ``filter`` and class ``cls``.
 
     Raises:
@@ -255,7 +259,7 @@ def curate_progress(rows: Sequence[CurateRow]) -> dict[str, int]:
             "candidates_disagreements": sum(r.disagreements for r in rows)}
 
 
-def check_labeler(name: Any) -> str:
+def check_labeler(name: object) -> str:
     """Validate a labeler name and return it stripped (NFC-normalised).
 
     Allowed: 1..64 characters, letters/digits/underscore first, then also space ``.@+-``.
@@ -274,13 +278,13 @@ def check_labeler(name: Any) -> str:
     return clean
 
 
-def _check_verdict(verdict: Any, valid: Sequence[str]) -> str:
+def _check_verdict(verdict: object, valid: Sequence[str]) -> str:
     if verdict not in valid:
         raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(valid)}")
     return str(verdict)
 
 
-def _check_kind(kind: Any, valid: Sequence[str] = IDENTITY_KINDS) -> str:
+def _check_kind(kind: object, valid: Sequence[str] = IDENTITY_KINDS) -> str:
     if kind not in valid:
         raise ValueError(f"unknown labeler kind {kind!r}; valid: {', '.join(valid)}")
     return str(kind)
@@ -295,7 +299,7 @@ def _fits_sql(*values: int) -> bool:
     return all(-_SQL_INT_MAX - 1 <= int(v) <= _SQL_INT_MAX for v in values)
 
 
-def csv_cell(value: Any) -> Any:
+def csv_cell(value: object) -> object:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP "CSV Injection").
 
     A string that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
@@ -777,7 +781,7 @@ class LabelStore:
                "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
                + ("WHERE c.class = ? " if cls is not None else "")
                + "GROUP BY c.class, c.component ORDER BY c.class, c.rank, c.component")
-        params: list[Any] = [labeler] + ([int(cls)] if cls is not None else [])
+        params: list[int | str | None] = [labeler] + ([int(cls)] if cls is not None else [])
         if cls is not None and not _fits_sql(cls):
             return []
         with self._connect() as con:
@@ -808,7 +812,7 @@ class LabelStore:
             "ON a.class = c.class AND a.component = c.component AND a.id = c.id "
             + ("WHERE c.class = ? " if cls is not None else "")
             + "GROUP BY c.class, c.component ORDER BY c.class, c.component")
-        params: list[Any] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
+        params: list[int | str | None] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
         if cls is not None and not _fits_sql(cls):
             return []
         with self._connect() as con:
@@ -989,7 +993,7 @@ def _labeler(row: sqlite3.Row) -> Labeler:
 
 
 # ---------------------------------------------------------------------- visualize records
-def _png_names(rec: Any) -> Iterator[str]:
+def _png_names(rec: object) -> Iterator[str]:
     """Every string in a record (nested) that names an image file."""
     if isinstance(rec, dict):
         for v in rec.values():
