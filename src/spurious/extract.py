@@ -351,7 +351,6 @@ def _plan_mismatch(out: Path, old: JSONDict, new: JSONDict) -> str:
             "or --overwrite to discard it")
 
 
-@torch.inference_mode()
 @dataclass
 class _ShardBuffer:
     """What one shard has gathered so far: arrays per batch, and ``(id, reason)`` of the images that failed."""
@@ -361,6 +360,7 @@ class _ShardBuffer:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+@torch.inference_mode()
 def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tuple[int, int, int]], shards_dir: Path,
                 phash: str, k: int, dtype: str, batch_size: int, num_workers: int | None,
                 device: torch.device, progress: bool, amp: bool) -> int:
