@@ -766,3 +766,12 @@ def test_empty_class_folders_are_warned_about_and_counted(tmp_path: Path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no empty folder, no warning
         assert image_folder(full).skipped == []
+
+
+def test_block_batches_never_straddle_a_block() -> None:
+    from spurious.datasets._dataset import BlockBatches
+
+    sampler = BlockBatches([(3, 10, 15), (0, 0, 2), (7, 20, 20)], batch_size=2)
+    assert list(sampler) == [[10, 11], [12, 13], [14], [0, 1]]
+    assert sampler.block_of_batch == [3, 3, 3, 0]
+    assert len(sampler) == 4

@@ -71,3 +71,18 @@ def test_stage_outputs_are_not_private_under_umask_022(tmp_path: Path, image_fol
     private = [f"{p.relative_to(tmp_path)} {oct(_mode(p))}" for p in files if _mode(p) & 0o044 != 0o044]
     assert not private, private
     assert all(_mode(p) & 0o055 == 0o055 for p in dirs), [(str(p), oct(_mode(p))) for p in dirs]
+
+
+@pytest.mark.parametrize(("text", "keep", "expected"), [
+    ("demo:robust", "._-", "demo-robust"),
+    ("timm:vit_base_patch16_224.augreg_in21k", "._-", "timm-vit_base_patch16_224.augreg_in21k"),
+    ("demo:robust@ckpt", "._-", "demo-robust-ckpt"),
+    ("demo:robust@ckpt", "._@-", "demo-robust@ckpt"),
+    ("..//:..", "._-", "model"),
+    ("-.a b.-", "._-", "a-b"),
+    ("x" * 70, "._-", "x" * 60),
+])
+def test_slug(text: str, keep: str, expected: str) -> None:
+    from spurious._io import slug
+
+    assert slug(text, keep=keep) == expected

@@ -11,7 +11,6 @@ import html as _html
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from spurious._io import atomic_path
 
@@ -33,12 +32,12 @@ figure img{display:block;image-rendering:pixelated;border:1px solid #ccc}
 """
 
 
-def esc(value: Any) -> str:
+def esc(value: object) -> str:
     """HTML-escape ``str(value)`` (quotes too), for text and attribute values."""
     return _html.escape(str(value), quote=True)
 
 
-def fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: object, digits: int = 3) -> str:
     """Format a number for a table cell (``digits`` significant decimals; ints as-is; None as '-')."""
     if value is None:
         return "-"
@@ -67,11 +66,11 @@ def link(href: str | os.PathLike[str], text: str) -> str:
     return f'<a href="{esc(Path(href).as_posix())}">{esc(text)}</a>'
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, html_cols: Sequence[int] = (),
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, html_cols: Sequence[int] = (),
           left_cols: Sequence[int] = (0,)) -> str:
     """An HTML table. Cells are formatted with :func:`fmt` (escaped) except the columns in
     ``html_cols``, which are inserted as given (already-built HTML such as links or images)."""
-    def cell(tag: str, i: int, value: Any) -> str:
+    def cell(tag: str, i: int, value: object) -> str:
         cls = ' class="l"' if i in left_cols else ""
         body = str(value) if i in html_cols else fmt(value)
         return f"<{tag}{cls}>{body}</{tag}>"

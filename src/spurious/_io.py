@@ -6,9 +6,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "FINGERPRINT_SCHEME",
+    "JSONDict",
     "atomic_path",
     "cache_dir",
     "make_temp_dir",
@@ -25,9 +27,13 @@ __all__ = [
     "read_json",
     "save_npy",
     "sha256_strings",
+    "slug",
     "utc_now",
 ]
 
+
+JSONDict = dict[str, Any]
+"""A JSON object: a manifest, a plan, a record or a Result's ``to_dict()``; its values are arbitrary JSON."""
 
 FINGERPRINT_SCHEME = 2
 """Version of the model fingerprint: 1 hashed the head only; 2 all weights, the preprocessing and the class names."""
@@ -98,13 +104,13 @@ def cache_dir() -> Path:
     return base / "spurious"
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+def write_json(path: str | os.PathLike[str], obj: object) -> None:
+    """Write ``obj`` (anything ``json.dumps`` takes) as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_json(path: str | os.PathLike[str]) -> Any:  # Any: whatever JSON the file holds
     """Read a JSON file; a missing file raises ``FileNotFoundError`` naming it."""
     path = Path(path)
     if not path.is_file():
@@ -128,13 +134,21 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def sha256_strings(items: Any) -> str:
+def sha256_strings(items: Iterable[object]) -> str:
     """Stable hash of an iterable of strings (order matters); 16 hex digits."""
     h = hashlib.sha256()
     for s in items:
         h.update(str(s).encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def slug(text: str, *, keep: str = "._-", limit: int = 60) -> str:
+    """A file or folder name made from ``text``: runs of other characters than ASCII letters, digits
+    and ``keep`` become one ``-``, leading and trailing ``-`` / ``.`` go, at most ``limit`` characters;
+    ``"model"`` when nothing is left (``"demo:robust"`` -> ``"demo-robust"``)."""
+    cleaned = re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", "-", text).strip("-.")
+    return cleaned[:limit] or "model"
 
 
 def utc_now() -> str:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
+
+from spurious._io import JSONDict
 
 __all__ = ["KAPPA_MIN", "Agreement", "AgreementError", "label_agreement", "not_checked", "report_agreement"]
 
@@ -58,11 +59,11 @@ class Agreement:
     reason: str = ""
     threshold: float = KAPPA_MIN
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Agreement:
+    def from_dict(cls, d: JSONDict) -> Agreement:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def describe(self) -> str:

@@ -44,6 +44,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
+from spurious._tensors import check_images
+
 __all__ = ["APGDResult", "apgd", "default_checkpoints", "linear_optimum", "project"]
 
 NORMS: tuple[str, ...] = ("l2", "linf")
@@ -88,24 +90,6 @@ def _check_norm(norm: str) -> str:
     if key not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use 'l2' or 'linf'")
     return key
-
-
-def _check_images(x0: Tensor, name: str = "x0") -> None:
-    if not isinstance(x0, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [N, 3, H, W], got {type(x0).__name__}")
-    if not x0.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor with values in [0, 1], got {x0.dtype}")
-    if x0.dim() < 2 or x0.shape[0] < 1 or x0[0].numel() < 1:
-        raise ValueError(
-            f"{name} must be a non-empty batch [N, ...] (images [N, 3, H, W]), got shape "
-            f"{tuple(x0.shape)}; add a batch dimension with x[None] for one image"
-        )
-    lo, hi = float(x0.min()), float(x0.max())
-    if not (lo >= 0.0 and hi <= 1.0):
-        raise ValueError(
-            f"{name} must lie in the box [0, 1] (images as floats in [0, 1]), got values in "
-            f"[{lo:.4g}, {hi:.4g}]; undo any mean/std normalisation first"
-        )
 
 
 def _check_eps(eps: float | Tensor, n_images: int, like: Tensor) -> Tensor:
@@ -293,7 +277,7 @@ def project(x: Tensor, x0: Tensor, eps: float | Tensor, norm: str = "l2") -> Ten
         TypeError: non-float tensors.
     """
     key = _check_norm(norm)
-    _check_images(x0)
+    check_images(x0, "x0", rgb=False)
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a float torch.Tensor, got {type(x).__name__}")
     if x.shape != x0.shape:
@@ -326,7 +310,7 @@ def linear_optimum(c: Tensor, x0: Tensor, eps: float, norm: str = "l2") -> Tenso
         ValueError: unknown norm, ``eps <= 0``, ``x0`` outside ``[0, 1]``, or shapes that differ.
     """
     key = _check_norm(norm)
-    _check_images(x0)
+    check_images(x0, "x0", rgb=False)
     if not isinstance(c, Tensor) or c.shape != x0.shape:
         raise ValueError(
             f"c must be a tensor of the shape of x0 {tuple(x0.shape)}, got "
@@ -500,7 +484,7 @@ def apgd(
     if not callable(objective):
         raise TypeError(f"objective must be callable (x -> [N] tensor), got {type(objective).__name__}")
     key = _check_norm(norm)
-    _check_images(x0)
+    check_images(x0, "x0", rgb=False)
     steps = _check_int(steps, "steps", 0)
     rho = _check_fraction(rho, "rho")
     momentum = _check_fraction(momentum, "momentum")

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from spurious import __version__
-from spurious._io import make_temp_dir, read_json, sha256_file, utc_now
+from spurious._checks import int_at_least
+from spurious._io import JSONDict, make_temp_dir, read_json, sha256_file, utc_now
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = ["BenchmarkResult", "benchmark_folder_name", "build_benchmark", "read_accepted"]
@@ -73,7 +74,7 @@ class BenchmarkResult:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -109,7 +110,7 @@ def benchmark_folder_name(k: int, class_name: str, component: int, prefix: str =
     return f"{prefix}_{int(k)}_{name}_{int(component)}"
 
 
-def _load_jsonl_or_json(path: Path) -> list[Any]:
+def _load_jsonl_or_json(path: Path) -> list[Any]:  # Any: the JSON values as read, checked by the caller
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -130,7 +131,7 @@ def _load_jsonl_or_json(path: Path) -> list[Any]:
 
 
 def read_accepted(path: str | os.PathLike[str], workspace: str | os.PathLike[str] | None = None
-                  ) -> dict[tuple[int, int], list[dict[str, Any]]]:
+                  ) -> dict[tuple[int, int], list[JSONDict]]:
     """Read an accepted-images file: ``(k, l) -> [record, ...]``.
 
     Each record needs ``class``, ``component`` and ``id``; fields it lacks (``path``, ``alpha``,
@@ -145,13 +146,13 @@ def read_accepted(path: str | os.PathLike[str], workspace: str | os.PathLike[str
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"accepted-images file {path} does not exist")
-    known: dict[tuple[int, int, str], dict[str, Any]] = {}
+    known: dict[tuple[int, int, str], JSONDict] = {}
     if workspace is not None:
         cands = Path(workspace) / "retrieve" / "candidates.jsonl"
         if cands.is_file():
             for rec in _load_jsonl_or_json(cands):
                 known[(int(rec["class"]), int(rec["component"]), str(rec["id"]))] = rec
-    out: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    out: dict[tuple[int, int], list[JSONDict]] = {}
     for i, rec in enumerate(_load_jsonl_or_json(path)):
         if not isinstance(rec, Mapping) or any(key not in rec for key in ("class", "component", "id")):
             raise ValueError(f"{path}: record {i} must be an object with 'class', 'component' and 'id', got {rec!r}")
@@ -166,9 +167,9 @@ def read_accepted(path: str | os.PathLike[str], workspace: str | os.PathLike[str
     return out
 
 
-def _order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _order(records: list[JSONDict]) -> list[JSONDict]:
     """Deterministic order: by rank when known, else by alpha descending; ties by id."""
-    def key(r: dict[str, Any]) -> tuple[float, float, str]:
+    def key(r: JSONDict) -> tuple[float, float, str]:
         rank = r.get("rank")
         alpha = r.get("alpha")
         return (float(rank) if rank is not None else float("inf"),
@@ -184,7 +185,7 @@ def _order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 
-def _retrieval_manifest(ws: Workspace) -> dict[str, Any] | None:
+def _retrieval_manifest(ws: Workspace) -> JSONDict | None:
     """``WS/retrieve/manifest.json`` (``None`` before a finished retrieval), checked against the workspace's model.
 
     Raises:
@@ -206,7 +207,7 @@ def _retrieval_manifest(ws: Workspace) -> dict[str, Any] | None:
     return manifest
 
 
-def _readme(manifest: dict[str, Any], license_text: str) -> str:
+def _readme(manifest: JSONDict, license_text: str) -> str:
     comps = manifest["components"]
     retr = manifest.get("retrieve") or {}
     voters = ", ".join(v.get("spec", v.get("name", "?")) for v in retr.get("voters", [])) or "unknown"
@@ -289,10 +290,9 @@ def build_benchmark(
         IncompatibleArtifactError: ``WS/retrieve`` was made with another model than the workspace's.
     """
     t0 = time.perf_counter()
-    for pname, value, lo in (("per_component", per_component, 1), ("min_per_component", min_per_component, 1),
-                             ("min_agree", min_agree, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{pname} must be an integer >= {lo}, got {value!r}")
+    per_component = int_at_least("per_component", per_component, 1)
+    min_per_component = int_at_least("min_per_component", min_per_component, 1)
+    min_agree = int_at_least("min_agree", min_agree, 1)
     benchmark_folder_name(0, "x", 0, prefix)  # validates the prefix early
     ws = Workspace.open(workspace)
     m = _retrieval_manifest(ws)
@@ -314,7 +314,7 @@ def build_benchmark(
     if not accepted:
         raise ValueError(f"no accepted images ({source}); nothing to build")
     names = ws.class_names
-    plan: list[tuple[int, int, str, list[dict[str, Any]], int]] = []
+    plan: list[tuple[int, int, str, list[JSONDict], int]] = []
     per: dict[str, int] = {}
     short, skipped = [], []
     for (k, l) in sorted(accepted):

@@ -31,17 +31,17 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from spurious._io import write_json
+from spurious._io import JSONDict, write_json
 from spurious.label.store import DB_NAME, LabelStore
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = [
     "COMPONENTS_FORMAT",
     "ComponentSet",
+    "ComponentSource",
     "components_from_labels",
     "import_components",
     "labelled_components",
@@ -52,6 +52,9 @@ COMPONENTS_FORMAT = "spurious-components"
 """``format`` field of a component-set file."""
 
 _VERSION = 1
+
+ComponentMapping = Mapping[int, Sequence[int]] | Mapping[str, Sequence[int]] | Mapping[int | str, Sequence[int]]
+"""``{class index or name: [component l, ...]}`` as a caller gives it (checked by :func:`load_components`)."""
 
 
 @dataclass
@@ -76,7 +79,7 @@ class ComponentSet:
         """Number of ``(k, l)`` pairs over all classes."""
         return sum(len(v) for v in self.classes.values())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """The component-set file document: ``format``, ``version``, ``model_fingerprint``, ``classes``, ``source``."""
         return {"format": COMPONENTS_FORMAT, "version": _VERSION, "model_fingerprint": self.model_fingerprint,
                 "classes": {str(k): [int(x) for x in v] for k, v in self.classes.items()}, "source": self.source}
@@ -134,10 +137,14 @@ class ComponentSet:
         return dict(sorted(out.items()))
 
 
+
+ComponentSource = str | os.PathLike[str] | ComponentMapping | ComponentSet
+"""What :func:`load_components` reads: a JSON file, a mapping ``{class: [l, ...]}`` or a :class:`ComponentSet`."""
+
 # ---------------------------------------------------------------------------- parsing
 
 
-def _parse_key(key: Any, where: str) -> int | str:
+def _parse_key(key: object, where: str) -> int | str:
     if isinstance(key, (bool, np.bool_)):
         raise ValueError(f"{where}: class key {key!r} is not a class index or name")
     if isinstance(key, (int, np.integer)):
@@ -148,7 +155,7 @@ def _parse_key(key: Any, where: str) -> int | str:
     raise ValueError(f"{where}: class key {key!r} is not a class index or name")
 
 
-def _parse_list(value: Any, key: Any, where: str) -> list[int]:
+def _parse_list(value: object, key: object, where: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise ValueError(f"{where}: components of class {key!r} must be a list of 0-based component indices, "
                          f"got {value!r}")
@@ -165,7 +172,7 @@ def _parse_list(value: Any, key: Any, where: str) -> list[int]:
     return out
 
 
-def _parse_mapping(mapping: Mapping[Any, Any], where: str) -> dict[int | str, list[int]]:
+def _parse_mapping(mapping: ComponentMapping | Mapping[str, object], where: str) -> dict[int | str, list[int]]:
     out: dict[int | str, list[int]] = {}
     for key, value in mapping.items():
         k = _parse_key(key, where)
@@ -181,7 +188,7 @@ def _parse_mapping(mapping: Mapping[Any, Any], where: str) -> dict[int | str, li
 # ---------------------------------------------------------------------------- sources
 
 
-def load_components(source: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet) -> ComponentSet:
+def load_components(source: ComponentSource) -> ComponentSet:
     """Read a component set: a :class:`ComponentSet`, a mapping ``{class: [l, ...]}``, or a JSON file.
 
     The file is either the documented format ``{"format": "spurious-components", "version": 1,

@@ -11,16 +11,17 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from spurious._checks import positive_int
 from spurious._dist import (
     all_sum,
     barrier,
@@ -28,7 +29,10 @@ from spurious._dist import (
     on_main_rank,
     resolve_device,
 )
+from spurious._io import JSONDict
 from spurious.agreement import report_agreement
+from spurious.datasets import ImageDataset, collate_images
+from spurious.datasets._dataset import BlockBatches
 from spurious.store import (
     FeatureStore,
     finalize_store,
@@ -37,6 +41,9 @@ from spurious.store import (
     write_shard,
 )
 from spurious.workspace import Workspace, prepare_artifact_dir
+
+if TYPE_CHECKING:
+    from spurious.models import Classifier, Preprocessing
 
 __all__ = ["ExtractResult", "extract", "default_num_workers"]
 
@@ -66,9 +73,9 @@ class ExtractResult:
     world_size: int
     complete: bool
     label_source: str = ""
-    agreement: dict[str, Any] | None = None
+    agreement: JSONDict | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -97,26 +104,9 @@ def default_num_workers() -> int:
     return max(1, min(8, n))
 
 
-class _ShardBatches(Sampler[list[int]]):
-    """Batches of dataset indices that never straddle a shard boundary, shard by shard."""
-
-    def __init__(self, shards: list[tuple[int, int, int]], batch_size: int) -> None:
-        self.batches: list[list[int]] = []
-        self.shard_of_batch: list[int] = []
-        for shard, start, stop in shards:
-            for b in range(start, stop, batch_size):
-                self.batches.append(list(range(b, min(b + batch_size, stop))))
-                self.shard_of_batch.append(shard)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.device,
-                   preprocessing: Any, model_config: Any) -> Any:
+def _resolve_model(model: str | Classifier | None, ws_root: Path, pretrained: bool, device: torch.device,
+                   preprocessing: Preprocessing | Mapping[str, object] | None,
+                   model_config: str | os.PathLike[str] | None) -> Classifier:
     from spurious.models import Classifier, load_model
 
     if isinstance(model, Classifier):
@@ -136,7 +126,9 @@ def _resolve_model(model: Any, ws_root: Path, pretrained: bool, device: torch.de
                       config=model_config).eval()
 
 
-def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict[str, Any]]:
+def _resolve_data(data: str | os.PathLike[str] | ImageDataset, classifier: Classifier,
+                  class_map: str | os.PathLike[str] | Mapping[str, int | str] | None,
+                  ) -> tuple[ImageDataset, JSONDict]:
     """Open ``data`` in the model's label space: class folders and list labels are matched by name.
 
     Returns:
@@ -144,7 +136,6 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
     """
     from spurious import imagenet
     from spurious.datasets import (
-        ImageDataset,
         dataset_kind,
         open_dataset,
         read_class_map,
@@ -172,7 +163,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
         ds = open_dataset(data, transform=classifier.preprocessing, class_names=names, class_map=cmap,
                           wnids=imagenet.wnids() if is_in1k else None)
         # recorded so later stages re-open the same labels (FeatureStore.open_dataset expands the wnids)
-        kwargs: dict[str, Any] = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
+        kwargs: JSONDict = {"class_names": names, "class_map": cmap, "wnids": "imagenet-1k" if is_in1k else None}
     else:
         if cmap is not None:
             raise ValueError(f"a class map applies to folder: and list: datasets, not to a {kind!r} dataset")
@@ -191,7 +182,7 @@ def _resolve_data(data: Any, classifier: Any, class_map: Any) -> tuple[Any, dict
     return ds, {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _check_label_range(ds: Any, classifier: Any) -> None:
+def _check_label_range(ds: ImageDataset, classifier: Classifier) -> None:
     labels = ds.labels()
     if len(labels) and int(labels.max()) >= classifier.num_classes:
         raise ValueError(
@@ -204,8 +195,8 @@ def _check_label_range(ds: Any, classifier: Any) -> None:
 def extract(
     workspace: str | os.PathLike[str],
     *,
-    data: Any,
-    model: Any = None,
+    data: str | os.PathLike[str] | ImageDataset,
+    model: str | Classifier | None = None,
     split: str = "train",
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -217,9 +208,9 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
     amp: bool = False,
-    preprocessing: Any = None,
+    preprocessing: Preprocessing | Mapping[str, object] | None = None,
     model_config: str | os.PathLike[str] | None = None,
-    class_map: Any = None,
+    class_map: str | os.PathLike[str] | Mapping[str, int | str] | None = None,
     strict: bool = False,
 ) -> ExtractResult:
     """Extract ``phi(x)`` and top-k predictions of every image of ``data`` into ``WS/features/<split>``.
@@ -264,9 +255,9 @@ def extract(
     dev = resolve_device(device)
     if batch_size is None:
         batch_size = 64 if dev.type == "cuda" else 16
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("topk", topk)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    batch_size = positive_int("batch_size", batch_size)
+    shard_size = positive_int("shard_size", shard_size)
+    topk = positive_int("topk", topk)
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     t0 = time.perf_counter()
@@ -285,7 +276,7 @@ def extract(
     k = min(topk, classifier.num_classes)
     n_records = len(dataset)
     n_shards = math.ceil(n_records / shard_size)
-    plan = {
+    plan: JSONDict = {
         "model": {"spec": classifier.spec, "fingerprint": classifier.fingerprint()},
         "data": {"spec": dataset.spec, "kind": dataset.kind, "fingerprint": dataset.fingerprint(),
                  "num_records": n_records},
@@ -337,12 +328,12 @@ def _result(store: FeatureStore, split: str, computed: int, n_shards: int, image
     )
 
 
-def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+def _prepare_output(out: Path, plan: JSONDict, overwrite: bool) -> None:
     prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=lambda old: _plan_mismatch(out, old, plan))
     (out / "shards").mkdir(exist_ok=True)
 
 
-def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
+def _plan_mismatch(out: Path, old: JSONDict, new: JSONDict) -> str:
     diffs = []
     if old["model"] != new["model"]:
         diffs.append(f"model {old['model']['spec']!r} (fingerprint {old['model']['fingerprint']}) vs "
@@ -360,30 +351,36 @@ def _plan_mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
             "or --overwrite to discard it")
 
 
+@dataclass
+class _ShardBuffer:
+    """What one shard has gathered so far: arrays per batch, and ``(id, reason)`` of the images that failed."""
+
+    arrays: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {"phi": [], "rows": [], "idx": [], "logit": [], "lse": []})
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
 @torch.inference_mode()
-def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]], shards_dir: Path,
+def _run_shards(classifier: Classifier, dataset: ImageDataset, ranges: list[tuple[int, int, int]], shards_dir: Path,
                 phash: str, k: int, dtype: str, batch_size: int, num_workers: int | None,
                 device: torch.device, progress: bool, amp: bool) -> int:
-    from spurious.datasets import collate_images
-
     if not ranges:
         return 0
-    sampler = _ShardBatches(ranges, batch_size)
+    sampler = BlockBatches(ranges, batch_size)
     workers = default_num_workers() if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_images,
                         pin_memory=device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
     remaining = {shard: stop - start for shard, start, stop in ranges}
     bounds = {shard: (start, stop) for shard, start, stop in ranges}
-    buffers: dict[int, dict[str, list[Any]]] = {}
+    buffers: dict[int, _ShardBuffer] = {}
     bar = tqdm(total=sum(remaining.values()), unit="img", desc="extract", disable=not progress,
                dynamic_ncols=True, smoothing=0.05)
     use_amp = amp and device.type == "cuda"
     done = 0
     try:
-        for (images, indices, failed), shard in zip(loader, sampler.shard_of_batch, strict=False):
-            buf = buffers.setdefault(shard, {"phi": [], "rows": [], "idx": [], "logit": [], "lse": [],
-                                             "failed": []})
+        for (images, indices, failed), shard in zip(loader, sampler.block_of_batch, strict=False):
+            buf = buffers.setdefault(shard, _ShardBuffer())
             if len(indices):
                 x = images.to(device, non_blocking=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -391,12 +388,12 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
                 phi = phi.float()
                 logits = logits.float()
                 top = logits.topk(k, dim=1)
-                buf["phi"].append(phi.cpu().numpy())
-                buf["rows"].append(indices.numpy().astype(np.int64))
-                buf["idx"].append(top.indices.cpu().numpy().astype(np.int32))
-                buf["logit"].append(top.values.cpu().numpy())
-                buf["lse"].append(torch.logsumexp(logits, dim=1).cpu().numpy())
-            buf["failed"].extend((dataset.record(i).id, reason) for i, reason in failed)
+                buf.arrays["phi"].append(phi.cpu().numpy())
+                buf.arrays["rows"].append(indices.numpy().astype(np.int64))
+                buf.arrays["idx"].append(top.indices.cpu().numpy().astype(np.int32))
+                buf.arrays["logit"].append(top.values.cpu().numpy())
+                buf.arrays["lse"].append(torch.logsumexp(logits, dim=1).cpu().numpy())
+            buf.failed.extend((dataset.record(i).id, reason) for i, reason in failed)
             n = len(indices) + len(failed)
             remaining[shard] -= n
             bar.update(n)
@@ -409,10 +406,10 @@ def _run_shards(classifier: Any, dataset: Any, ranges: list[tuple[int, int, int]
     return done
 
 
-def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dict[str, list[Any]],
+def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: _ShardBuffer,
                  phash: str, dtype: str, dim: int, k: int) -> None:
-    def cat(key: str, shape: tuple[int, ...], dt: Any) -> np.ndarray:
-        return np.concatenate(buf[key]) if buf[key] else np.zeros(shape, dtype=dt)
+    def cat(key: str, shape: tuple[int, ...], dt: type[np.generic]) -> np.ndarray:
+        return np.concatenate(buf.arrays[key]) if buf.arrays[key] else np.zeros(shape, dtype=dt)
 
     phi32 = cat("phi", (0, dim), np.float32)
     phi = phi32.astype(dtype)
@@ -429,10 +426,10 @@ def _write_shard(shards_dir: Path, shard: int, bounds: tuple[int, int], buf: dic
         "logsumexp": cat("lse", (0,), np.float32),
     }
     write_shard(shards_dir, shard, arrays, {"start": bounds[0], "stop": bounds[1], "rows": int(phi.shape[0]),
-                                           "failed": buf["failed"], "plan": phash})
+                                           "failed": buf.failed, "plan": phash})
 
 
-def _merge(out: Path, dataset: Any, open_kwargs: dict[str, Any], plan: dict[str, Any], phash: str, n_shards: int,
+def _merge(out: Path, dataset: ImageDataset, open_kwargs: JSONDict, plan: JSONDict, phash: str, n_shards: int,
            seconds: float) -> FeatureStore:
     labels = dataset.labels()
 
@@ -447,7 +444,7 @@ def _merge(out: Path, dataset: Any, open_kwargs: dict[str, Any], plan: dict[str,
                           unchecked_reason=_unchecked_reason(dataset))
 
 
-def _unchecked_reason(dataset: Any) -> str:
+def _unchecked_reason(dataset: ImageDataset) -> str:
     if dataset.kind == "spurious-imagenet":
         return "a spurious benchmark split (its images show a class's spurious feature, not the class)"
     if dataset.kind == "pool" or not (dataset.labels() >= 0).any():

@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -56,10 +56,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spurious import __version__
-from spurious._io import atomic_path, read_json, sha256_file, utc_now, write_json
+from spurious._io import (
+    JSONDict,
+    atomic_path,
+    read_json,
+    sha256_file,
+    utc_now,
+    write_json,
+)
 from spurious.components import (
     COMPONENTS_FORMAT,
     ComponentSet,
+    ComponentSource,
     components_from_labels,
     import_components,
     load_components,
@@ -67,7 +75,7 @@ from spurious.components import (
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 if TYPE_CHECKING:
-    from spurious.models import Classifier
+    from spurious.models import Classifier, Preprocessing
 
 __all__ = [
     "COMPONENTS_FORMAT",
@@ -134,7 +142,7 @@ class FixHead(nn.Module):
 
     def __init__(self, A: Tensor | np.ndarray, c: Tensor | np.ndarray, cls: Tensor | np.ndarray,
                  comp: Tensor | np.ndarray, *, num_classes: int, model_spec: str, model_fingerprint: str,
-                 name: str = "SpuFix", kind: str = "plain", meta: dict[str, Any] | None = None,
+                 name: str = "SpuFix", kind: str = "plain", meta: JSONDict | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
         """Build from the stacked linear forms (see :func:`fix` / :func:`transfer` / :func:`load_fix`).
 
@@ -236,7 +244,7 @@ class FixHead(nn.Module):
                       metadata={_META_KEY: json.dumps(self._metadata(), sort_keys=True)})
         return path
 
-    def _metadata(self) -> dict[str, Any]:
+    def _metadata(self) -> JSONDict:
         return {**self.meta, "format": _FIX_FORMAT, "version": _VERSION, "kind": self.kind, "name": self.name,
                 "model": {**dict(self.meta.get("model") or {}), "spec": self.model_spec,
                           "fingerprint": self.model_fingerprint, "num_classes": self.num_classes,
@@ -327,7 +335,7 @@ class SpuFix(nn.Module):
         self.spec = f"{classifier.spec}+spufix"
 
     @property
-    def preprocessing(self) -> Any:
+    def preprocessing(self) -> Preprocessing:
         return self.classifier.preprocessing
 
     @property
@@ -379,13 +387,13 @@ class FixResult:
     num_classes_fixed: int
     num_components: int
     components: dict[str, list[int]]
-    source: dict[str, Any] = field(default_factory=dict)
+    source: JSONDict = field(default_factory=dict)
     matched_images: dict[str, int] = field(default_factory=dict)
     condition_numbers: dict[str, float | None] = field(default_factory=dict)  # None: rank-deficient U
-    skipped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # transfer: class -> skipped components
+    skipped: dict[str, list[JSONDict]] = field(default_factory=dict)  # transfer: class -> skipped components
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -417,8 +425,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 
-def _write(head: FixHead, out: Path, args: dict[str, Any], extra: Mapping[str, np.ndarray] | None,
-           result_extra: dict[str, Any], seconds0: float) -> FixResult:
+def _write(head: FixHead, out: Path, args: JSONDict, extra: Mapping[str, np.ndarray] | None,
+           result_extra: JSONDict, seconds0: float) -> FixResult:
     path = head.save(out / _FIX_FILE, extra)
     manifest = {**head._metadata(), "args": args, "file": _FIX_FILE, "sha256": sha256_file(path)}
     write_json(out / "manifest.json", manifest)
@@ -441,7 +449,7 @@ def _short_spec(spec: str) -> str:
     return f"{arch}@{Path(ckpt).name}" if sep else spec
 
 
-def _model_meta(ws: Workspace) -> dict[str, Any]:
+def _model_meta(ws: Workspace) -> JSONDict:
     return {"spec": ws.model_spec, "fingerprint": ws.model_fingerprint, "num_classes": ws.num_classes,
             "num_features": ws.num_features, "workspace": str(ws.root)}
 
@@ -451,7 +459,7 @@ def _model_meta(ws: Workspace) -> dict[str, Any]:
 
 def fix(
     workspace: str | os.PathLike[str],
-    components: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet,
+    components: ComponentSource,
     *,
     out: str | os.PathLike[str] | None = None,
     precision: str = "float32",
@@ -671,7 +679,8 @@ class _WorkspaceAlphas:
         return ratio, floor, "lambda_l/lambda_1"
 
 
-def _open_source(source: Any) -> tuple[Any, dict[str, Any]]:
+def _open_source(source: str | os.PathLike[str] | ImportedAlphas,
+                 ) -> tuple[ImportedAlphas | _WorkspaceAlphas, JSONDict]:
     if isinstance(source, ImportedAlphas):
         return source, {"kind": "alphas", "path": str(source.root), "model_spec": source.model_spec,
                         "model_fingerprint": source.model_fingerprint}
@@ -734,7 +743,7 @@ def _transfer_class(raw: np.ndarray, phi: np.ndarray, w: np.ndarray, k: int
 
 
 def _skip_noise_components(k: int, ls: Sequence[int], ratio: np.ndarray, floor: float, what: str,
-                           norms: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                           norms: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, list[JSONDict]]:
     """Which components of class ``k`` have a direction to match (mask); the others, warned about and described."""
     skip = (ratio <= floor) | (rel <= _U_FLOOR)
     skipped = [{"component": int(ls[int(j)]), "ratio": float(ratio[j]), "ratio_of": what, "u_norm": float(norms[j]),
@@ -754,7 +763,7 @@ def _skip_noise_components(k: int, ls: Sequence[int], ratio: np.ndarray, floor: 
 def transfer(
     source: str | os.PathLike[str] | ImportedAlphas,
     target: str | os.PathLike[str],
-    components: str | os.PathLike[str] | Mapping[Any, Any] | ComponentSet,
+    components: ComponentSource,
     *,
     split: str = "train",
     out: str | os.PathLike[str] | None = None,
@@ -807,7 +816,7 @@ def transfer(
     Bs, ds, Us, cls, comp = [], [], [], [], []
     matched: dict[str, int] = {}
     conds: dict[str, float | None] = {}
-    skipped: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, list[JSONDict]] = {}
     partial = []
     for k, ls in selected.items():
         sids, alpha = src.alpha(k, ls)
@@ -883,7 +892,7 @@ class ExportResult:
     fix_name: str = ""
     model_spec: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:

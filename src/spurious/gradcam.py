@@ -29,7 +29,6 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +36,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from spurious._tensors import check_images
 from spurious.models import Classifier
 
 __all__ = ["GradCAM", "find_target_layer", "overlay"]
+
+_ForwardHook = Callable[[nn.Module, tuple[object, ...], object], Tensor | None]
+"""A forward hook: ``(module, inputs, output) -> replacement output or None``."""
 
 # At most this many leading non-patch tokens (cls, distillation, register tokens) in a token grid.
 _MAX_EXTRA_TOKENS = 16
@@ -94,7 +97,7 @@ def _grid_of(shape: torch.Size | tuple[int, ...], height: int, width: int) -> _G
     return None
 
 
-def _check_classifier(classifier: Any) -> Classifier:
+def _check_classifier(classifier: object) -> Classifier:
     if not isinstance(classifier, Classifier):
         raise TypeError(
             f"classifier must be a spurious.models.Classifier (see load_model / "
@@ -173,8 +176,8 @@ def find_target_layer(classifier: Classifier) -> str:
     calls: dict[str, int] = {}
     handles = []
 
-    def make_hook(name: str) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+    def make_hook(name: str) -> _ForwardHook:
+        def hook(module: nn.Module, args: tuple[object, ...], out: object) -> Tensor | None:
             calls[name] = calls.get(name, 0) + 1
             if not isinstance(out, Tensor) or not out.is_floating_point() or not out.requires_grad:
                 return None
@@ -271,26 +274,14 @@ class GradCAM:
                 float ``[N]`` tensor, or the layer's output is not a spatial map.
             TypeError: ``x`` is not a float tensor, or ``target`` is not callable.
         """
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a float torch.Tensor [N, 3, H, W], got {getattr(x, 'dtype', type(x).__name__)}")
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1:
-            raise ValueError(
-                f"x must be a batch of RGB images [N, 3, H, W] in [0, 1], got shape {tuple(x.shape)} "
-                f"(add a batch dimension with x[None] for one image)"
-            )
-        lo, hi = float(x.min()), float(x.max())
-        if not (lo >= 0.0 and hi <= 1.0):
-            raise ValueError(
-                f"x must hold images with values in [0, 1], got [{lo:.4g}, {hi:.4g}]; undo any "
-                f"mean/std normalisation (the classifier normalises internally)"
-            )
+        check_images(x)
         if not callable(target):
             raise TypeError(f"target must be callable (phi, logits) -> [N], got {type(target).__name__}")
         clf = self.classifier
         n, _, height, width = x.shape
         captured: list[Tensor] = []
 
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        def hook(module: nn.Module, args: tuple[object, ...], out: object) -> Tensor | None:
             if isinstance(out, Tensor):
                 captured.append(out)
                 return out.clone()  # later in-place ops must not alter the captured tensor

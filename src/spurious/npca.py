@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import torch
@@ -33,12 +33,22 @@ from tqdm.auto import tqdm
 
 from spurious import __version__
 from spurious._dist import barrier, init_distributed, on_main_rank, resolve_device
-from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious._io import (
+    JSONDict,
+    atomic_path,
+    read_json,
+    sha256_strings,
+    utc_now,
+    write_json,
+)
 from spurious.workspace import (
     IncompatibleArtifactError,
     Workspace,
     prepare_artifact_dir,
 )
+
+if TYPE_CHECKING:
+    from spurious.store import FeatureStore
 
 __all__ = ["ClassBasis", "NPCA", "NPCAResult", "alpha", "fit_class", "load_npca", "npca"]
 
@@ -178,7 +188,7 @@ def fit_class(phi: np.ndarray | torch.Tensor, w: np.ndarray, b: float, *, k: int
     return acc.finish(k=k, b=float(b), n_components=L, precision=precision)
 
 
-def _check_L(n_components: Any, n: int, d: int) -> int:
+def _check_L(n_components: object, n: int, d: int) -> int:
     if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) or n_components < 1:
         raise ValueError(f"n_components must be a positive integer or 'all', got {n_components!r}")
     return int(min(n_components, n - 1, d))
@@ -288,7 +298,7 @@ class NPCAResult:
     seconds_per_class: float = 0.0
     device: str = "cpu"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -394,7 +404,8 @@ def npca(
                       seconds_per_class=round(seconds / max(fitted, 1), 4), device=str(dev))
 
 
-def _fit_from_store(store: Any, rows: np.ndarray, w: np.ndarray, b: float, k: int, n_components: Any,
+def _fit_from_store(store: FeatureStore, rows: np.ndarray, w: np.ndarray, b: float, k: int,
+                    n_components: int | Literal["all"],
                     dev: torch.device, precision: str, chunk_rows: int) -> ClassBasis:
     n, d = rows.size, store.dim
     L = d if n_components == "all" else _check_L(n_components, n, d)
@@ -426,8 +437,8 @@ def _save_basis(path: Path, basis: ClassBasis, phash: str, name: str) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool, ws: Workspace, store: Any) -> None:
-    def mismatch(old: dict[str, Any]) -> str:
+def _prepare_npca_dir(out: Path, plan: JSONDict, overwrite: bool, ws: Workspace, store: FeatureStore) -> None:
+    def mismatch(old: JSONDict) -> str:
         diffs = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in plan.items() if old.get(k) != v]
         now = []
         if old.get("model_fingerprint") != plan["model_fingerprint"]:
@@ -440,7 +451,7 @@ def _prepare_npca_dir(out: Path, plan: dict[str, Any], overwrite: bool, ws: Work
     prepare_artifact_dir(out, plan, overwrite=overwrite, mismatch=mismatch)
 
 
-def _write_npca_manifest(out: Path, plan: dict[str, Any], phash: str, ws: Workspace, split: str,
+def _write_npca_manifest(out: Path, plan: JSONDict, phash: str, ws: Workspace, split: str,
                          labels: np.ndarray, bounds: np.ndarray) -> None:
     from safetensors import safe_open
 

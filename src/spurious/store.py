@@ -25,12 +25,13 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from spurious import __version__
 from spurious._io import (
+    JSONDict,
     atomic_path,
     read_json,
     save_npy,
@@ -38,6 +39,11 @@ from spurious._io import (
     utc_now,
     write_json,
 )
+from spurious.agreement import Agreement, label_agreement, not_checked
+
+if TYPE_CHECKING:
+    from spurious.datasets import ImageDataset
+    from spurious.datasets._dataset import Transform
 
 __all__ = ["FeatureStore", "SHARD_ARRAYS", "ShardInfo", "finalize_store", "shard_name",
            "write_shard"]
@@ -87,7 +93,7 @@ class FeatureStore:
                 f"{self.path} holds no finished feature store (no manifest.json); run `spurious extract` "
                 "(an interrupted extraction resumes when re-run with the same arguments)"
             )
-        self.manifest: dict[str, Any] = read_json(mpath)
+        self.manifest: JSONDict = read_json(mpath)
         self._shards = [s for s in self.manifest["shards"] if s["rows"] > 0]
         self._offsets = np.cumsum([0] + [s["rows"] for s in self._shards])
 
@@ -109,17 +115,16 @@ class FeatureStore:
         return str(self.manifest["model"]["fingerprint"])
 
     @property
-    def agreement(self) -> Any:
+    def agreement(self) -> Agreement:
         """The model's top-1 agreement with the labels (:class:`spurious.agreement.Agreement`).
 
         Stores written before the check existed read as not checked.
         """
-        from spurious.agreement import Agreement, not_checked
-
         d = self.manifest.get("agreement")
         return not_checked("the store predates the check") if d is None else Agreement.from_dict(d)
 
-    def open_dataset(self, transform: Any = None, spec: Any = None) -> Any:
+    def open_dataset(self, transform: Transform | None = None,
+                     spec: str | os.PathLike[str] | None = None) -> ImageDataset:
         """Re-open the images of this split with the labels they were extracted with.
 
         Args:
@@ -224,12 +229,12 @@ class FeatureStore:
 # ---------------------------------------------------------------------------- writing
 
 
-def plan_hash(plan: dict[str, Any]) -> str:
+def plan_hash(plan: JSONDict) -> str:
     """Hash of an extraction plan; shard markers record it so a shard is reused only under the same plan."""
     return sha256_strings([json.dumps(plan, sort_keys=True)])
 
 
-def write_shard(shards_dir: Path, shard: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def write_shard(shards_dir: Path, shard: int, arrays: dict[str, np.ndarray], meta: JSONDict) -> None:
     """Write one shard's arrays (:data:`SHARD_ARRAYS`), then its done-marker ``NNNNN.json`` (atomic, in that order)."""
     stem = shards_dir / shard_name(shard)
     for name in SHARD_ARRAYS:
@@ -249,11 +254,11 @@ def shard_done(shards_dir: Path, shard: int, plan_hash: str) -> bool:
     return all((shards_dir / f"{shard_name(shard)}.{w}.npy").is_file() for w in SHARD_ARRAYS)
 
 
-def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: int,
+def finalize_store(out: Path, plan: JSONDict, plan_hash: str, n_shards: int,
                    record: Callable[[int], tuple[str, int]], *, skipped: Sequence[tuple[str, str]] = (),
                    class_names: Sequence[str] | None = None, root: str = "", seconds: float = 0.0,
                    label_source: str = "", unchecked_reason: str = "",
-                   open_kwargs: dict[str, Any] | None = None) -> FeatureStore:
+                   open_kwargs: JSONDict | None = None) -> FeatureStore:
     """Merge finished shards into ``index.jsonl``, ``labels.npy`` and (last) ``manifest.json``.
 
     The manifest also records the model's top-1 agreement with the labels
@@ -266,8 +271,6 @@ def finalize_store(out: Path, plan: dict[str, Any], plan_hash: str, n_shards: in
         open_kwargs: how ``open_dataset`` was called (class names, class map), so that later stages
             re-open the images with the same labels (:meth:`FeatureStore.open_dataset`).
     """
-    from spurious.agreement import label_agreement, not_checked
-
     shards_dir = out / "shards"
     missing = [i for i in range(n_shards) if not shard_done(shards_dir, i, plan_hash)]
     if missing:

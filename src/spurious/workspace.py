@@ -19,13 +19,14 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spurious import __version__
 from spurious._io import (
     FINGERPRINT_SCHEME,
+    JSONDict,
     atomic_path,
     head_fingerprint,
     read_json,
@@ -34,6 +35,11 @@ from spurious._io import (
     write_json,
 )
 from spurious.store import FeatureStore, finalize_store, plan_hash, write_shard
+
+if TYPE_CHECKING:
+    import torch
+
+    from spurious.models import Classifier
 
 __all__ = ["IncompatibleArtifactError", "Workspace", "head_fingerprint", "import_features", "prepare_artifact_dir"]
 
@@ -50,7 +56,7 @@ class Workspace:
     Use :meth:`create` (first stage that knows the model) or :meth:`open` (every later stage).
     """
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: JSONDict) -> None:
         self.root = root
         self.manifest = manifest
 
@@ -71,7 +77,7 @@ class Workspace:
         return cls(root, manifest)
 
     @classmethod
-    def create(cls, root: str | os.PathLike[str], classifier: Any) -> Workspace:
+    def create(cls, root: str | os.PathLike[str], classifier: Classifier) -> Workspace:
         """Open ``root`` for ``classifier`` (a :class:`spurious.models.Classifier`), creating it if new.
 
         Raises:
@@ -90,8 +96,8 @@ class Workspace:
     @classmethod
     def create_from_head(cls, root: str | os.PathLike[str], W: np.ndarray, b: np.ndarray, *, spec: str,
                          class_names: list[str] | None = None, fingerprint: str | None = None,
-                         preprocessing: dict[str, Any] | None = None,
-                         model_info: dict[str, Any] | None = None) -> Workspace:
+                         preprocessing: JSONDict | None = None,
+                         model_info: JSONDict | None = None) -> Workspace:
         """Open or create a workspace from a bare linear head ``W`` [K, D], ``b`` [K].
 
         For features computed elsewhere (see :func:`import_features`). The
@@ -167,12 +173,12 @@ class Workspace:
         return tensors["W"], tensors["b"]
 
     @property
-    def preprocessing(self) -> dict[str, Any] | None:
+    def preprocessing(self) -> JSONDict | None:
         """The preprocessing the workspace's model was used with (``Preprocessing.to_dict``), if recorded."""
         pre = self.manifest["model"].get("preprocessing")
         return None if pre is None else dict(pre)
 
-    def load_model(self, *, device: Any = None, pretrained: bool = True) -> Any:
+    def load_model(self, *, device: str | torch.device | None = None, pretrained: bool = True) -> Classifier:
         """The workspace's model, loaded with the preprocessing and class names it was recorded with.
 
         Returns a :class:`spurious.models.Classifier` whose fingerprint is checked against the
@@ -251,7 +257,7 @@ class Workspace:
     def npca_dir(self) -> Path:
         return self.root / "npca"
 
-    def feature_store(self, split: str) -> Any:
+    def feature_store(self, split: str) -> FeatureStore:
         """Open the finished feature store of ``split`` (a :class:`spurious.store.FeatureStore`)."""
         path = self.features_dir(split)
         if not (path / "manifest.json").is_file():
@@ -270,8 +276,8 @@ class Workspace:
         return store
 
 
-def prepare_artifact_dir(out: Path, plan: dict[str, Any], *, overwrite: bool,
-                         mismatch: Callable[[dict[str, Any]], str]) -> None:
+def prepare_artifact_dir(out: Path, plan: JSONDict, *, overwrite: bool,
+                         mismatch: Callable[[JSONDict], str]) -> None:
     """Make ``out`` ready for an artifact described by ``plan`` (recorded in ``out/plan.json``).
 
     A directory made under the same plan is kept (its finished parts are resumed); one made under

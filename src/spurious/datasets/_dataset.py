@@ -21,6 +21,10 @@ from ._images import ImageDecodeError, load_image
 __all__ = ["ImageDataset", "ImageRecord", "collate_images", "default_transform"]
 
 Transform = Callable[[Image.Image], torch.Tensor]
+"""A dataset transform: a decoded RGB image -> a float ``[3, H, W]`` tensor (e.g. a model's ``Preprocessing``)."""
+
+RecordMeta = Mapping[str, Any]
+"""A record's reader-specific extras: JSON values such as ``{"component": 12, "folder": "..."}``."""
 
 
 
@@ -29,10 +33,10 @@ class _FrozenMeta(Mapping[str, Any]):
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, data: RecordMeta | None = None) -> None:
         self._data = dict(data or {})
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> Any:  # Any: a JSON value
         return self._data[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -51,7 +55,7 @@ class _FrozenMeta(Mapping[str, Any]):
         self._data = state[0]
 
 
-_NO_META: Mapping[str, Any] = _FrozenMeta()
+_NO_META: RecordMeta = _FrozenMeta()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ class ImageRecord:
     id: str
     path: str
     label: int
-    meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    meta: RecordMeta = field(default_factory=dict, hash=False)
 
 
 def default_transform(image: Image.Image) -> torch.Tensor:
@@ -149,7 +153,7 @@ class ImageDataset(torch.utils.data.Dataset):
         class_names: Sequence[str] | None,
         skipped: Sequence[tuple[str, str]] = (),
         transform: Transform | None = None,
-        meta: Sequence[Mapping[str, Any]] | None = None,
+        meta: Sequence[RecordMeta] | None = None,
         label_source: str = "",
     ) -> None:
         """Internal constructor; ``ids`` must already be sorted (readers guarantee it)."""
@@ -294,7 +298,7 @@ class ImageDataset(torch.utils.data.Dataset):
         )
 
     # ------------------------------------------------------------------ misc
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         state.pop("records", None)  # rebuilt on demand; keeps worker start-up fast
         return state
@@ -343,3 +347,30 @@ def collate_images(
             "give the dataset a transform that resizes and crops to a fixed size"
         )
     return torch.stack(good), torch.tensor(indices, dtype=torch.int64), failed
+
+
+class BlockBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of dataset indices that never straddle a block boundary, block by block.
+
+    A block is a contiguous range of indices saved together (a feature shard of ``extract``, a
+    cached chunk of ``score``); ``block_of_batch[i]`` names the block of batch ``i``, so a loop over
+    ``zip(loader, sampler.block_of_batch)`` knows when a block is complete.
+
+    Args:
+        blocks: ``(block, start, stop)`` per block, in the order to visit them.
+        batch_size: the largest batch; the last batch of a block may be smaller.
+    """
+
+    def __init__(self, blocks: Sequence[tuple[int, int, int]], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        self.block_of_batch: list[int] = []
+        for block, start, stop in blocks:
+            for b in range(start, stop, batch_size):
+                self.batches.append(list(range(b, min(b + batch_size, stop))))
+                self.block_of_batch.append(block)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

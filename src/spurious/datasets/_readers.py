@@ -12,10 +12,11 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+
+from spurious._io import JSONDict
 
 from .. import imagenet
-from ._dataset import ImageDataset, Transform
+from ._dataset import ImageDataset, RecordMeta, Transform
 from ._images import IMAGE_EXTENSIONS
 from ._labels import match_class_names
 from ._scan import Listing, scan_tree, top_level
@@ -107,7 +108,7 @@ def _class_folders(
     skipped: list[tuple[str, str]],
     transform: Transform | None,
     label_source: str,
-    meta_of: Mapping[str, Mapping[str, Any]] | None = None,
+    meta_of: Mapping[str, RecordMeta] | None = None,
 ) -> ImageDataset:
     """Shared body of the class-folder layouts: scan each folder, label by folder, sort by id."""
     root_s = os.fspath(root)
@@ -364,7 +365,7 @@ def spurious_imagenet(
     if not top.dirs:
         raise _empty_error("spurious-imagenet", path, top.other)
     label_of: dict[str, int] = {}
-    meta_of: dict[str, dict[str, Any]] = {}
+    meta_of: dict[str, JSONDict] = {}
     for folder in top.dirs:
         parsed = parse_spurious_folder(folder)
         if parsed is None:
@@ -438,8 +439,12 @@ def _is_int(text: str) -> bool:
     return True
 
 
+_ListRow = tuple[int, object, object]
+"""A row of a file list as read: ``(line, path, label)``, the raw CSV or JSON values (checked later)."""
+
+
 def _name_labels(
-    rows: Sequence[tuple[int, Any, Any]],
+    rows: Sequence[_ListRow],
     names: Sequence[str],
     class_map: Mapping[str, int | str] | None,
 ) -> dict[str, int]:
@@ -458,7 +463,7 @@ def _name_labels(
 
 
 def _parse_label(
-    value: Any, label_of: Mapping[str, int] | None, n_classes: int | None, where: str
+    value: object, label_of: Mapping[str, int] | None, n_classes: int | None, where: str
 ) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return -1
@@ -488,7 +493,7 @@ def _parse_label(
     return idx
 
 
-def _list_id(raw: Any, where: str) -> str:
+def _list_id(raw: object, where: str) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError(f"{where}: 'path' must be a non-empty string, got {raw!r}")
     rel = posixpath.normpath(raw.strip())
@@ -497,8 +502,8 @@ def _list_id(raw: Any, where: str) -> str:
     return rel
 
 
-def _read_csv(path: Path) -> list[tuple[int, Any, Any]]:
-    rows: list[tuple[int, Any, Any]] = []
+def _read_csv(path: Path) -> list[_ListRow]:
+    rows: list[_ListRow] = []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
@@ -531,8 +536,8 @@ def _read_csv(path: Path) -> list[tuple[int, Any, Any]]:
     return rows
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Any, Any]]:
-    rows: list[tuple[int, Any, Any]] = []
+def _read_jsonl(path: Path) -> list[_ListRow]:
+    rows: list[_ListRow] = []
     with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():

@@ -416,7 +416,7 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     benchmark scripts use this to get realistic workspaces without running the whole demo.
     ``retrain`` trains the models here instead of using the shipped weights.
     """
-    from spurious.datasets import image_folder, spurious_imagenet
+    from spurious.datasets import ImageDataset, image_folder, spurious_imagenet
     from spurious.demo._models import train_demo_model
     from spurious.demo.planted import generate_planted
     from spurious.extract import extract
@@ -433,7 +433,7 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     identity: dict[str, float] = {}
     for variant, info in infos.items():
         clf = load_model(info.spec)
-        data = {"train": image_folder(planted.train, class_names=list(planted.class_folders)),
+        data: dict[str, str | ImageDataset] = {"train": image_folder(planted.train, class_names=list(planted.class_folders)),
                 "val": image_folder(planted.val, class_names=list(planted.class_folders)),
                 "spurious": spurious_imagenet(planted.spurious, class_names=names),
                 "pool": f"pool:{planted.pool}"}

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from spurious.label.store import (
     COMPONENT_VERDICTS,
@@ -26,6 +26,9 @@ from spurious.label.store import (
     UnknownItemError,
     check_labeler,
 )
+
+if TYPE_CHECKING:  # at run time __getattr__ imports them on first use
+    from spurious.label.app import create_app, serve
 
 __all__ = [
     "COMPONENT_VERDICTS",
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in ("create_app", "serve"):
         from spurious.label import app
 

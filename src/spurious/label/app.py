@@ -36,9 +36,9 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlencode
 
 import jinja2
@@ -55,9 +55,11 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
+from starlette.middleware.base import RequestResponseEndpoint
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spurious import __version__
+from spurious._io import JSONDict
 from spurious.label.guards import (
     MAX_BODY_BYTES,
     BodyLimit,
@@ -73,6 +75,7 @@ from spurious.label.store import (
     CurateRow,
     Labeler,
     LabelStore,
+    Row,
     UnknownItemError,
     _check_min_agree,
     check_labeler,
@@ -132,7 +135,7 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def _num(value: object, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -166,7 +169,8 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _neighbours(rows: list[Any], key: Any, sort_key: Any) -> tuple[Any | None, Any | None]:
+def _neighbours(rows: list[Row], key: tuple[int, ...], sort_key: Callable[[Row], tuple[int, ...]],
+                ) -> tuple[Row | None, Row | None]:
     """The rows just before and after position ``key`` in the (sorted) filtered list ``rows``."""
     prev = next_ = None
     for row in rows:
@@ -187,8 +191,8 @@ def _curate_key(row: CurateRow) -> tuple[int, int]:
 
 
 
-def _locate(rows: list[Any], k: int, l: int, filter: str, cls: int | None,
-            sort_key: Callable[[Any], Any]) -> tuple[Any, list[Any], Any | None, Any | None]:
+def _locate(rows: list[Row], k: int, l: int, filter: str, cls: int | None,
+            sort_key: Callable[[Row], tuple[int, ...]]) -> tuple[Row, list[Row], Row | None, Row | None]:
     """Row ``(k, l)`` of ``rows``, the rows ``filter``/``cls`` keep, and its neighbours among them."""
     here = next(r for r in rows if (r.cls, r.component) == (k, l))
     filtered = select(rows, filter, cls)
@@ -242,7 +246,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         return JSONResponse({"detail": validation_summary(exc.errors())}, status_code=422)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
+    async def security_headers(request: Request, call_next: RequestResponseEndpoint) -> Response:
         response: Response = await call_next(request)
         response.headers["Content-Security-Policy"] = _CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -275,7 +279,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
-    def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    def render(request: Request, template: str, status_code: int = 200, **context: object) -> HTMLResponse:
         who = identity_of(request)
         context.setdefault("labeler", None if who is None else who.name)
         context.setdefault("identity", who)
@@ -356,7 +360,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             return login_redirect(request)
         comps = store.components(me, min_agree=min_agree)
         cur = store.curate_components(me, min_agree=min_agree)
-        classes: dict[int, dict[str, Any]] = {}
+        classes: dict[int, JSONDict] = {}
         for r in comps:
             c = classes.setdefault(r.cls, _class_counts(r.cls, class_label(r.cls)))
             c["components"] += 1
@@ -388,8 +392,8 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                          "npfv_url": img_url(store.visual_path(rec, png)) if png else None})
         return render(request, "class.html", k=k, class_name=class_label(k), rows=rows, curate=cur)
 
-    def first_item(request: Request, task: str, rows_of: Callable[..., list[Any]],
-                   progress_of: Callable[[list[Any]], dict[str, Any]], filter: str, cls: str | None) -> Response:
+    def first_item(request: Request, task: str, rows_of: Callable[..., list[Row]],
+                   progress_of: Callable[[list[Row]], dict[str, int]], filter: str, cls: str | None) -> Response:
         """``/review`` and ``/curate``: redirect to the first row the filter keeps, else the "done" page."""
         me = labeler_of(request)
         if me is None:
@@ -427,7 +431,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         def url(r: ComponentRow | None) -> str:
             return "" if r is None else f"/review/{r.cls}/{r.component}{q}"
 
-        def vis(name: Any) -> str | None:
+        def vis(name: str | None) -> str | None:
             return img_url(store.visual_path(rec, name)) if name else None
 
         tops = [{**t, "url": vis(t.get("png")), "cam_url": vis(t.get("heatmap_png"))}
@@ -446,7 +450,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     @app.post("/api/review/{k}/{l}")
     def review_verdict(request: Request, k: int, l: int, body: ReviewVerdict,
                        filter: Filter = "unlabeled",
-                       cls: str | None = None) -> dict[str, Any]:
+                       cls: str | None = None) -> JSONDict:
         me = need_labeler(request)
         kc = _parse_cls(cls, num_classes)
         try:
@@ -506,7 +510,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                       progress=curate_progress(all_rows))
 
     @app.post("/api/curate/{k}/{l}")
-    def curate_verdict(request: Request, k: int, l: int, body: CurateVerdict) -> dict[str, Any]:
+    def curate_verdict(request: Request, k: int, l: int, body: CurateVerdict) -> JSONDict:
         me = need_labeler(request)
         try:
             store.set_image_verdict(me, k, l, body.id, body.verdict)
@@ -518,12 +522,12 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
     # ------------------------------------------------------------------ API, exports, files
     @app.get("/api/progress")
-    def progress(request: Request) -> dict[str, Any]:
+    def progress(request: Request) -> JSONDict:
         me = need_labeler(request)
         return {"labeler": me, "min_agree": min_agree, **store.progress(me, min_agree=min_agree)}
 
     @app.post("/api/sync")
-    def resync(request: Request) -> dict[str, Any]:
+    def resync(request: Request) -> JSONDict:
         need_labeler(request)
         r = store.sync()
         return {"components": r.components, "candidates": r.candidates, "files": r.files, "classes": r.classes}
@@ -561,12 +565,12 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     return app
 
 
-def _class_counts(k: int, name: str) -> dict[str, Any]:
+def _class_counts(k: int, name: str) -> JSONDict:
     return {"k": k, "name": name, "components": 0, "mine": 0, "agreed": 0, "disagreements": 0,
             "candidates": 0, "judged": 0, "accepted": 0}
 
 
-def _class_choices(rows: list[Any]) -> list[int]:
+def _class_choices(rows: Sequence[ComponentRow] | Sequence[CurateRow]) -> list[int]:
     return sorted({r.cls for r in rows})
 
 

@@ -11,25 +11,24 @@ Their answers are short ``text/plain`` and never repeat the request.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spurious._io import JSONDict
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimit", "SameOrigin", "same_origin", "validation_summary"]
 
 MAX_BODY_BYTES = 64 * 1024  # the default limit (a verdict with a 2000-character note is < 13 KiB)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-_Scope = MutableMapping[str, Any]
-_Message = MutableMapping[str, Any]
-_Receive = Callable[[], Awaitable[_Message]]
-_Send = Callable[[_Message], Awaitable[None]]
-_ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
-
-
-async def _plain_answer(send: _Send, status: int, text: str) -> None:
+async def _plain_answer(send: Send, status: int, text: str) -> None:
     """A short ``text/plain`` answer (that repeats nothing of the request) and close the connection."""
     body = text.encode("utf-8")
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -50,11 +49,11 @@ class BodyLimit:
     chunk past the limit: whatever the app then answers is replaced by the 413.
     """
 
-    def __init__(self, app: _ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -70,7 +69,7 @@ class BodyLimit:
         seen = 0
         over = started = False
 
-        async def counted() -> _Message:
+        async def counted() -> Message:
             nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
@@ -80,7 +79,7 @@ class BodyLimit:
                     raise _BodyTooLarge
             return message
 
-        async def guarded(message: _Message) -> None:
+        async def guarded(message: Message) -> None:
             nonlocal started
             if over:  # the app's answer to a cut-off body (400, 422, 500) is replaced by the 413
                 return
@@ -132,10 +131,10 @@ class SameOrigin:
     """Refuse (403) every state-changing request (not GET/HEAD/OPTIONS) that another origin sent:
     login CSRF, logout, verdicts and re-scans from a foreign page."""
 
-    def __init__(self, app: _ASGIApp) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS and \
                 not same_origin(Headers(scope=scope), scope.get("scheme", "http")):
             await _plain_answer(send, 403, "cross-site request refused: this request did not come from a page "
@@ -144,7 +143,7 @@ class SameOrigin:
         await self.app(scope, receive, send)
 
 
-def validation_summary(errors: Any) -> list[dict[str, Any]]:
+def validation_summary(errors: Iterable[ErrorDetails]) -> list[JSONDict]:
     """FastAPI's 422 details without ``input`` and ``ctx`` (never repeat what the client sent)."""
     return [{"loc": [str(x)[:64] for x in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200],
              "type": str(e.get("type", ""))[:64]} for e in errors]

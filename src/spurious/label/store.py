@@ -52,10 +52,11 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from spurious import __version__
-from spurious._io import atomic_path, read_json, utc_now, write_json
+from spurious._checks import int_at_least
+from spurious._io import JSONDict, atomic_path, read_json, utc_now, write_json
 from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -227,7 +228,11 @@ class CurateRow:
             (filter == "disagreements" and self.disagreements > 0)
 
 
-def select(rows: Sequence[Any], filter: str = "all", cls: int | None = None) -> list[Any]:
+Row = TypeVar("Row", ComponentRow, CurateRow)
+"""A row of the review list (:class:`ComponentRow`) or of the curation list (:class:`CurateRow`)."""
+
+
+def select(rows: Sequence[Row], filter: str = "all", cls: int | None = None) -> list[Row]:
     """The rows (:class:`ComponentRow` or :class:`CurateRow`) that match ``filter`` and class ``cls``.
 
     Raises:
@@ -254,7 +259,7 @@ def curate_progress(rows: Sequence[CurateRow]) -> dict[str, int]:
             "candidates_disagreements": sum(r.disagreements for r in rows)}
 
 
-def check_labeler(name: Any) -> str:
+def check_labeler(name: object) -> str:
     """Validate a labeler name and return it stripped (NFC-normalised).
 
     Allowed: 1..64 characters, letters/digits/underscore first, then also space ``.@+-``.
@@ -273,13 +278,13 @@ def check_labeler(name: Any) -> str:
     return clean
 
 
-def _check_verdict(verdict: Any, valid: Sequence[str]) -> str:
+def _check_verdict(verdict: object, valid: Sequence[str]) -> str:
     if verdict not in valid:
         raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(valid)}")
     return str(verdict)
 
 
-def _check_kind(kind: Any, valid: Sequence[str] = IDENTITY_KINDS) -> str:
+def _check_kind(kind: object, valid: Sequence[str] = IDENTITY_KINDS) -> str:
     if kind not in valid:
         raise ValueError(f"unknown labeler kind {kind!r}; valid: {', '.join(valid)}")
     return str(kind)
@@ -294,7 +299,7 @@ def _fits_sql(*values: int) -> bool:
     return all(-_SQL_INT_MAX - 1 <= int(v) <= _SQL_INT_MAX for v in values)
 
 
-def csv_cell(value: Any) -> Any:
+def csv_cell(value: object) -> object:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP "CSV Injection").
 
     A string that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
@@ -306,10 +311,8 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def _check_min_agree(min_agree: Any) -> int:
-    if isinstance(min_agree, bool) or not isinstance(min_agree, int) or min_agree < 1:
-        raise ValueError(f"min_agree must be an integer >= 1, got {min_agree!r}")
-    return min_agree
+def _check_min_agree(min_agree: object) -> int:
+    return int_at_least("min_agree", min_agree, 1)
 
 
 def file_key(path: str | os.PathLike[str]) -> str:
@@ -465,17 +468,17 @@ class LabelStore:
                 f"re-run that stage in this workspace: `spurious {folder.name} {ws.root} --overwrite`"
             )
 
-    def visual_path(self, component: dict[str, Any], name: str) -> Path:
+    def visual_path(self, component: JSONDict, name: str) -> Path:
         """Where the file ``name`` of a registered component record lies (its class folder of
         ``WS/visualize``); :func:`file_key` of this path is the key the web UI serves it under."""
         return self.root / "visualize" / str(component["folder"]) / str(name)
 
-    def _scan_visualize(self) -> tuple[list[dict[str, Any]], list[Path]]:
+    def _scan_visualize(self) -> tuple[list[JSONDict], list[Path]]:
         root = self.root / "visualize"
         if not root.is_dir():
             return [], []
         self._check_manifest(root)
-        components: list[dict[str, Any]] = []
+        components: list[JSONDict] = []
         files: list[Path] = []
         for k in sheet_classes(self.root):
             table = read_sheet_table(self.root, k)
@@ -489,7 +492,7 @@ class LabelStore:
                 components.append(rec)
         return components, files
 
-    def _scan_retrieve(self) -> list[dict[str, Any]]:
+    def _scan_retrieve(self) -> list[JSONDict]:
         root = self.root / "retrieve"
         path = root / "candidates.jsonl"
         if not path.is_file():
@@ -520,7 +523,7 @@ class LabelStore:
         names = self.workspace.class_names
         return names[k] if 0 <= k < len(names) else f"class {k}"
 
-    def component(self, k: int, l: int) -> dict[str, Any]:
+    def component(self, k: int, l: int) -> JSONDict:
         """The registered record of component ``(k, l)`` (see :class:`spurious.visualize.SheetTable` for its keys).
 
         Raises:
@@ -536,7 +539,7 @@ class LabelStore:
                                    "run `spurious visualize` for it and reload the label store")
         return dict(json.loads(row["record"]))
 
-    def candidates(self, k: int, l: int) -> list[dict[str, Any]]:
+    def candidates(self, k: int, l: int) -> list[JSONDict]:
         """The registered retrieval candidates of ``(k, l)`` (candidates.jsonl records), by rank."""
         if not _fits_sql(k, l):
             return []
@@ -754,7 +757,7 @@ class LabelStore:
                 out.setdefault(r["id"], {})[r["labeler"]] = r["verdict"]
         return out
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[JSONDict]:
         """Every verdict ever given, oldest first (``seq, at, labeler, task, class, component, id, verdict, note``)."""
         with self._connect() as con:
             return [dict(r) for r in con.execute("SELECT * FROM history ORDER BY seq")]
@@ -778,7 +781,7 @@ class LabelStore:
                "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
                + ("WHERE c.class = ? " if cls is not None else "")
                + "GROUP BY c.class, c.component ORDER BY c.class, c.rank, c.component")
-        params: list[Any] = [labeler] + ([int(cls)] if cls is not None else [])
+        params: list[int | str | None] = [labeler] + ([int(cls)] if cls is not None else [])
         if cls is not None and not _fits_sql(cls):
             return []
         with self._connect() as con:
@@ -809,7 +812,7 @@ class LabelStore:
             "ON a.class = c.class AND a.component = c.component AND a.id = c.id "
             + ("WHERE c.class = ? " if cls is not None else "")
             + "GROUP BY c.class, c.component ORDER BY c.class, c.component")
-        params: list[Any] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
+        params: list[int | str | None] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
         if cls is not None and not _fits_sql(cls):
             return []
         with self._connect() as con:
@@ -834,7 +837,7 @@ class LabelStore:
             out.setdefault(int(r["class"]), []).append(int(r["component"]))
         return out
 
-    def accepted_images(self, min_agree: int = 2) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    def accepted_images(self, min_agree: int = 2) -> dict[tuple[int, int], list[JSONDict]]:
         """Candidates accepted for the spurious benchmark: ``(k, l) -> [record, ...]`` by rank.
 
         An image counts when at least ``min_agree`` labelers said ``out`` (the spurious feature
@@ -849,7 +852,7 @@ class LabelStore:
                 "ON v.class = c.class AND v.component = c.component AND v.id = c.id AND v.verdict = 'out' "
                 "GROUP BY c.class, c.component, c.id HAVING count(*) >= ? "
                 "ORDER BY c.class, c.component, c.rank, c.id", (min_agree,)).fetchall()
-        out: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        out: dict[tuple[int, int], list[JSONDict]] = {}
         for r in rows:
             rec = json.loads(r["record"])
             rec["labelers"] = sorted(r["names"].split("\0"))
@@ -868,7 +871,7 @@ class LabelStore:
         with self._connect() as con:
             return int(con.execute(f"SELECT count(DISTINCT labeler) FROM {table}").fetchone()[0])
 
-    def components_document(self, min_agree: int = 2) -> dict[str, Any]:
+    def components_document(self, min_agree: int = 2) -> JSONDict:
         """The component-set document that :meth:`export_components` writes (for ``spurious fix``)."""
         agreed = self.agreed_components(min_agree)
         return {
@@ -879,7 +882,7 @@ class LabelStore:
             "source": f"labels: {self._n_labelers('review')} labelers, min_agree={min_agree}",
         }
 
-    def export_components(self, path: str | os.PathLike[str], min_agree: int = 2) -> dict[str, Any]:
+    def export_components(self, path: str | os.PathLike[str], min_agree: int = 2) -> JSONDict:
         """Write the agreed spurious components as the component-set file used by ``spurious fix``.
 
         Format: ``{"format": "spurious-components", "version": 1, "model_fingerprint": ...,
@@ -890,7 +893,7 @@ class LabelStore:
         write_json(path, doc)
         return doc
 
-    def verdict_rows(self, min_agree: int = 2) -> list[dict[str, Any]]:
+    def verdict_rows(self, min_agree: int = 2) -> list[JSONDict]:
         """Every current verdict as a flat record (the CSV export), review first, then curation.
 
         Keys: ``task, class, class_name, component, id, path, labeler, verdict, note, updated, agreed,
@@ -900,7 +903,7 @@ class LabelStore:
         kinds = {who.name: who.kind for who in self.identities()}
         agreed = {(k, l) for k, ls in self.agreed_components(min_agree).items() for l in ls}
         accepted = {(k, l, rec["id"]) for (k, l), recs in self.accepted_images(min_agree).items() for rec in recs}
-        rows: list[dict[str, Any]] = []
+        rows: list[JSONDict] = []
         with self._connect() as con:
             for r in con.execute("SELECT * FROM component_verdicts ORDER BY class, component, labeler"):
                 rows.append({"task": "review", "class": r["class"], "class_name": self.class_name(r["class"]),
@@ -919,7 +922,7 @@ class LabelStore:
                              "labeler_kind": kinds.get(r["labeler"], "name")})
         return rows
 
-    def labels_document(self, min_agree: int = 2) -> dict[str, Any]:
+    def labels_document(self, min_agree: int = 2) -> JSONDict:
         """The JSON export: agreed components, accepted images and every verdict."""
         accepted = self.accepted_images(min_agree)
         return {
@@ -990,7 +993,7 @@ def _labeler(row: sqlite3.Row) -> Labeler:
 
 
 # ---------------------------------------------------------------------- visualize records
-def _png_names(rec: Any) -> Iterator[str]:
+def _png_names(rec: object) -> Iterator[str]:
     """Every string in a record (nested) that names an image file."""
     if isinstance(rec, dict):
         for v in rec.values():

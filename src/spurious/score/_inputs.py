@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,9 +37,19 @@ from spurious.datasets import (
     spurious_imagenet,
 )
 
+if TYPE_CHECKING:
+    from spurious.models import Classifier
+
 log = logging.getLogger(__name__)
 
 CLASS_MAP_KEYWORDS: tuple[str, ...] = ("auto", "identity", "wnid", "names")
+
+ClassMapSpec = str | os.PathLike[str] | Mapping[int, int] | Mapping[str, int] | Sequence[int] | None
+"""``score``'s ``class_map``: ``None``, a keyword of :data:`CLASS_MAP_KEYWORDS`, a JSON file,
+``{benchmark class: model output}`` or one model output per benchmark class (``-1``: none)."""
+
+DatasetSpec = str | os.PathLike[str] | ImageDataset
+"""A dataset spec or folder (read by :func:`spurious.datasets.open_dataset`) or an opened dataset."""
 _WNID = re.compile(r"n[0-9]{8}")
 
 
@@ -60,7 +70,7 @@ def _is_imagenet_space(names: Sequence[str]) -> bool:
     return len(names) == imagenet.NUM_CLASSES and list(names) == imagenet.class_names()
 
 
-def _class_index(value: Any, names: Sequence[str], is_imagenet: bool, what: str) -> int:
+def _class_index(value: object, names: Sequence[str], is_imagenet: bool, what: str) -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         k = int(value)
     elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
@@ -87,7 +97,7 @@ def _class_index(value: Any, names: Sequence[str], is_imagenet: bool, what: str)
     return k
 
 
-def label_model(models: Sequence[Any], class_map: Any) -> tuple[Any | None, str]:
+def label_model(models: Sequence[Classifier], class_map: ClassMapSpec) -> tuple[Classifier | None, str]:
     """The classifier whose class names name the benchmark, or ``None`` and why there is none.
 
     The first model with real class names (``Classifier.has_class_names``); none when a class map
@@ -101,7 +111,7 @@ def label_model(models: Sequence[Any], class_map: Any) -> tuple[Any | None, str]
     return None, "no model has class names"
 
 
-def check_paths(spurious: Any, val: Any, val_labels: Any) -> None:
+def check_paths(spurious: DatasetSpec, val: DatasetSpec, val_labels: str | os.PathLike[str] | None) -> None:
     """``FileNotFoundError`` for a dataset path that does not exist (before any model is loaded)."""
     for what, value in (("spurious benchmark", spurious), ("validation set", val), ("validation labels file",
                                                                                     val_labels)):
@@ -213,7 +223,7 @@ def _dataset_kind(val: str | os.PathLike[str]) -> tuple[str | None, str]:
     return kind, f"{kind}:{path}"
 
 
-def _in_model_space(spec: str, clf: Any) -> ImageDataset:
+def _in_model_space(spec: str, clf: Classifier) -> ImageDataset:
     """Class folders or list labels matched to the class names of ``clf`` (exact, case, wnid, NN_name, index)."""
     wnids = imagenet.wnids() if clf.class_names_source == "ImageNet-1k" else None
     try:
@@ -225,7 +235,8 @@ def _in_model_space(spec: str, clf: Any) -> ImageDataset:
                          "score it maps the validation classes to model outputs, not folders to classes))") from err
 
 
-def _open_val(val: Any, val_labels: Any, class_names: list[str] | None, inputs_dir: Path, namer: Any,
+def _open_val(val: DatasetSpec, val_labels: str | os.PathLike[str] | None, class_names: list[str] | None,
+              inputs_dir: Path, namer: Classifier | None,
               note: str) -> tuple[ImageDataset, list[str], str]:
     """The validation set in the benchmark label space: ``(dataset, class names, label source)``."""
     if isinstance(val, ImageDataset):
@@ -253,12 +264,13 @@ def _open_val(val: Any, val_labels: Any, class_names: list[str] | None, inputs_d
     if kind == "spurious-imagenet":
         raise ValueError(f"{spec.split(':', 1)[1]} is in the Spurious ImageNet layout; pass it as spurious=, and the "
                          "validation images (class folders) as val=")
-    named = class_names is None and namer is not None and kind in ("folder", "list")
-    ds = _in_model_space(spec, namer) if named else open_dataset(spec, class_names=class_names)
+    if class_names is not None or kind not in ("folder", "list"):
+        namer = None  # the given names, or labels that are not class names
+    ds = _in_model_space(spec, namer) if namer is not None else open_dataset(spec, class_names=class_names)
     if (ds.labels() < 0).any():
         raise ValueError(f"the validation list {ds.spec} has unlabeled images; every validation image needs a label")
     source = ds.label_source
-    if named:
+    if namer is not None:
         names, source = list(namer.class_names), f"the class names of {namer.spec}: {source}"
     elif class_names is not None:
         names = class_names
@@ -274,7 +286,7 @@ def _open_val(val: Any, val_labels: Any, class_names: list[str] | None, inputs_d
     return ds, names, source
 
 
-def _open_spurious(spurious: Any, names: list[str]) -> ImageDataset:
+def _open_spurious(spurious: DatasetSpec, names: list[str]) -> ImageDataset:
     if isinstance(spurious, ImageDataset):
         labels = spurious.labels()
         if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
@@ -294,8 +306,9 @@ def _open_spurious(spurious: Any, names: list[str]) -> ImageDataset:
     return spurious_imagenet(text, class_names=None if _is_imagenet_space(names) else names)
 
 
-def resolve_inputs(spurious: Any, val: Any, *, val_labels: Any, class_names: Sequence[str] | None,
-                   classes: Sequence[int | str] | None, inputs_dir: Path, namer: Any = None,
+def resolve_inputs(spurious: DatasetSpec, val: DatasetSpec, *, val_labels: str | os.PathLike[str] | None,
+                   class_names: Sequence[str] | None, classes: Sequence[int | str] | None, inputs_dir: Path,
+                   namer: Classifier | None = None,
                    note: str = "") -> Benchmark:
     """Open both datasets in one label space and pick the classes to score.
 
@@ -322,7 +335,7 @@ def resolve_inputs(spurious: Any, val: Any, *, val_labels: Any, class_names: Seq
 
 
 # ---------------------------------------------------------------------------- class maps
-def model_wnids(classifier: Any) -> list[str] | None:
+def model_wnids(classifier: Classifier) -> list[str] | None:
     """WordNet ids of a classifier's outputs: ImageNet-1k for 1000 outputs, else timm's subset (21k/22k/12k)."""
     k = int(classifier.num_classes)
     if k == imagenet.NUM_CLASSES:
@@ -339,7 +352,7 @@ def model_wnids(classifier: Any) -> list[str] | None:
     return wnids if len(wnids) == k else None
 
 
-def _explicit_map(spec: Any, n: int) -> np.ndarray:
+def _explicit_map(spec: object, n: int) -> np.ndarray:
     if isinstance(spec, (str, os.PathLike)):
         path = Path(os.path.expanduser(os.fspath(spec)))
         if not path.is_file():
@@ -370,7 +383,7 @@ def _explicit_map(spec: Any, n: int) -> np.ndarray:
     return cmap
 
 
-def class_map_for(classifier: Any, spec: Any, bench: Benchmark) -> tuple[np.ndarray, str]:
+def class_map_for(classifier: Classifier, spec: ClassMapSpec, bench: Benchmark) -> tuple[np.ndarray, str]:
     """Model output index of every benchmark class (``-1``: the model does not have it) and how it was made."""
     n, k = len(bench.class_names), int(classifier.num_classes)
     kind = "auto" if spec is None else spec

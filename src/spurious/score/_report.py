@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import csv
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from spurious import _html
-from spurious._io import atomic_path
+from spurious._io import JSONDict, atomic_path, slug
 
 from . import plots as _plots
+from ._inputs import Benchmark
+from ._result import Preds, ScoreResult, ScoreRow
 
 _ROW_FIELDS = ("model", "spec", "variant", "fingerprint", "mauc", "map", "mean_extension", "val_accuracy",
                "val_chance", "val_kappa", "val_labels_ok", "val_complete", "classes_scored", "classes_skipped",
@@ -24,13 +24,13 @@ STRIP_CLASSES = 8
 STRIP_IMAGES = 6
 
 
-def _cell(v: Any) -> Any:
+def _cell(v: object) -> object:
     if isinstance(v, float):
         return "" if v != v else f"{v:.6f}"
     return v
 
 
-def _write_csv(path: Path, fields: Sequence[str], records: Sequence[dict[str, Any]]) -> Path:
+def _write_csv(path: Path, fields: Sequence[str], records: Sequence[JSONDict]) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
@@ -40,27 +40,27 @@ def _write_csv(path: Path, fields: Sequence[str], records: Sequence[dict[str, An
     return path
 
 
-def _row_record(r: Any) -> dict[str, Any]:
+def _row_record(r: ScoreRow) -> JSONDict:
     """A ``scores.csv`` row: the ScoreRow with its label agreement flattened (``val_accuracy`` is its ``p_o``)."""
     a = r.agreement
     agreement = {"val_chance": a.chance, "val_kappa": a.kappa, "val_labels_ok": a.ok}
     return {f: agreement[f] if f in agreement else getattr(r, f) for f in _ROW_FIELDS}
 
 
-def _agreement_cell(r: Any) -> str:
+def _agreement_cell(r: ScoreRow) -> str:
     a = r.agreement
     if not a.checked:
         return "-"
     return f"{a.kappa:.3f}" + ("" if a.ok else " SUSPECT")
 
 
-def _md(v: Any, digits: int = 3) -> str:
+def _md(v: object, digits: int = 3) -> str:
     if isinstance(v, float):
         return "-" if v != v else f"{v:.{digits}f}"
     return str(v).replace("|", "\\|")
 
 
-def _markdown(result: Any) -> str:
+def _markdown(result: ScoreResult) -> str:
     lines = ["# Spurious score", "",
              f"Protocol: `{result.protocol}`; {len(result.classes)} classes requested. mAUC / mAP / extension are "
              "means over the scored classes; higher AUC = less reliance on the spurious features.", "",
@@ -88,13 +88,14 @@ def _markdown(result: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60] or "model"
-
-
-def write_outputs(result: Any, out: Path, bench: Any, preds: dict[str, tuple[Any, Any, Any]], *, plots: bool,
+def write_outputs(result: ScoreResult, out: Path, bench: Benchmark, preds: Mapping[str, tuple[Sequence[str], Preds]],
+                  *, plots: bool,
                   plot_models: Sequence[str] | None = None) -> dict[str, str]:
-    """Write scores.csv, per_class.csv, scores.md and (with ``plots``) the PNGs and report.html."""
+    """Write scores.csv, per_class.csv, scores.md and (with ``plots``) the PNGs and report.html.
+
+    ``preds`` maps a row's model label to its model's class names and its predictions on the
+    spurious images (for the strips of misread images).
+    """
     paths: dict[str, str] = {}
     paths["scores_csv"] = str(_write_csv(out / "scores.csv", _ROW_FIELDS, [_row_record(r) for r in result.rows]))
     paths["per_class_csv"] = str(_write_csv(out / "per_class.csv", _CLASS_FIELDS,
@@ -115,18 +116,17 @@ def write_outputs(result: Any, out: Path, bench: Any, preds: dict[str, tuple[Any
     return paths
 
 
-def _names(result: Any) -> dict[str, str]:
+def _names(result: ScoreResult) -> dict[str, str]:
     """Row label -> the name shown in the HTML and the plots (full specs stay in CSV/JSON)."""
     return _plots.display_names([r.model for r in result.rows], {r.model: r.variant for r in result.rows})
 
 
-def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], model: str,
-            plot_dir: Path, shown: str) -> list[dict[str, Any]]:
+def _strips(result: ScoreResult, bench: Benchmark, preds: Mapping[str, tuple[Sequence[str], Preds]], model: str,
+            plot_dir: Path, shown: str) -> list[JSONDict]:
     """The classes with the lowest AUC of ``model``: their most confidently misread spurious images."""
     from spurious.datasets import load_image
 
-    entry, spu, _ = preds[model]
-    names = entry.clf.class_names
+    names, spu = preds[model]
     scored = sorted((c for c in result.class_scores(model) if c.status == "ok"), key=lambda c: (c.auc, c.class_index))
     labels = bench.spurious.labels()
     strips = []
@@ -144,7 +144,7 @@ def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], mod
             tops = [(names[int(i)] if 0 <= int(i) < len(names) else str(int(i)), float(p))
                     for i, p in zip(spu.top_index[r][:3], spu.top_prob[r][:3], strict=False)]
             caption = "\n".join(f"{n[:18]} {p:.2f}" for n, p in tops)
-            thumb = plot_dir / "thumbs" / _slug(model) / f"{c.class_index}_{j}.png"
+            thumb = plot_dir / "thumbs" / slug(model) / f"{c.class_index}_{j}.png"
             thumb.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(thumb) as tmp:
                 im.save(tmp, format="PNG")
@@ -154,12 +154,12 @@ def _strips(result: Any, bench: Any, preds: dict[str, tuple[Any, Any, Any]], mod
         if not images:
             continue
         png = _plots.plot_strip(images, captions, f"{shown}: class {c.class_index} ({c.class_name}), AUC {c.auc:.3f}",
-                                plot_dir / f"strip_{_slug(model)}_{c.class_index}.png")
+                                plot_dir / f"strip_{slug(model)}_{c.class_index}.png")
         strips.append({"score": c, "png": png, "thumbs": thumbs})
     return strips
 
 
-def _spec_table(result: Any, names: dict[str, str]) -> str:
+def _spec_table(result: ScoreResult, names: dict[str, str]) -> str:
     """Short name -> full spec, for the specs whose short name differs (empty when none does)."""
     rows = [[names[r.model], r.spec] for r in result.rows if r.variant == _plots.ORIGINAL and names[r.model] != r.spec]
     if not rows:
@@ -169,7 +169,7 @@ def _spec_table(result: Any, names: dict[str, str]) -> str:
             + _html.table(["name", "spec"], rows, left_cols=(0, 1)))
 
 
-def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[dict[str, Any]],
+def _write_html(result: ScoreResult, out: Path, selected: Sequence[str], strips: list[JSONDict],
                 names: dict[str, str]) -> Path:
     rel = lambda p: Path(p).relative_to(out).as_posix()
     parts = ['<p class="muted">Positives: validation images of class k; negatives: spurious images of class k; '
@@ -208,7 +208,7 @@ def _write_html(result: Any, out: Path, selected: Sequence[str], strips: list[di
     body = []
     for k in result.classes:
         first = by[(result.rows[0].model, k)]
-        cells: list[Any] = [k, result.class_names[k], first.val_images, first.spurious_images]
+        cells: list[object] = [k, result.class_names[k], first.val_images, first.spurious_images]
         for r in result.rows:
             c = by[(r.model, k)]
             cells.append(c.auc if c.status == "ok" else c.status)

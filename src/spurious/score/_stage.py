@@ -8,38 +8,57 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeGuard, cast
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spurious import __version__
+from spurious._checks import positive_int
 from spurious._dist import all_sum, init_distributed, on_main_rank, resolve_device
-from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
-from spurious.agreement import Agreement, label_agreement, report_agreement
+from spurious._io import (
+    JSONDict,
+    atomic_path,
+    read_json,
+    sha256_strings,
+    slug,
+    utc_now,
+    write_json,
+)
+from spurious.agreement import label_agreement, report_agreement
+from spurious.datasets import collate_images
+from spurious.datasets._dataset import BlockBatches
 
 from ._inputs import (
     Benchmark,
+    ClassMapSpec,
+    DatasetSpec,
     check_paths,
     class_map_for,
     class_map_hash,
     label_model,
     resolve_inputs,
 )
+from ._result import ClassScore, Preds, ScoreResult, ScoreRow
 from .metrics import average_precision, class_extension_rate, roc_auc
 
 if TYPE_CHECKING:
-    from spurious.models import Preprocessing
+    from spurious.datasets import ImageDataset
+    from spurious.datasets._dataset import Transform
+    from spurious.fix import FixHead, SpuFix
+    from spurious.models import Classifier, Preprocessing
+
+    ModelArg = str | Classifier | SpuFix
+    FixArg = str | os.PathLike[str] | FixHead | SpuFix
 
 __all__ = ["ClassScore", "ScoreResult", "ScoreRow", "score"]
 
@@ -57,163 +76,6 @@ STATUS_NO_VAL = "skipped: no validation images"
 STATUS_UNMAPPED = "skipped: class not among the model's outputs"
 
 
-# ----------------------------------------------------------------------------- results
-@dataclass
-class ScoreRow:
-    """Summary of one model, or one SpuFix variant of a model (one row of ``scores.csv``).
-
-    Attributes:
-        model: row label: the spec, or ``"<spec> + <fix name>"`` for a SpuFix variant.
-        spec: the model spec.
-        variant: ``"original"`` or the fix head's name.
-        fingerprint: the model's head fingerprint.
-        mauc: mean ROC-AUC over the scored classes (``nan`` when no class could be scored).
-        map: mean average precision over the same classes.
-        mean_extension: mean class-extension rate over the same classes.
-        val_accuracy: top-1 accuracy on every validation image whose class the model has (prediction:
-            argmax over the model outputs that the class map uses).
-        val_complete: every class of the label space has validation images (the accuracy is then
-            the usual whole-val-set accuracy, e.g. ImageNet val accuracy).
-        classes_scored: classes in the means.
-        classes_skipped: requested classes left out (see ``ClassScore.status``).
-        spurious_images / val_images: decoded images used.
-        failed_images: images that could not be decoded (both inputs).
-        class_map: how benchmark classes were mapped to model outputs (identity, wnid, names, explicit).
-        cached: no image had to be run through this model in this call.
-        agreement: the sanity figure (:mod:`spurious.agreement`): top-1 agreement with the validation
-            labels on the same images as ``val_accuracy`` (so ``agreement.agreement == val_accuracy``),
-            with the agreement expected by chance and Cohen's kappa. Suspect (``not agreement.ok``)
-            when the preprocessing or the label matching is wrong.
-    """
-
-    model: str
-    spec: str
-    variant: str
-    fingerprint: str
-    mauc: float
-    map: float
-    mean_extension: float
-    val_accuracy: float
-    val_complete: bool
-    classes_scored: int
-    classes_skipped: int
-    spurious_images: int
-    val_images: int
-    failed_images: int
-    class_map: str
-    cached: bool
-    agreement: Agreement
-
-    def to_dict(self) -> dict[str, Any]:
-        d = _nan_to_none(asdict(self))
-        d["agreement"] = _nan_to_none(self.agreement.to_dict())
-        return d
-
-
-@dataclass
-class ClassScore:
-    """Metrics of one class for one model row (one row of ``per_class.csv``).
-
-    ``auc``, ``ap`` and ``extension`` are ``nan`` (``null`` in JSON) when ``status`` is not ``"ok"``.
-    """
-
-    model: str
-    variant: str
-    class_index: int
-    class_name: str
-    val_images: int
-    spurious_images: int
-    auc: float
-    ap: float
-    extension: float
-    status: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return _nan_to_none(asdict(self))
-
-
-@dataclass
-class ScoreResult:
-    """What :func:`score` measured and wrote (``--json`` prints :meth:`to_dict`).
-
-    Attributes:
-        out: the output folder.
-        rows: one :class:`ScoreRow` per model and SpuFix variant, in the order the models were given.
-        per_class: one :class:`ClassScore` per row and requested class.
-        classes: the requested benchmark classes.
-        class_names: names of the whole benchmark label space.
-        protocol: ``"model"`` or ``"reference"``.
-        paths: written files by kind (``scores_json``, ``scores_csv``, ``scores_md``, ``per_class_csv``,
-            ``report_html``, ``manifest``, and the plots).
-        images_computed: images decoded and run through the models that needed them in this call (0 when
-            everything was cached; an image counts once however many models ran on it).
-        seconds: wall time of the call.
-        world_size: processes (torchrun) that shared the work.
-        complete: False only on non-zero torchrun ranks, which leave the metrics to rank 0.
-        label_source: where the benchmark's class names and the validation labels come from, e.g.
-            ``"the class names of demo:standard: folder names matched to the given class names
-            (10 as NN_name)"``.
-    """
-
-    out: str
-    rows: list[ScoreRow]
-    per_class: list[ClassScore]
-    classes: list[int]
-    class_names: list[str]
-    protocol: str
-    paths: dict[str, str] = field(default_factory=dict)
-    images_computed: int = 0
-    seconds: float = 0.0
-    world_size: int = 1
-    complete: bool = True
-    label_source: str = ""
-
-    def row(self, model: str) -> ScoreRow:
-        """The row labelled ``model`` (a spec, or ``"<spec> + <fix name>"``)."""
-        for r in self.rows:
-            if r.model == model:
-                return r
-        raise KeyError(f"no row {model!r}; rows: {[r.model for r in self.rows]}")
-
-    def class_scores(self, model: str) -> list[ClassScore]:
-        """The per-class metrics of the row labelled ``model``."""
-        self.row(model)
-        return [c for c in self.per_class if c.model == model]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "out": self.out, "protocol": self.protocol, "classes": self.classes,
-            "rows": [r.to_dict() for r in self.rows], "per_class": [c.to_dict() for c in self.per_class],
-            "paths": self.paths, "images_computed": self.images_computed, "seconds": self.seconds,
-            "world_size": self.world_size, "complete": self.complete, "label_source": self.label_source,
-        }
-
-    def summary_lines(self) -> list[str]:
-        """Human-readable summary (what the CLI prints without ``--json``)."""
-        width = max([len(r.model) for r in self.rows] + [5])
-        lines = [f"{'model':<{width}}  mAUC   mAP    ext.   val acc  kappa  classes"]
-        for r in self.rows:
-            lines.append(f"{r.model:<{width}}  {_f(r.mauc)}  {_f(r.map)}  {_f(r.mean_extension)}  "
-                         f"{_f(r.val_accuracy)}    {_f(r.agreement.kappa)}  {r.classes_scored}"
-                         + (f" ({r.classes_skipped} skipped)" if r.classes_skipped else "")
-                         + ("  [cached]" if r.cached else ""))
-        lines.append(f"validation labels: {self.label_source}")
-        for r in self.rows:
-            if not r.agreement.ok:
-                lines.append(f"{r.model}: {r.agreement.describe()}")
-        lines.append(f"{self.images_computed} images decoded and scored in {self.seconds:.1f} s; "
-                     f"results -> {self.out}/ (scores.csv, per_class.csv, scores.md, report.html)")
-        return lines
-
-
-def _f(x: float) -> str:
-    return "  -  " if x != x else f"{x:.3f}"
-
-
-def _nan_to_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
-
-
 # ----------------------------------------------------------------------------- transforms
 class ReferenceResizeCrop:
     """The reference protocol for spurious images: resize the shorter side to the input size, center crop.
@@ -227,7 +89,7 @@ class ReferenceResizeCrop:
     with the classifier's interpolation (normalisation happens inside the classifier).
     """
 
-    def __init__(self, preprocessing: Any) -> None:
+    def __init__(self, preprocessing: Preprocessing) -> None:
         self.size = tuple(int(s) for s in preprocessing.input_size)
         self.interpolation = str(preprocessing.interpolation)
 
@@ -248,11 +110,11 @@ class ReferenceResizeCrop:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
-def _transform(clf: Any, protocol: str, input_name: str) -> tuple[Any, str]:
+def _transform(clf: Classifier, protocol: str, input_name: str) -> tuple[Transform, str]:
     pre = clf.preprocessing
     if protocol == "reference" and input_name == "spurious":
         # "kind" names the transform: caches of the old stretching protocol ("resize") are not reused
-        key = {"kind": "resize-short-side+center-crop", "size": list(pre.input_size),
+        key: JSONDict = {"kind": "resize-short-side+center-crop", "size": list(pre.input_size),
                "interpolation": pre.interpolation}
         return ReferenceResizeCrop(pre), json.dumps(key, sort_keys=True)
     key = {"kind": "resize+crop", "size": list(pre.input_size), "resize": pre.resize_size,
@@ -270,7 +132,7 @@ class _Head:
 
 @dataclass
 class _Entry:
-    clf: Any
+    clf: Classifier
     spec: str
     fingerprint: str
     cmap: np.ndarray
@@ -280,11 +142,10 @@ class _Entry:
     computed: int = 0
 
 
-def _slug(spec: str, limit: int = 60) -> str:
+def _spec_slug(spec: str) -> str:
     """A folder name for a spec: ``demo:robust@/x/ckpt.pt`` -> ``demo-robust@ckpt``."""
     arch, _, ckpt = spec.partition("@")
-    text = arch if not ckpt else f"{arch}@{Path(ckpt).stem}"
-    return (re.sub(r"[^A-Za-z0-9._@-]+", "-", text).strip("-.") or "model")[:limit]
+    return slug(arch if not ckpt else f"{arch}@{Path(ckpt).stem}", keep="._@-")
 
 
 def _head_key(head: nn.Module) -> str:
@@ -299,14 +160,14 @@ def _head_key(head: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _is_spufix(obj: Any) -> bool:
+def _is_spufix(obj: object) -> TypeGuard[SpuFix]:
     from spurious.models import Classifier
 
     return isinstance(obj, nn.Module) and isinstance(getattr(obj, "classifier", None), Classifier) \
         and isinstance(getattr(obj, "head", None), nn.Module)
 
 
-def _load_fix_heads(fixes: Sequence[Any]) -> list[nn.Module]:
+def _load_fix_heads(fixes: FixArg | Sequence[FixArg]) -> list[nn.Module]:
     if isinstance(fixes, (str, os.PathLike, nn.Module)):
         fixes = [fixes]
     heads: list[nn.Module] = []
@@ -333,24 +194,6 @@ def _load_fix_heads(fixes: Sequence[Any]) -> list[nn.Module]:
 
 
 # ----------------------------------------------------------------------------- chunked cache
-class _ChunkBatches(Sampler[list[int]]):
-    """Batches of dataset indices that never straddle a chunk boundary, chunk by chunk."""
-
-    def __init__(self, chunks: list[tuple[int, int, int]], batch_size: int) -> None:
-        self.batches: list[list[int]] = []
-        self.chunk_of_batch: list[int] = []
-        for chunk, start, stop in chunks:
-            for b in range(start, stop, batch_size):
-                self.batches.append(list(range(b, min(b + batch_size, stop))))
-                self.chunk_of_batch.append(chunk)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def _chunk_file(folder: Path, chunk: int, variant_key: str | None) -> Path:
     return folder / (f"c{chunk:05d}.npz" if variant_key is None else f"c{chunk:05d}.fix-{variant_key}.npz")
 
@@ -367,7 +210,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _plan_dir(entry: _Entry, input_name: str, ds: Any, tkey: str, chunk_size: int) -> tuple[Path, dict[str, Any]]:
+def _plan_dir(entry: _Entry, input_name: str, ds: ImageDataset, tkey: str, chunk_size: int) -> tuple[Path, JSONDict]:
     plan = {
         "format": _CACHE_FORMAT,
         "model": {"spec": entry.spec, "fingerprint": entry.fingerprint},
@@ -428,15 +271,13 @@ def _stats(logits: torch.Tensor, labels: torch.Tensor, cmap_t: torch.Tensor, col
             "top_prob": top.values.exp().float().cpu().numpy()}
 
 
-def _run_group(jobs: list[_Job], ds: Any, chunk_ranges: dict[int, tuple[int, int]], batch_size: int,
+def _run_group(jobs: list[_Job], ds: ImageDataset, chunk_ranges: dict[int, tuple[int, int]], batch_size: int,
                num_workers: int, progress: bool, desc: str) -> int:
     """Run every chunk that some job of this group needs; decode each batch once for all of them."""
-    from spurious.datasets import collate_images
-
     chunks = sorted({c for job in jobs for c in job.todo})
     if not chunks:
         return 0
-    sampler = _ChunkBatches([(c, *chunk_ranges[c]) for c in chunks], batch_size)
+    sampler = BlockBatches([(c, *chunk_ranges[c]) for c in chunks], batch_size)
     on_cuda = any(j.entry.clf.device.type == "cuda" for j in jobs)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=on_cuda, prefetch_factor=4 if num_workers > 0 else None)
@@ -450,7 +291,7 @@ def _run_group(jobs: list[_Job], ds: Any, chunk_ranges: dict[int, tuple[int, int
                smoothing=0.05)
     n_images = 0
     try:
-        for (images, indices, bad), chunk in zip(loader, sampler.chunk_of_batch, strict=False):
+        for (images, indices, bad), chunk in zip(loader, sampler.block_of_batch, strict=False):
             failed.setdefault(chunk, []).extend(bad)
             rows.setdefault(chunk, []).append(indices.numpy().astype(np.int64))
             if len(indices):
@@ -503,19 +344,7 @@ def _write_chunk(job: _Job, chunk: int, rows: np.ndarray, failed: list[tuple[int
 
 
 # ----------------------------------------------------------------------------- assembling
-@dataclass
-class _Preds:
-    """Per-record predictions of one model variant on one input (``ok`` = decoded)."""
-
-    ok: np.ndarray
-    logp: np.ndarray
-    pred: np.ndarray
-    top_index: np.ndarray
-    top_prob: np.ndarray
-    failed: list[tuple[int, str]]
-
-
-def _load_preds(folder: Path, n_records: int, chunk_size: int, key: str | None, k: int) -> _Preds:
+def _load_preds(folder: Path, n_records: int, chunk_size: int, key: str | None, k: int) -> Preds:
     ok = np.zeros(n_records, bool)
     logp = np.full(n_records, np.nan, np.float32)
     pred = np.full(n_records, -1, np.int64)
@@ -536,10 +365,10 @@ def _load_preds(folder: Path, n_records: int, chunk_size: int, key: str | None, 
         top_index[rows] = data["top_index"]
         top_prob[rows] = data["top_prob"]
         failed.extend(zip(base["failed_rows"].tolist(), base["failed_reasons"].tolist(), strict=False))
-    return _Preds(ok, logp, pred, top_index, top_prob, failed)
+    return Preds(ok, logp, pred, top_index, top_prob, failed)
 
 
-def _metrics(label: str, entry: _Entry, variant: str, spu: _Preds, val: _Preds, bench: Benchmark,
+def _metrics(label: str, entry: _Entry, variant: str, spu: Preds, val: Preds, bench: Benchmark,
              cached: bool) -> tuple[ScoreRow, list[ClassScore]]:
     spu_labels, val_labels = bench.spurious.labels(), bench.val.labels()
     per_class = []
@@ -619,8 +448,9 @@ def _check_out(out: Path) -> None:
 
 
 def _resolve_models(
-    models: Any, device: Any, pretrained: bool, preprocessing: Any, model_config: Any
-) -> tuple[list[Any], list[list[nn.Module]], list[tuple[Any, Any, bool]]]:
+    models: ModelArg | Sequence[ModelArg], device: str | torch.device | None, pretrained: bool,
+    preprocessing: Preprocessing | Mapping[str, object] | None, model_config: str | os.PathLike[str] | None,
+) -> tuple[list[Classifier], list[list[nn.Module]], list[tuple[Classifier, torch.device, bool]]]:
     """Load specs (with the preprocessing options), accept Classifier / SpuFix objects.
 
     Returns the classifiers, the inline fix heads and what to restore of caller-owned classifiers.
@@ -654,7 +484,7 @@ def _resolve_models(
                 clf = load_model(m, pretrained=pretrained, device=dev, preprocessing=preprocessing,
                                  config=model_config).eval()
             else:
-                clf = m
+                clf = cast("Classifier", m)  # not a spec, and a SpuFix was unwrapped above
                 restore.append((clf, clf.device, clf.training))
                 if not follow:
                     clf.to(dev)
@@ -668,17 +498,17 @@ def _resolve_models(
 
 
 def score(
-    models: str | Any | Sequence[str | Any],
+    models: ModelArg | Sequence[ModelArg],
     *,
-    spurious: str | os.PathLike[str] | Any,
-    val: str | os.PathLike[str] | Any,
+    spurious: DatasetSpec,
+    val: DatasetSpec,
     out: str | os.PathLike[str] = "score-out",
     val_labels: str | os.PathLike[str] | None = None,
     class_names: Sequence[str] | None = None,
     classes: Sequence[int | str] | None = None,
-    class_map: Any = None,
+    class_map: ClassMapSpec = None,
     protocol: str = "model",
-    fixes: Sequence[Any] = (),
+    fixes: FixArg | Sequence[FixArg] = (),
     batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | torch.device | None = "auto",
@@ -687,7 +517,7 @@ def score(
     progress: bool = True,
     plots: bool = True,
     plot_models: Sequence[str] | None = None,
-    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | Mapping[str, object] | None = None,
     model_config: str | os.PathLike[str] | None = None,
     strict: bool = False,
 ) -> ScoreResult:
@@ -783,9 +613,8 @@ def score(
     t0 = time.perf_counter()
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    chunk_size = None if chunk_size is None else positive_int("chunk_size", chunk_size)
+    batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
         raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     out_dir = Path(os.path.expanduser(os.fspath(out)))
@@ -811,24 +640,24 @@ def score(
         _restore(restore)
 
 
-def _jsonable_preprocessing(preprocessing: Preprocessing | Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _jsonable_preprocessing(preprocessing: Preprocessing | Mapping[str, object] | None) -> JSONDict | None:
     """The stated preprocessing options, for the manifest."""
     if preprocessing is None:
         return None
     return dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing.to_dict()
 
 
-def _restore(restore: list[tuple[Any, Any, bool]]) -> None:
+def _restore(restore: list[tuple[Classifier, torch.device, bool]]) -> None:
     """Put caller-owned classifiers back on their device and in their train/eval mode."""
     for clf, dev, training in restore:
         clf.to(dev)
         clf.train(training)
 
 
-def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.Module], bench: Benchmark,
-           out: Path, *, class_map: Any, protocol: str, batch_size: int | None, num_workers: int | None,
+def _score(clfs: list[Classifier], inline_heads: list[list[nn.Module]], heads: list[nn.Module], bench: Benchmark,
+           out: Path, *, class_map: ClassMapSpec, protocol: str, batch_size: int | None, num_workers: int | None,
            chunk_size: int, progress: bool, plots: bool, plot_models: Sequence[str] | None, strict: bool,
-           t0: float, args: dict[str, Any]) -> ScoreResult:
+           t0: float, args: JSONDict) -> ScoreResult:
     from spurious.extract import default_num_workers
 
     entries: list[_Entry] = []
@@ -842,7 +671,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
                              f"{fp}); give them distinct Classifier.spec values so that their rows can be told apart")
         seen[clf.spec] = fp
         cmap, how = class_map_for(clf, class_map, bench)
-        entries.append(_Entry(clf, clf.spec, fp, cmap, how, out / "cache" / f"{_slug(clf.spec)}-{fp}"))
+        entries.append(_Entry(clf, clf.spec, fp, cmap, how, out / "cache" / f"{_spec_slug(clf.spec)}-{fp}"))
     # fix heads: every head applies to every model with its fingerprint
     for head in heads:
         targets = [e for e in entries if e.fingerprint == head.model_fingerprint]
@@ -882,7 +711,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
             n_chunks = math.ceil(n / chunk_size)
             ranges = {c: (c * chunk_size, min((c + 1) * chunk_size, n)) for c in range(n_chunks)}
             mine = [c for c in range(n_chunks) if c % info.world_size == info.rank]
-            groups: dict[str, tuple[Any, list[_Job]]] = {}
+            groups: dict[str, tuple[Transform, list[_Job]]] = {}
             for i, entry in enumerate(entries):
                 transform, tkey = _transform(entry.clf, protocol, input_name)
                 folder, plan = _plan_dir(entry, input_name, base, tkey, chunk_size)
@@ -911,7 +740,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
     # ---- metrics from the caches
     rows: list[ScoreRow] = []
     per_class: list[ClassScore] = []
-    preds_for_plots: dict[str, tuple[_Entry, _Preds, _Preds]] = {}
+    preds_for_plots: dict[str, tuple[list[str], Preds]] = {}
     failures: dict[str, list[tuple[int, str]]] = {}
     for i, entry in enumerate(entries):
         k = min(_TOPK, int(entry.clf.num_classes))
@@ -923,7 +752,7 @@ def _score(clfs: list[Any], inline_heads: list[list[nn.Module]], heads: list[nn.
             row, classes_ = _metrics(label, entry, variant, spu, vp, bench, cached=not computed_any[i])
             rows.append(row)
             per_class.extend(classes_)
-            preds_for_plots[label] = (entry, spu, vp)
+            preds_for_plots[label] = (entry.clf.class_names, spu)
             failures.setdefault("spurious", spu.failed)
             failures.setdefault("val", vp.failed)
     _warn_failed(failures, bench)
@@ -957,7 +786,7 @@ def _warn_failed(failures: dict[str, list[tuple[int, str]]], bench: Benchmark) -
                           f"(e.g. {ds.record(i).id!r}: {reason})", stacklevel=3)
 
 
-def _write_manifest(out: Path, entries: list[_Entry], bench: Benchmark, args: dict[str, Any], *, status: str,
+def _write_manifest(out: Path, entries: list[_Entry], bench: Benchmark, args: JSONDict, *, status: str,
                     result: ScoreResult | None = None) -> Path:
     manifest = {
         "stage": "score",

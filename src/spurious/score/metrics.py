@@ -20,14 +20,13 @@ log-probability, gives the same values: both metrics depend only on the order of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 __all__ = ["average_precision", "class_extension_rate", "roc_auc"]
 
 
-def _scores(values: Any, what: str) -> np.ndarray:
+def _scores(values: object, what: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:

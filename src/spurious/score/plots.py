@@ -19,7 +19,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from spurious._io import atomic_path
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from PIL import Image
+
+    from ._result import ClassScore, ScoreRow
 
 __all__ = ["class_auc_figure", "display_names", "plot_class_auc", "plot_scatter", "plot_strip", "scatter_figure"]
 
@@ -39,6 +42,7 @@ LEGEND_WRAP = 44       # characters per legend line
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
@@ -127,7 +131,7 @@ def _legend_outside(ax: Axes) -> None:
 # ---------------------------------------------------------------------------- plots
 
 
-def scatter_figure(rows: Sequence[Any]) -> Figure:
+def scatter_figure(rows: Sequence[ScoreRow]) -> Figure:
     """The figure of :func:`plot_scatter` (legend labels: :func:`display_names` of the rows)."""
     fig = _figure(6.4, 4.8)
     ax = fig.add_subplot(1, 1, 1)
@@ -156,7 +160,7 @@ def scatter_figure(rows: Sequence[Any]) -> Figure:
     return fig
 
 
-def plot_scatter(rows: Sequence[Any], path: str | os.PathLike[str]) -> Path:
+def plot_scatter(rows: Sequence[ScoreRow], path: str | os.PathLike[str]) -> Path:
     """mAUC (y) against validation accuracy (x): one point per model, arrows to its SpuFix variants.
 
     Args:
@@ -169,7 +173,7 @@ def plot_scatter(rows: Sequence[Any], path: str | os.PathLike[str]) -> Path:
     return _save(scatter_figure(rows), path)
 
 
-def class_auc_figure(per_class: Sequence[Any], models: Sequence[str]) -> Figure:
+def class_auc_figure(per_class: Sequence[ClassScore], models: Sequence[str]) -> Figure:
     """The figure of :func:`plot_class_auc` (legend labels: :func:`display_names` of the rows)."""
     models = list(models)[:8]
     names = display_names([c.model for c in per_class] + models, {c.model: c.variant for c in per_class})
@@ -203,7 +207,7 @@ def class_auc_figure(per_class: Sequence[Any], models: Sequence[str]) -> Figure:
     return fig
 
 
-def plot_class_auc(per_class: Sequence[Any], models: Sequence[str], path: str | os.PathLike[str]) -> Path:
+def plot_class_auc(per_class: Sequence[ClassScore], models: Sequence[str], path: str | os.PathLike[str]) -> Path:
     """Class-wise ROC-AUC bars of the given rows, classes sorted by the first row's AUC.
 
     Args:
@@ -217,7 +221,7 @@ def plot_class_auc(per_class: Sequence[Any], models: Sequence[str], path: str | 
     return _save(class_auc_figure(per_class, models), path)
 
 
-def plot_strip(images: Sequence[Any], captions: Sequence[str], title: str, path: str | os.PathLike[str]) -> Path:
+def plot_strip(images: Sequence[Image.Image], captions: Sequence[str], title: str, path: str | os.PathLike[str]) -> Path:
     """One row of images with a caption under each (e.g. a class's spurious images and top-3 predictions).
 
     Args:
