@@ -40,8 +40,8 @@ _labels_default = defaults_of("spurious.components:components_from_labels")
 _FORMS = ("transfer", "export", "import-components", "import-alphas")
 
 _USAGE = (
-    "WS (--components FILE | --from-labels [--min-agree 2]) [--out DIR] [--precision float32|float64] [--name NAME]",
-    "transfer --source WS|ALPHAS_DIR --target WS2 (--components FILE | --from-labels) [--split train] [--out DIR]",
+    "WS (--components FILE | --from-labels [--min-agree N]) [--out DIR] [--precision float32|float64] [--name NAME]",
+    "transfer --source WS|ALPHAS_DIR --target WS2 (--components FILE | --from-labels) [--split SPLIT] [--out DIR]",
     "export WS --format torchscript|onnx [--out FILE] [--fix PATH] [--model SPEC] [--device DEV]",
     "import-components spurious_components.npy --out comps.json",
     "import-alphas DIR --train IMAGENET_TRAIN_DIR --out OUT_DIR",

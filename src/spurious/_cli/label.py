@@ -3,7 +3,7 @@
 One sub-parser with four forms (the first word picks the form; a workspace literally named like a
 form word is written ``./export``)::
 
-    spurious label WS [--host 127.0.0.1] [--port 8765] [--no-browser]   serve the web UI
+    spurious label WS [--host HOST] [--port PORT] [--no-browser]       serve the web UI
     spurious label WS --add-labeler NAME | --list-labelers | --remove-labeler NAME   invite links
     spurious label export WS --out FILE [--format json|csv]             every verdict + agreed results
     spurious label components WS --out comps.json                       component-set file for `spurious fix`
@@ -34,10 +34,10 @@ _default = defaults_of("spurious.label.app:serve")
 
 _FORMS = ("export", "components", "sync")
 _USAGE = (
-    "WS [--host 127.0.0.1] [--port 8765] [--no-browser] [--min-agree 2] [--require-tokens] [--max-body BYTES]",
+    "WS [--host HOST] [--port PORT] [--no-browser] [--min-agree N] [--require-tokens] [--max-body BYTES]",
     "WS --add-labeler NAME | --list-labelers | --remove-labeler NAME [--host H --port P: the link's address]",
-    "export WS --out FILE [--format json|csv] [--min-agree 2]",
-    "components WS --out FILE [--min-agree 2]",
+    "export WS --out FILE [--format json|csv] [--min-agree N]",
+    "components WS --out FILE [--min-agree N]",
     "sync WS",
     "(every form also takes --json, -v, --no-progress)",
 )
@@ -45,7 +45,7 @@ _DESCRIPTION = """\
 People decide which neural PCA components are harmful spurious features (review: spurious / core /
 unsure) and which retrieved images show only the spurious feature (curate: in / out / trash). Every
 verdict is stored per labeler in WS/labels.sqlite; a component is spurious, an image accepted, when
---min-agree labelers (default 2) agree.
+--min-agree labelers agree.
 
 forms:
   WS           serve the web UI (FastAPI) on --host:--port; it registers WS/visualize (components to review)
