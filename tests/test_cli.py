@@ -184,3 +184,118 @@ def test_json_stdout_parses_while_weights_download(tmp_path: Path, capsys: pytes
                           "identity", "--no-plots", "--json", "--no-progress")
     assert code == 0, err
     assert [c["class_index"] for c in json.loads(out)["per_class"]] == [0, 2]
+
+
+# ----------------------------------------------------------------------------- defaults come from the functions
+
+# sub-command -> the public functions it calls (an option's parameter is looked up in the first that has
+# it) and the options named unlike their parameter
+_CALLS: dict[tuple[str, ...], tuple[list[str], dict[str, str]]] = {
+    ("extract",): (["spurious.extract:extract"], {"workers": "num_workers"}),
+    ("npca",): (["spurious.npca:npca"], {"components": "n_components"}),
+    ("model",): (["spurious.models:load_model"], {"model_config": "config"}),
+    ("models",): (["spurious.models:list_models"], {}),
+    ("demo",): (["spurious.demo:run_demo"], {}),
+    ("data", "planted"): (["spurious.datasets.planted:PlantedConfig", "spurious.datasets.planted:generate_planted"],
+                          {}),
+    ("train", "demo"): (["spurious.train:train_demo_model"], {}),
+    ("benchmark", "build"): (["spurious.benchmark:build_benchmark"], {"license": "license_text"}),
+    ("fix",): (["spurious.fix:fix", "spurious.fix:transfer", "spurious.fix:export_fix",
+                "spurious.components:components_from_labels"], {"target_ws": "target"}),
+    ("label",): (["spurious.label.app:serve", "spurious.label:LabelStore.export_labels"], {}),
+    ("retrieve",): (["spurious.retrieve:retrieve"], {"workers": "num_workers", "top": "top_n",
+                                                     "agree_model": "agree_models"}),
+    ("score",): (["spurious.score:score"], {"workers": "num_workers"}),
+    ("visualize",): (["spurious.visualize:visualize"], {}),
+}
+# the command's own choices, deliberately unlike the function's default
+_CLI_OWN = {("model",): {"device": "cpu"}}  # a look at a model needs no accelerator
+
+
+def _function(target: str) -> object:
+    import importlib
+
+    module, _, qualname = target.partition(":")
+    obj: object = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _subcommands(parser: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(path, parser)]
+    return [found for name, p in subs[0].choices.items() for found in _subcommands(p, (*path, name))]
+
+
+def test_option_defaults_are_the_functions_defaults() -> None:
+    """Every option that stands for a parameter of the public function its command calls shows (in -h) and
+    uses that parameter's default: a function's default changed is the CLI's default changed."""
+    import argparse
+    import inspect
+
+    from spurious._cli._common import FunctionDefault
+    from spurious.cli import build_parser
+
+    commands = _subcommands(build_parser())
+    assert sorted(path for path, _ in commands) == sorted(_CALLS)  # a new command needs a row in _CALLS
+    checked = 0
+    for path, parser in commands:
+        assert isinstance(parser, argparse.ArgumentParser)
+        targets, renamed = _CALLS[path]
+        signatures = [(t, inspect.signature(_function(t)).parameters) for t in targets]  # type: ignore[arg-type]
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0:  # positionals and flags (store_true, help)
+                continue
+            param = renamed.get(action.dest, action.dest)
+            owner = next(((t, ps[param]) for t, ps in signatures
+                          if param in ps and ps[param].default is not inspect.Parameter.empty), None)
+            if owner is None:  # an option of the command itself (e.g. --variant), or a required parameter
+                continue
+            target, want = owner[0], owner[1].default
+            where = f"spurious {' '.join(path)} {action.option_strings[-1]}"
+            if action.dest in _CLI_OWN.get(path, {}):
+                assert action.default == _CLI_OWN[path][action.dest] != want, where
+                continue
+            if isinstance(action.default, FunctionDefault):
+                assert (action.default.target, action.default.parameter) in [(t, param) for t, _ in signatures], where
+                assert action.default.value == want, where
+            else:  # None / [] where the function's default is None / (): nothing given, nothing restated
+                assert action.default == want or (action.default == [] and want == ()), (where, action.default, want)
+            shown = parser._get_formatter()._expand_help(action) if action.help else ""
+            if "%(default)" in (action.help or ""):
+                assert f"default {want}" in shown or f"default: {want}" in shown or f"./{want}" in shown, (where, shown)
+            if isinstance(want, (int, float)) and not isinstance(want, bool) and "default" in shown:
+                assert str(want) in shown, (where, shown)  # no stale literal number in the help
+            checked += 1
+    assert checked >= 60, checked
+
+
+def test_an_option_left_out_is_not_passed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The handler passes given options only: the function's own default is the one in force."""
+    import spurious.retrieve
+
+    calls: list[dict[str, object]] = []
+
+    class Done:
+        complete = True
+
+        def to_dict(self) -> dict[str, object]:
+            return {}
+
+        def summary_lines(self) -> list[str]:
+            return ["done"]
+
+    def fake(workspace: str, **kw: object) -> Done:
+        calls.append(kw)
+        return Done()
+
+    monkeypatch.setattr(spurious.retrieve, "retrieve", fake)
+    assert main(["retrieve", "ws", "--top", "7"]) == 0
+    assert capsys.readouterr().out == "done\n"
+    assert calls[0]["top_n"] == 7
+    assert not {"min_votes", "oversample", "chunk_rows", "pool", "device", "classes"} & set(calls[0])

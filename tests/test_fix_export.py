@@ -105,3 +105,40 @@ def test_export_errors(tmp_path: Path) -> None:
         export(fixed, tmp_path / "f.onnx", "onnx", opset=13)
     with pytest.raises(TypeError, match="fixed must be a SpuFix"):
         export(fixed.classifier, tmp_path / "f.pt")  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:the model does not agree with the labels")
+def test_export_fix_of_a_workspace_writes_beside_the_fix_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    """``export_fix`` (what ``spurious fix export`` runs): default file WS/fix/spufix.pt|.onnx, the
+    workspace's own model, and no silent replacement of an existing file."""
+    from test_fix import _features, _ids, _make_ws, _oracle_fixed
+
+    from spurious.fix import export_fix, fix
+    from spurious.models import register_model_source
+
+    register_model_source("fixexporttest", lambda name, **kw: tiny_classifier(num_classes=3, seed=0,
+                                                                              spec="fixexporttest:tiny"),
+                          lambda: ["tiny"])
+    clf = tiny_classifier(num_classes=3, seed=0, spec="fixexporttest:tiny")
+    phi, labels = _features(3, d=12)
+    W, b = (t.numpy() for t in clf.head())
+    ws = _make_ws(tmp_path / "ws", phi, labels, _ids(len(labels)), W, b, clf=clf)
+    fix(ws, {"1": [0, 3]})
+    with pytest.raises(ValueError, match="format must be one of"):
+        export_fix(ws, format="tflite")  # type: ignore[arg-type]
+    r = export_fix(ws, format="torchscript")
+    assert r.path == str(ws / "fix" / "spufix.pt") and r.max_abs_diff is not None and r.max_abs_diff < 1e-5
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = torch.jit.load(r.path)(x).numpy()
+        want = _oracle_fixed(phi, labels, W, b, clf.phi(x).numpy(), {1: [0, 3]})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    before = Path(r.path).stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        export_fix(ws, format="torchscript")
+    assert Path(r.path).stat().st_mtime_ns == before
+    assert export_fix(ws, format="torchscript", overwrite=True).path == r.path
+    assert export_fix(ws, format="onnx").path == str(ws / "fix" / "spufix.onnx")
+    other = export_fix(ws, format="onnx", out=tmp_path / "elsewhere" / "f.onnx", fix_path=ws / "fix")
+    assert other.path == str(tmp_path / "elsewhere" / "f.onnx") and Path(other.path).is_file()

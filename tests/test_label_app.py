@@ -479,8 +479,11 @@ def test_cli_serves_with_the_given_options(ws: Workspace, monkeypatch: pytest.Mo
                                            capsys: pytest.CaptureFixture[str]) -> None:
     import spurious.label.app as app_module
 
+    import functools
+
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(app_module, "serve", lambda ws, **kw: calls.append({"ws": ws, **kw}))
+    # the stand-in keeps serve's signature: the CLI reads its defaults from there
+    monkeypatch.setattr(app_module, "serve", functools.wraps(app_module.serve)(lambda ws, **kw: calls.append({"ws": ws, **kw})))
     code, _, err = _cli(capsys, "label", str(ws.root), "--port", "9000", "--no-browser", "--min-agree", "3")
     assert code == 0, err
     assert calls == [{"ws": str(ws.root), "host": "127.0.0.1", "port": 9000, "min_agree": 3, "open_browser": False,

@@ -87,6 +87,7 @@ __all__ = [
     "SpuFix",
     "components_from_labels",
     "export",
+    "export_fix",
     "fix",
     "import_alphas",
     "import_components",
@@ -976,6 +977,66 @@ def export(fixed: SpuFix, path: str | os.PathLike[str], format: Literal["torchsc
     return ExportResult(path=str(path), format=format, max_abs_diff=diff, verified_with=how,
                         seconds=round(time.perf_counter() - t0, 3), fix_name=fixed.head.name,
                         model_spec=fixed.head.model_spec)
+
+
+def export_fix(
+    workspace: str | os.PathLike[str],
+    *,
+    format: Literal["torchscript", "onnx"],
+    out: str | os.PathLike[str] | None = None,
+    fix_path: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    device: str | torch.device | None = "cpu",
+    preprocessing: Mapping[str, Any] | None = None,
+    model_config: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export the SpuFix of a workspace (``spurious fix export``): :func:`load_fix`, the model, :func:`export`.
+
+    The model is the workspace's own, reloaded with the preprocessing recorded at extraction, when the
+    fix was made for it and no ``model`` is given; else ``model`` (default: the fix's model spec)
+    loaded with ``preprocessing`` and ``model_config`` (see :func:`spurious.models.load_model`).
+
+    Args:
+        workspace: the workspace (its ``fix/`` folder holds the fix unless ``fix_path`` says otherwise).
+        format: ``torchscript`` or ``onnx``.
+        out: the file to write; default ``WS/fix/spufix.pt`` (TorchScript) or ``WS/fix/spufix.onnx``.
+        fix_path: the fix artifact (file or folder); default ``WS/fix``.
+        model: model spec to load instead of the workspace's model or the fix's spec.
+        device: device to load the model and trace on.
+        preprocessing, model_config: what the model was trained with, for a model loaded by spec.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        :class:`ExportResult` of :func:`export`.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is false (checked before the model is loaded).
+        ValueError: unknown ``format``.
+    """
+    from spurious.models import load_model
+
+    if format not in _EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {_EXPORT_FORMATS}, got {format!r}")
+    ws = Path(workspace)
+    head = load_fix(ws if fix_path is None else fix_path)
+    path = Path(out) if out else ws / "fix" / ("spufix.pt" if format == "torchscript" else "spufix.onnx")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    own = _open_workspace(ws) if model is None else None
+    if own is not None and own.model_fingerprint == head.model_fingerprint:
+        clf = own.load_model(device=device)  # with the preprocessing it was recorded with
+    else:
+        clf = load_model(model or head.model_spec, device=device, preprocessing=preprocessing, config=model_config)
+    return export(SpuFix(clf, head), path, format)
+
+
+def _open_workspace(path: Path) -> Workspace | None:
+    """The workspace at ``path``, or ``None`` when ``path`` is none (e.g. a folder holding only a fix)."""
+    manifest = path / "manifest.json"
+    if not (manifest.is_file() and read_json(manifest).get("format") == "spurious-workspace"):
+        return None
+    return Workspace.open(path)
 
 
 def _verify_export(fixed: SpuFix, path: Path, format: str, dtype: torch.dtype, dev: torch.device

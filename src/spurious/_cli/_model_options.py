@@ -8,9 +8,10 @@ shows what is in force.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["add_model_options", "model_options"]
+__all__ = ["ModelOptions", "add_model_options", "model_options"]
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
@@ -26,7 +27,7 @@ def _size(text: str) -> list[int]:
     return values * 2 if len(values) == 1 else values
 
 
-def _floats(count: tuple[int, ...]) -> Any:
+def _floats(count: tuple[int, ...]) -> Callable[[str], list[float]]:
     def parse(text: str) -> list[float]:
         try:
             values = [float(p) for p in text.split(",") if p.strip()]
@@ -60,8 +61,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="model config JSON (timm config.json keys); default: the one beside the checkpoint")
 
 
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``preprocessing=`` and ``config=`` keyword arguments of :func:`spurious.models.load_model`."""
+class ModelOptions(NamedTuple):
+    """What the options state: ``preprocessing=`` and ``config=`` of :func:`spurious.models.load_model`."""
+
+    preprocessing: dict[str, list[int] | list[float] | int | float | str] | None  # None: nothing stated
+    config: str | None  # --model-config
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The preprocessing and config file stated on the command line (``None`` where nothing was)."""
     stated = {
         "input_size": args.input_size,
         "resize_size": args.resize,
@@ -72,4 +80,4 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         "value_range": args.value_range,
     }
     stated = {k: v for k, v in stated.items() if v is not None}
-    return {"preprocessing": stated or None, "config": args.model_config}
+    return ModelOptions(stated or None, args.model_config)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+from spurious._cli._common import common_options, defaults_of, emit_result, given
+
+if TYPE_CHECKING:
+    from spurious._cli._common import SubParsers
+
+__all__ = ["register"]
+
+_default = defaults_of("spurious.benchmark:build_benchmark")
 
 
-def register(sub: Any) -> None:
-    from spurious._cli._common import common_options
-
+def register(sub: SubParsers) -> None:
+    """Add the ``benchmark`` sub-command group to the argparse sub-parser action ``sub``."""
     p = sub.add_parser("benchmark", help="build a spurious-feature benchmark from curated candidates",
                        description="Benchmarks; see 'spurious benchmark build -h'.")
     bsub = p.add_subparsers(dest="benchmark_command", metavar="ACTION", required=True)
@@ -19,15 +27,17 @@ def register(sub: Any) -> None:
                     "manifest, a README dataset card and a timestamp. Deterministic and atomic.")
     p.add_argument("workspace", help="workspace whose retrieval candidates were curated")
     p.add_argument("--out", required=True, help="benchmark folder to create")
-    p.add_argument("--per-component", type=int, default=75, help="images per (class, component) (default 75)")
-    p.add_argument("--accept", default=None,
+    p.add_argument("--per-component", type=int, default=_default("per_component"),
+                   help="images per (class, component) (default %(default)s)")
+    p.add_argument("--accept", default=_default("accept"),
                    help="accepted-images file (JSON lines with class, component, id) instead of the label store")
-    p.add_argument("--min-agree", type=int, default=2, help="labelers who must say 'out' (default 2)")
-    p.add_argument("--min-per-component", type=int, default=1,
-                   help="leave out components with fewer accepted images (default 1)")
-    p.add_argument("--prefix", default="spurious_imagenet", help="first two folder-name tokens")
-    p.add_argument("--name", default=None, help="dataset name for the README")
-    p.add_argument("--license", default=None, help="licence paragraph for the README (default: the pool's licences)")
+    p.add_argument("--min-agree", type=int, default=_default("min_agree"),
+                   help="labelers who must say 'out' (default %(default)s)")
+    p.add_argument("--min-per-component", type=int, default=_default("min_per_component"),
+                   help="leave out components with fewer accepted images (default %(default)s)")
+    p.add_argument("--prefix", default=_default("prefix"), help="first two folder-name tokens (default %(default)s)")
+    p.add_argument("--name", default=_default("name"), help="dataset name for the README")
+    p.add_argument("--license", default=_default("license_text"), help="licence paragraph for the README (default: the pool's licences)")
     p.add_argument("--link", action="store_true", help="hard-link instead of copying the images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     common_options(p)
@@ -35,11 +45,11 @@ def register(sub: Any) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from spurious._cli._common import emit
     from spurious.benchmark import build_benchmark
 
-    r = build_benchmark(args.workspace, args.out, per_component=args.per_component, accept=args.accept,
-                        min_agree=args.min_agree, min_per_component=args.min_per_component, prefix=args.prefix,
-                        name=args.name, license_text=args.license, link=args.link, overwrite=args.overwrite)
-    emit(args, r.to_dict(), r.summary_lines())
+    r = build_benchmark(args.workspace, args.out, link=args.link, overwrite=args.overwrite,
+                        **given(per_component=args.per_component, accept=args.accept, min_agree=args.min_agree,
+                                min_per_component=args.min_per_component, prefix=args.prefix, name=args.name,
+                                license_text=args.license))
+    emit_result(args, r)
     return 0

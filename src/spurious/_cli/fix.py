@@ -14,17 +14,34 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal, cast
 
+from spurious._cli._common import (
+    common_options,
+    defaults_of,
+    emit,
+    emit_result,
+    given,
+    is_given,
+)
 from spurious._cli._model_options import add_model_options, model_options
 
+if TYPE_CHECKING:
+    from spurious._cli._common import SubParsers
+    from spurious.components import ComponentSet
+
 __all__ = ["register"]
+
+_fix_default = defaults_of("spurious.fix:fix")
+_transfer_default = defaults_of("spurious.fix:transfer")
+_export_default = defaults_of("spurious.fix:export_fix")
+_labels_default = defaults_of("spurious.components:components_from_labels")
 
 _FORMS = ("transfer", "export", "import-components", "import-alphas")
 
 _USAGE = (
-    "WS (--components FILE | --from-labels [--min-agree 2]) [--out DIR] [--precision float32|float64] [--name NAME]",
-    "transfer --source WS|ALPHAS_DIR --target WS2 (--components FILE | --from-labels) [--split train] [--out DIR]",
+    "WS (--components FILE | --from-labels [--min-agree N]) [--out DIR] [--precision float32|float64] [--name NAME]",
+    "transfer --source WS|ALPHAS_DIR --target WS2 (--components FILE | --from-labels) [--split SPLIT] [--out DIR]",
     "export WS --format torchscript|onnx [--out FILE] [--fix PATH] [--model SPEC] [--device DEV]",
     "import-components spurious_components.npy --out comps.json",
     "import-alphas DIR --train IMAGENET_TRAIN_DIR --out OUT_DIR",
@@ -56,10 +73,8 @@ component-set file (JSON): {"format": "spurious-components", "version": 1, "mode
 (by eigenvalue). See docs/fix.md."""
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Add the ``fix`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious._cli._common import common_options
-
     p = sub.add_parser("fix", help="SpuFix: remove spurious components from a model (+ transfer, export, imports)",
                        usage="\n       ".join(f"%(prog)s {u}" if u[0] != "(" else u for u in _USAGE),
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,20 +84,24 @@ def register(sub: Any) -> None:
     p.add_argument("--components", default=None, help="component-set JSON file (WS and transfer)")
     p.add_argument("--from-labels", action="store_true",
                    help="WS and transfer: the agreed 'spurious' components of the (source) workspace's label store")
-    p.add_argument("--min-agree", type=int, default=2, help="--from-labels: labelers who must agree (default 2)")
+    p.add_argument("--min-agree", type=int, default=_labels_default("min_agree"),
+                   help="--from-labels: labelers who must agree (default %(default)s)")
     p.add_argument("--source", default=None, help="transfer: source workspace (with npca) or imported alphas dir")
     p.add_argument("--target", dest="target_ws", default=None, help="transfer: workspace of the model to fix")
-    p.add_argument("--split", default="train", help="transfer: the target's labelled training split (default train)")
+    p.add_argument("--split", default=_transfer_default("split"),
+                   help="transfer: the target's labelled training split (default %(default)s)")
     p.add_argument("--out", default=None,
                    help="WS/transfer: artifact dir (default WS/fix); export: file (default WS/fix/spufix.pt|.onnx); "
                         "imports: output file/dir (required)")
-    p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="storage dtype of the fix")
+    p.add_argument("--precision", choices=["float32", "float64"], default=_fix_default("precision"),
+                   help="storage dtype of the fix (default %(default)s)")
     p.add_argument("--name", default=None, help="label of the fix in tables (default SpuFix / SpuFix (transfer ...))")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     p.add_argument("--format", choices=["torchscript", "onnx"], default=None, help="export: file format")
     p.add_argument("--fix", dest="fix_path", default=None, help="export: fix artifact (default WS/fix)")
     p.add_argument("--model", default=None, help="export: model spec (default: the fix's model spec)")
-    p.add_argument("--device", default="cpu", help="export: device to trace on (default cpu)")
+    p.add_argument("--device", default=_export_default("device"),
+                   help="export: device to trace on (default %(default)s)")
     p.add_argument("--train", default=None, help="import-alphas: the ImageNet training folder (imagenet:DIR)")
     add_model_options(p)
     common_options(p)
@@ -90,32 +109,30 @@ def register(sub: Any) -> None:
 
 
 _MODEL_OPTIONS = ("input_size", "resize", "crop_pct", "interpolation", "mean", "std", "value_range", "model_config")
+_OPTIONS = ("components", "from_labels", "min_agree", "source", "target_ws", "split", "out", "precision", "name",
+            "overwrite", "format", "fix_path", "model", "device", "train", *_MODEL_OPTIONS)
 
 
 def _only(args: argparse.Namespace, form: str, allowed: set[str]) -> None:
     """Refuse options that the chosen form ignores (a silent no-op would hide a typo)."""
-    defaults = {"components": None, "from_labels": False, "min_agree": 2, "source": None, "target_ws": None,
-                "split": "train", "out": None, "precision": "float32", "name": None, "overwrite": False,
-                "format": None, "fix_path": None, "model": None, "device": "cpu", "train": None,
-                **dict.fromkeys(_MODEL_OPTIONS)}
     flags = {"target_ws": "--target", "fix_path": "--fix"}
-    extra = [flags.get(k, "--" + k.replace("_", "-")) for k, v in defaults.items()
-             if k not in allowed and getattr(args, k) != v]
+    extra = [flags.get(k, "--" + k.replace("_", "-")) for k in _OPTIONS
+             if k not in allowed and is_given(getattr(args, k))]
     if extra:
         raise ValueError(f"`spurious fix {form}` does not take {', '.join(extra)} (see `spurious fix -h`)")
 
 
-def _components(args: argparse.Namespace, form: str, labelled_ws: str | None) -> Any:
+def _components(args: argparse.Namespace, form: str, labelled_ws: str | None) -> str | ComponentSet:
     """The component set of ``--components FILE`` or ``--from-labels`` (exactly one)."""
     if args.from_labels == (args.components is not None):
         raise ValueError(f"`spurious fix {form}` needs exactly one of --components FILE and --from-labels")
     if args.components is not None:
-        return args.components
+        return str(args.components)
     from spurious.components import components_from_labels
 
     if labelled_ws is None:
         raise ValueError("--from-labels needs a --source workspace (imported alphas carry no labels)")
-    return components_from_labels(labelled_ws, min_agree=args.min_agree)
+    return components_from_labels(labelled_ws, **given(min_agree=args.min_agree))
 
 
 def _is_workspace(path: str) -> bool:
@@ -125,28 +142,26 @@ def _is_workspace(path: str) -> bool:
     return manifest.is_file() and read_json(manifest).get("format") == "spurious-workspace"
 
 
-def _need(value: Any, flag: str, form: str) -> Any:
+def _need(value: str | None, flag: str, form: str) -> str:
     if value is None:
         raise ValueError(f"`spurious fix {form}` needs {flag}")
     return value
 
 
 def _cmd_fix(args: argparse.Namespace) -> int:
-    from spurious._cli._common import emit
-
     form = args.target
     if form == "transfer":
-        return _transfer(args, emit)
+        return _transfer(args)
     if form == "export":
-        return _export(args, emit)
+        return _export(args)
     if form == "import-components":
-        return _import_components(args, emit)
+        return _import_components(args)
     if form == "import-alphas":
-        return _import_alphas(args, emit)
-    return _plain(args, emit)
+        return _import_alphas(args)
+    return _plain(args)
 
 
-def _plain(args: argparse.Namespace, emit: Any) -> int:
+def _plain(args: argparse.Namespace) -> int:
     from spurious.fix import fix
 
     if args.path is not None:
@@ -154,12 +169,12 @@ def _plain(args: argparse.Namespace, emit: Any) -> int:
                          f"workspace (other forms: {', '.join(_FORMS)})")
     _only(args, "WS", {"components", "from_labels", "min_agree", "out", "precision", "name", "overwrite"})
     comps = _components(args, "WS", args.target)
-    r = fix(args.target, comps, out=args.out, precision=args.precision, name=args.name, overwrite=args.overwrite)
-    emit(args, r.to_dict(), r.summary_lines())
+    emit_result(args, fix(args.target, comps, out=args.out, name=args.name, overwrite=args.overwrite,
+                          **given(precision=args.precision)))
     return 0
 
 
-def _transfer(args: argparse.Namespace, emit: Any) -> int:
+def _transfer(args: argparse.Namespace) -> int:
     from spurious.fix import transfer
 
     if args.path is not None:
@@ -169,34 +184,23 @@ def _transfer(args: argparse.Namespace, emit: Any) -> int:
     source = _need(args.source, "--source WS|ALPHAS_DIR", "transfer")
     target = _need(args.target_ws, "--target WS", "transfer")
     comps = _components(args, "transfer", source if _is_workspace(source) else None)
-    r = transfer(source, target, comps, split=args.split, out=args.out, precision=args.precision, name=args.name,
-                 overwrite=args.overwrite)
-    emit(args, r.to_dict(), r.summary_lines())
+    emit_result(args, transfer(source, target, comps, out=args.out, name=args.name, overwrite=args.overwrite,
+                               **given(split=args.split, precision=args.precision)))
     return 0
 
 
-def _export(args: argparse.Namespace, emit: Any) -> int:
-    from spurious.fix import SpuFix, export, load_fix
-    from spurious.models import load_model
-    from spurious.workspace import Workspace
+def _export(args: argparse.Namespace) -> int:
+    from spurious.fix import export_fix
 
     _only(args, "export", {"format", "out", "fix_path", "model", "device", "overwrite", *_MODEL_OPTIONS})
-    ws = Path(_need(args.path, "the workspace (spurious fix export WS ...)", "export"))
-    fmt = _need(args.format, "--format torchscript|onnx", "export")
-    head = load_fix(args.fix_path if args.fix_path is not None else ws)
-    out = Path(args.out) if args.out else ws / "fix" / ("spufix.pt" if fmt == "torchscript" else "spufix.onnx")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    if args.model is None and _is_workspace(str(ws)) and Workspace.open(ws).model_fingerprint == head.model_fingerprint:
-        clf = Workspace.open(ws).load_model(device=args.device)  # with the preprocessing it was recorded with
-    else:
-        clf = load_model(args.model or head.model_spec, device=args.device, **model_options(args))
-    r = export(SpuFix(clf, head), out, fmt)
-    emit(args, r.to_dict(), r.summary_lines())
+    ws = _need(args.path, "the workspace (spurious fix export WS ...)", "export")
+    fmt = cast(Literal["torchscript", "onnx"], _need(args.format, "--format torchscript|onnx", "export"))  # choices
+    opts = model_options(args)
+    emit_result(args, export_fix(ws, format=fmt, out=args.out, fix_path=args.fix_path, model=args.model,
+                                 preprocessing=opts.preprocessing, model_config=opts.config,
+                                 overwrite=args.overwrite, **given(device=args.device)))
     return 0
-
-
-def _import_components(args: argparse.Namespace, emit: Any) -> int:
+def _import_components(args: argparse.Namespace) -> int:
     from spurious.components import import_components
 
     _only(args, "import-components", {"out", "overwrite"})
@@ -212,7 +216,7 @@ def _import_components(args: argparse.Namespace, emit: Any) -> int:
     return 0
 
 
-def _import_alphas(args: argparse.Namespace, emit: Any) -> int:
+def _import_alphas(args: argparse.Namespace) -> int:
     from spurious.fix import import_alphas
 
     _only(args, "import-alphas", {"out", "train", "overwrite"})

@@ -3,7 +3,7 @@
 One sub-parser with four forms (the first word picks the form; a workspace literally named like a
 form word is written ``./export``)::
 
-    spurious label WS [--host 127.0.0.1] [--port 8765] [--no-browser]   serve the web UI
+    spurious label WS [--host HOST] [--port PORT] [--no-browser]       serve the web UI
     spurious label WS --add-labeler NAME | --list-labelers | --remove-labeler NAME   invite links
     spurious label export WS --out FILE [--format json|csv]             every verdict + agreed results
     spurious label components WS --out comps.json                       component-set file for `spurious fix`
@@ -14,16 +14,30 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
+
+from spurious._cli._common import (
+    common_options,
+    defaults_of,
+    emit,
+    given,
+    is_given,
+    resolve,
+)
+
+if TYPE_CHECKING:
+    from spurious._cli._common import SubParsers
 
 __all__ = ["register"]
 
+_default = defaults_of("spurious.label.app:serve")
+
 _FORMS = ("export", "components", "sync")
 _USAGE = (
-    "WS [--host 127.0.0.1] [--port 8765] [--no-browser] [--min-agree 2] [--require-tokens] [--max-body BYTES]",
+    "WS [--host HOST] [--port PORT] [--no-browser] [--min-agree N] [--require-tokens] [--max-body BYTES]",
     "WS --add-labeler NAME | --list-labelers | --remove-labeler NAME [--host H --port P: the link's address]",
-    "export WS --out FILE [--format json|csv] [--min-agree 2]",
-    "components WS --out FILE [--min-agree 2]",
+    "export WS --out FILE [--format json|csv] [--min-agree N]",
+    "components WS --out FILE [--min-agree N]",
     "sync WS",
     "(every form also takes --json, -v, --no-progress)",
 )
@@ -31,7 +45,7 @@ _DESCRIPTION = """\
 People decide which neural PCA components are harmful spurious features (review: spurious / core /
 unsure) and which retrieved images show only the spurious feature (curate: in / out / trash). Every
 verdict is stored per labeler in WS/labels.sqlite; a component is spurious, an image accepted, when
---min-agree labelers (default 2) agree.
+--min-agree labelers agree.
 
 forms:
   WS           serve the web UI (FastAPI) on --host:--port; it registers WS/visualize (components to review)
@@ -48,23 +62,22 @@ forms:
 See docs/label.md."""
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Add the ``label`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious._cli._common import common_options
-
     p = sub.add_parser("label", help="web UI: review components and curate retrieved images (+ exports)",
                        usage="\n       ".join(f"%(prog)s {u}" if u[0] != "(" else u for u in _USAGE),
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", metavar="WS|FORM", help="workspace, or one of: " + ", ".join(_FORMS))
     p.add_argument("path", nargs="?", default=None, metavar="WS", help="the workspace of export / components / sync")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--host", default=_default("host"), help="address to bind (default %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=_default("port"), help="port (default %(default)s; 0 = any free port)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
-    p.add_argument("--min-agree", type=int, default=2, help="labelers that must agree (default 2)")
+    p.add_argument("--min-agree", type=int, default=_default("min_agree"),
+                   help="labelers that must agree (default %(default)s)")
     p.add_argument("--require-tokens", action="store_true",
                    help="serve: only invite links sign in, also on loopback (always beyond loopback)")
-    p.add_argument("--max-body", type=int, default=None, metavar="BYTES",
-                   help="serve: the largest request body; larger ones are answered 413 (default 64 KiB)")
+    p.add_argument("--max-body", type=int, default=_default("max_body"), metavar="BYTES",
+                   help="serve: the largest request body; larger ones are answered 413 (default %(default)s)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--add-labeler", default=None, metavar="NAME",
                      help="invite NAME: print a sign-in link (a new one replaces the old) instead of serving")
@@ -91,7 +104,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
             return _labelers(args)
         return _serve(args)
     for flag in ("add_labeler", "remove_labeler", "max_body"):
-        if getattr(args, flag) is not None:
+        if is_given(getattr(args, flag)):
             raise ValueError(f"--{flag.replace('_', '-')} belongs to `spurious label WS`, not to `{form}`")
     for flag in ("list_labelers", "require_tokens"):
         if getattr(args, flag):
@@ -104,40 +117,39 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if form == "components" and args.format is not None:
         raise ValueError("--format belongs to `spurious label export`; the component-set file is always JSON")
 
-    from spurious._cli._common import emit
     from spurious.label import LabelStore
 
+    min_agree = resolve(args.min_agree)
     store = LabelStore(args.path, sync=form == "sync")
     if form == "sync":
         p = store.progress()
         emit(args, {"path": str(store.path), **p}, [
             f"registered {p['components']} components and {p['candidates']} candidates -> {store.path}"])
     elif form == "components":
-        doc = store.export_components(args.out, min_agree=args.min_agree)
+        doc = store.export_components(args.out, min_agree=min_agree)
         n = sum(len(v) for v in doc["classes"].values())
         emit(args, {"path": args.out, **doc}, [
             f"{n} agreed spurious components in {len(doc['classes'])} classes ({doc['source']}) -> {args.out}"])
     else:
-        path = store.export_labels(args.out, format=args.format, min_agree=args.min_agree)
-        agreed = store.agreed_components(args.min_agree)
-        accepted = store.accepted_images(args.min_agree)
-        summary: dict[str, Any] = {"path": str(path), "labelers": store.labelers(),
-                   "agreed_components": sum(len(v) for v in agreed.values()),
-                   "accepted_images": sum(len(v) for v in accepted.values())}
-        emit(args, summary, [
-            f"labels of {len(summary['labelers'])} labelers -> {path}",
-            (f"{summary['agreed_components']} agreed spurious components, {summary['accepted_images']} accepted "
-             f"images (min_agree={args.min_agree})")])
+        path = store.export_labels(args.out, format=args.format, min_agree=min_agree)
+        agreed = store.agreed_components(min_agree)
+        accepted = store.accepted_images(min_agree)
+        labelers = store.labelers()
+        n_agreed = sum(len(v) for v in agreed.values())
+        n_accepted = sum(len(v) for v in accepted.values())
+        emit(args, {"path": str(path), "labelers": labelers, "agreed_components": n_agreed,
+                    "accepted_images": n_accepted}, [
+            f"labels of {len(labelers)} labelers -> {path}",
+            f"{n_agreed} agreed spurious components, {n_accepted} accepted images (min_agree={min_agree})"])
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from spurious.label.app import serve
 
-    extra: dict[str, Any] = {"max_body": args.max_body} if args.max_body is not None else {}
-    serve(args.target, host=args.host, port=args.port, min_agree=args.min_agree, open_browser=not args.no_browser,
-          log_level="debug" if args.verbose else "info", require_tokens=True if args.require_tokens else None,
-          **extra)
+    serve(args.target, host=resolve(args.host), port=resolve(args.port), min_agree=resolve(args.min_agree),
+          open_browser=not args.no_browser, log_level="debug" if args.verbose else "info",
+          require_tokens=True if args.require_tokens else None, **given(max_body=args.max_body))
     return 0
 
 
@@ -151,7 +163,6 @@ def _link_base(host: str, port: int) -> str:
 
 
 def _labelers(args: argparse.Namespace) -> int:
-    from spurious._cli._common import emit
     from spurious.label import LabelStore, check_labeler
 
     store = LabelStore(args.target)
@@ -169,7 +180,7 @@ def _labelers(args: argparse.Namespace) -> int:
         name = check_labeler(args.add_labeler)
         before = store.identity(name)
         token = store.invite_labeler(name)
-        link = f"{_link_base(args.host, args.port)}/join?token={token}"
+        link = f"{_link_base(resolve(args.host), resolve(args.port))}/join?token={token}"
         note = ("" if before is None else
                 " (the old link and its sessions no longer work)" if before.kind == "token" and before.revoked is None
                 else " (restored)" if before.revoked is not None

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from spurious._cli._common import (
+    common_options,
+    defaults_of,
+    emit_result,
+    given,
+    is_given,
+)
 from spurious._cli._model_options import add_model_options, model_options
 
+if TYPE_CHECKING:
+    from spurious._cli._common import SubParsers
+
 __all__ = ["register"]
+
+_default = defaults_of("spurious.score:score")
 
 _DESCRIPTION = """\
 How much does a model rely on known spurious features? For every class k of the spurious benchmark:
@@ -36,10 +49,8 @@ examples:
   spurious score --model demo:standard --fix ws/fix --spurious planted/spurious --val planted/val"""
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Add the ``score`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious._cli._common import common_options
-
     p = sub.add_parser("score", help="spurious score (mAUC / mAP / class extension / accuracy) of models",
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", dest="models", action="append", required=True, metavar="SPEC",
@@ -51,32 +62,33 @@ def register(sub: Any) -> None:
     p.add_argument("--val", required=True, metavar="DIR",
                    help="validation images: class folders (ImageNet wnid folders or any class folders), a "
                         "list:FILE with labels, or a flat folder with --val-labels")
-    p.add_argument("--val-labels", default=None, metavar="FILE",
+    p.add_argument("--val-labels", default=_default("val_labels"), metavar="FILE",
                    help="labels of a flat validation folder: ImageNet's LOC_val_solution.csv or lines "
                         "'filename label' (wnid, class index or class name)")
-    p.add_argument("--out", default="score-out", help="output folder (default: ./score-out)")
+    p.add_argument("--out", default=_default("out"), help="output folder (default: ./%(default)s)")
     p.add_argument("--fix", dest="fixes", action="append", default=[], metavar="PATH",
                    help="SpuFix artifact (file or WS/fix folder; repeatable): adds a row '<spec> + <name>' for the "
                         "model it was made for")
-    p.add_argument("--classes", nargs="+", default=None, metavar="K",
+    p.add_argument("--classes", nargs="+", default=_default("classes"), metavar="K",
                    help="classes to score (indices, names or wnids); default: every class with spurious images")
-    p.add_argument("--class-names", default=None, metavar="FILE",
+    p.add_argument("--class-names", default=_default("class_names"), metavar="FILE",
                    help="text file, one name per line: the benchmark label space (default: ImageNet-1k for wnid "
                         "folders and flat val, else the class names of the first model that has them, else the "
                         "sorted validation folder names)")
-    p.add_argument("--class-map", default=None, metavar="auto|identity|wnid|names|FILE.json",
+    p.add_argument("--class-map", default=_default("class_map"), metavar="auto|identity|wnid|names|FILE.json",
                    help="benchmark class -> model output: auto (default: identity, or by wnid for ImageNet-21k/12k "
                         "heads), identity, wnid, names, or a JSON file {\"<class>\": <output>}; any but auto keeps "
                         "the validation folders' own (sorted) classes")
-    p.add_argument("--protocol", choices=["model", "reference"], default="model",
-                   help="model: each model's own preprocessing (default); reference: spurious images as the "
-                        "reference code fed them (shorter side resized to the input size, center crop)")
+    p.add_argument("--protocol", choices=["model", "reference"], default=_default("protocol"),
+                   help="model: each model's own preprocessing; reference: spurious images as the "
+                        "reference code fed them (shorter side resized to the input size, center crop); default %(default)s")
     p.add_argument("--plot-model", dest="plot_models", action="append", default=None, metavar="ROW",
                    help="row drawn in the class-wise AUC bars (repeatable; the first also gets image strips)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 64 GPU, 16 CPU)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs, max 8)")
-    p.add_argument("--chunk-size", type=int, default=4096, help="images per cached chunk (default 4096)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=_default("batch_size"), help="images per forward pass (default: 64 GPU, 16 CPU)")
+    p.add_argument("--workers", type=int, default=_default("num_workers"), help="decoding processes (default: CPUs, max 8)")
+    p.add_argument("--chunk-size", type=int, default=_default("chunk_size"),
+                   help="images per cached chunk (default %(default)s)")
+    p.add_argument("--device", default=_default("device"), help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--random-weights", action="store_true",
                    help="do not download pretrained weights (random init; for offline smoke runs)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the HTML report")
@@ -88,26 +100,26 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_score)
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _class_names(path: str) -> list[str]:
+    """``--class-names FILE``: one class name per line."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--class-names file {file} does not exist")
+    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    from spurious._cli._common import emit
+
+def _cmd_score(args: argparse.Namespace) -> int:
     from spurious.score import score
 
-    class_names = None
-    if args.class_names is not None:
-        path = Path(args.class_names)
-        if not path.is_file():
-            raise FileNotFoundError(f"--class-names file {path} does not exist")
-        class_names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     opts = model_options(args)
-    r = score(args.models, spurious=args.spurious, val=args.val, out=args.out, val_labels=args.val_labels,
-              class_names=class_names, classes=args.classes, class_map=args.class_map, protocol=args.protocol,
-              fixes=args.fixes, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-              pretrained=not args.random_weights, chunk_size=args.chunk_size, progress=not args.no_progress,
-              plots=not args.no_plots, plot_models=args.plot_models, preprocessing=opts["preprocessing"],
-              model_config=opts["config"], strict=args.strict)
+    r = score(args.models, spurious=args.spurious, val=args.val, fixes=args.fixes, plot_models=args.plot_models,
+              pretrained=not args.random_weights, progress=not args.no_progress, plots=not args.no_plots,
+              strict=args.strict, preprocessing=opts.preprocessing, model_config=opts.config,
+              **given(class_names=_class_names(args.class_names) if is_given(args.class_names) else args.class_names,
+                      out=args.out, val_labels=args.val_labels, classes=args.classes, class_map=args.class_map,
+                      protocol=args.protocol, batch_size=args.batch_size, num_workers=args.workers,
+                      device=args.device, chunk_size=args.chunk_size))
     if not r.complete:  # non-zero torchrun rank: rank 0 reports
         return 0
-    emit(args, r.to_dict(), r.summary_lines())
+    emit_result(args, r)
     return 0
