@@ -987,7 +987,7 @@ def export_fix(
     fix_path: str | os.PathLike[str] | None = None,
     model: str | None = None,
     device: str | torch.device | None = "cpu",
-    preprocessing: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, object] | None = None,
     model_config: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
