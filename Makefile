@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/spurious demo --out demo-out
 
+# Two xdist workers, whole files each (module fixtures are built once); the session artifacts are built
+# once per run and shared (tests/conftest.py). Plain `pytest` (no -n) runs the same suite serially.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 check: $(STAMP)
 	$(BIN)/ruff check src

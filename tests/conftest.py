@@ -60,6 +60,29 @@ def tiny_classifier(num_classes: int = 3, seed: int = 0, spec: str = "test:tiny"
     return Classifier.from_module(net, pre, [chr(ord("a") + i) for i in range(num_classes)], spec)  # = folder names
 
 
+def cli_in_process(argv: list[str], *, threads: int = 1) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)`` of ``spurious ARGV`` run in this process on ``threads`` CPU threads.
+
+    For a run that a test only compares against (e.g. the single-process side of a torchrun test): it
+    gives what ``python -m spurious ARGV`` with ``OMP_NUM_THREADS=threads`` gives, without the seconds a
+    new interpreter spends importing torch. Tests about the process itself still start one.
+    """
+    import contextlib
+    import io
+
+    from spurious.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(argv)
+    finally:
+        torch.set_num_threads(before)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
 @pytest.fixture
 def tiny_model():  # type: ignore[no-untyped-def]
     return tiny_classifier()
@@ -76,6 +99,34 @@ def image_folder(tmp_path: Path) -> Path:
 # running `spurious demo --fast` are the suite's most expensive steps; they are done once per session
 # here. Tests that change what they get work on a copy (``copy_demo_out``), so the suite still passes
 # in any order and any file alone.
+#
+# Under pytest-xdist (``make test`` runs ``-n 2``) every worker is its own session, so "once per session"
+# would mean once per worker. The tiny models are therefore trained once per run, by whichever
+# worker asks first, into the run's shared temporary folder (the parent of every worker's basetemp)
+# under a file lock; the other workers wait for that lock and reuse what it built. Each worker still
+# gets a private $SPURIOUS_CACHE (a copy of the shared one), so no two processes ever write one file.
+
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist; None otherwise
+
+
+def _shared_seed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache with both tiny demo models (and their planted data) trained once per xdist run.
+
+    The first worker to take the lock trains them; the others wait for it and find the folder ready.
+    """
+    from filelock import FileLock
+
+    from spurious.train import train_demo_model
+
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    folder, ready = shared / "spurious-seed-cache", shared / "spurious-seed-cache.ready"
+    with FileLock(str(shared / "spurious-seed-cache.lock")):
+        if not ready.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-built one from a worker that crashed
+            for variant in ("robust", "standard"):
+                train_demo_model(variant, tiny=True, cache_dir=folder, progress=False)
+            ready.touch()
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -87,6 +138,8 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     that needs an empty cache still sets its own with ``monkeypatch.setenv``.
     """
     cache = tmp_path_factory.mktemp("spurious-cache")
+    if _XDIST_WORKER:  # start from the tiny models that the first worker trained (see _shared_seed_cache)
+        shutil.copytree(_shared_seed_cache(tmp_path_factory), cache, symlinks=True, dirs_exist_ok=True)
     old = os.environ.get("SPURIOUS_CACHE")
     os.environ["SPURIOUS_CACHE"] = str(cache)
     try:
@@ -119,6 +172,9 @@ class FastDemo:
 @pytest.fixture(scope="session")
 def fast_demo(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> FastDemo:
     """The fast demo, run once per session through the CLI, the README's way (a relative ``--out``).
+
+    Under xdist each worker that needs it runs it in its own cache: its workspaces record that
+    cache's model path, which a rerun from another worker's cache would refuse.
 
     It trains the tiny models into the session cache if no test has yet.
     """

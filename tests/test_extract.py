@@ -169,8 +169,10 @@ def test_torchrun_two_processes_equals_single_process(tmp_path: Path) -> None:
     assert dist.returncode == 0, dist.stderr[-3000:]
     summary = json.loads(dist.stdout)
     assert summary["world_size"] == 2 and summary["num_rows"] == 17
-    single = _cli("extract", str(tmp_path / "ws_one"), *common)
-    assert single.returncode == 0, single.stderr
+    from conftest import cli_in_process  # the single-process side needs no process of its own
+
+    code, _, err = cli_in_process(["extract", str(tmp_path / "ws_one"), *common])
+    assert code == 0, err
     a = FeatureStore(tmp_path / "ws_dist" / "features" / "train")
     b = FeatureStore(tmp_path / "ws_one" / "features" / "train")
     assert a.ids == b.ids
@@ -243,7 +245,9 @@ def test_torchrun_rank0_rejection_fails_every_rank_quickly(tmp_path: Path) -> No
     other = tmp_path / "other.pt"
     torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5).state_dict(), other)
     common = ["--data", str(data), "--workers", "0", "--no-progress", "--device", "cpu"]
-    assert _cli("extract", str(tmp_path / "ws"), "--model", spec_a, *common).returncode == 0
+    from conftest import cli_in_process  # the workspace to reject needs no process of its own
+
+    assert cli_in_process(["extract", str(tmp_path / "ws"), "--model", spec_a, *common])[0] == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",

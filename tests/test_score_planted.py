@@ -145,10 +145,11 @@ def test_torchrun_two_processes_equals_single_process(tmp_path: Path, demo_model
     assert dist.returncode == 0, dist.stderr[-3000:]
     d = json.loads(dist.stdout)
     assert d["world_size"] == 2 and d["images_computed"] == 27
-    single = subprocess.run([sys.executable, "-m", "spurious", "score", "--out", str(tmp_path / "one"), *common],
-                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    s = json.loads(single.stdout)
+    from conftest import cli_in_process  # the single-process side needs no process of its own
+
+    code, out, err = cli_in_process(["score", "--out", str(tmp_path / "one"), *common])
+    assert code == 0, err[-3000:]
+    s = json.loads(out)
     assert d["rows"] == s["rows"]
     assert d["per_class"] == s["per_class"]
     chunks = sorted(p.name for p in (tmp_path / "dist" / "cache").rglob("c*.npz"))
