@@ -116,7 +116,7 @@ def _shared_seed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from filelock import FileLock
 
-    from spurious.train import train_demo_model
+    from spurious.demo.train import train_demo_model
 
     shared = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
     folder, ready = shared / "spurious-seed-cache", shared / "spurious-seed-cache.ready"
