@@ -122,6 +122,11 @@ def test_import_components_from_pickled_npy(tmp_path: Path) -> None:
                     "classes": {"5": [0, 3], "17": [1], "999": [2, 4, 7]},
                     "source": "imported from spurious_components.npy"}
     assert load_components(tmp_path / "comps.json").classes == ref
+    before = (tmp_path / "comps.json").read_bytes()
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        import_components(tmp_path / "spurious_components.npy", tmp_path / "comps.json")
+    assert (tmp_path / "comps.json").read_bytes() == before
+    assert import_components(tmp_path / "spurious_components.npy", tmp_path / "comps.json", overwrite=True).classes == ref
     np.save(tmp_path / "bad.npy", np.arange(3))
     with pytest.raises(ValueError, match="must hold a pickled dict"):
         import_components(tmp_path / "bad.npy")

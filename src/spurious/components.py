@@ -238,7 +238,8 @@ def load_components(source: ComponentSource) -> ComponentSet:
     return ComponentSet(_parse_mapping(data, str(path)), None, str(path), str(path))
 
 
-def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> ComponentSet:
+def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+                      overwrite: bool = False) -> ComponentSet:
     """Import the published ``spurious_components.npy`` (a pickled dict ``class -> [component, ...]``).
 
     **Security:** the file is a Python pickle (``np.load(allow_pickle=True)``), which can execute
@@ -248,6 +249,7 @@ def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] 
     Args:
         path: the ``.npy`` file (reference: 233 classes, 322 components, 0-based indices).
         out: where to write the component-set JSON (optional).
+        overwrite: replace an existing ``out``.
 
     Returns:
         The component set (``model_fingerprint`` None: the reference model is not this package's),
@@ -255,11 +257,14 @@ def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] 
 
     Raises:
         FileNotFoundError: no such file.
+        FileExistsError: ``out`` exists and ``overwrite`` is false (checked before anything is read).
         ValueError: the file does not hold a dict of class -> list of component indices.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
     try:
         obj = np.load(path, allow_pickle=True)
     except Exception as err:  # noqa: BLE001 (the unpickler raises anything on bytes that are not a pickle)

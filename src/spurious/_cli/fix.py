@@ -207,9 +207,7 @@ def _import_components(args: argparse.Namespace) -> int:
     src = _need(args.path, "the .npy file (spurious fix import-components FILE.npy --out comps.json)",
                 "import-components")
     out = Path(_need(args.out, "--out comps.json", "import-components"))
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    comps = import_components(src, out)
+    comps = import_components(src, out, overwrite=args.overwrite)
     emit(args, {"out": str(out), "classes": len(comps.classes), "components": comps.num_components,
                 "source": comps.source},
          [f"imported {comps.num_components} components of {len(comps.classes)} classes -> {out}"])

@@ -29,14 +29,18 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spurious.agreement import Agreement
+
+if TYPE_CHECKING:
+    from spurious.demo._models import DemoModelInfo
+    from spurious.demo.planted import GroundTruthRecord, PlantedDataset
 
 __all__ = ["DemoResult", "ModelSummary", "FoundComponent", "PreparedWorkspaces", "prepare_workspaces", "run_demo"]
 
@@ -156,8 +160,8 @@ _FAST = _Settings(candidates=8, keep=4, steps=10, top_images=5, top_n=30, per_co
 class _Truth:
     """Planted ground truth keyed by the ids the feature stores use (relative to each split's root)."""
 
-    def __init__(self, planted: Any) -> None:
-        self.by_split: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in _SPLITS}
+    def __init__(self, planted: PlantedDataset) -> None:
+        self.by_split: dict[str, dict[str, GroundTruthRecord]] = {s: {} for s in _SPLITS}
         for rec in planted.ground_truth():
             split, _, rel = rec["id"].partition("/")
             if split in self.by_split:
@@ -367,7 +371,7 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     t = lap("score", t)
     heads: Sequence[FixHead | None] = fixes or [None, None]
     for variant, info, head in zip(("robust", "standard"), (infos["robust"], infos["standard"]), heads, strict=False):
-        def get(which: str, fixed: bool, info: Any = info, head: Any = head) -> tuple[float, float]:
+        def get(which: str, fixed: bool, info: DemoModelInfo = info, head: FixHead | None = head) -> tuple[float, float]:
             res = scored.get(which)
             if res is None:
                 return float("nan"), float("nan")
@@ -444,7 +448,7 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
     return PreparedWorkspaces(str(planted.root), ws_dirs, infos, identity)
 
 
-def _check_trained_on(infos: Any, content_hash: str) -> None:
+def _check_trained_on(infos: Iterable[DemoModelInfo], content_hash: str) -> None:
     """Warn when the planted data generated here are not the data a demo model was trained on."""
     for info in infos:
         trained_on = info.metadata.get("planted_content_hash")

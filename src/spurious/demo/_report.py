@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spurious import _html
 from spurious.score.plots import display_names
 from spurious.visualize import SHEET_TABLE, SheetTable, read_sheet_table, sheet_folder
+
+if TYPE_CHECKING:
+    from spurious.demo._pipeline import FoundComponent
 
 __all__ = ["write_report"]
 
@@ -53,7 +56,7 @@ def _class_sheet(out: Path, k: int) -> tuple[SheetTable | None, str | None]:
         return None, f"{shown} could not be read ({type(e).__name__}: {str(e).replace(str(path), shown)})"
 
 
-def _found_card(f: Any, out: Path, report_dir: Path) -> str:
+def _found_card(f: FoundComponent, out: Path, report_dir: Path) -> str:
     """One found component: NPFV, NPFV GradCAM, top images with heatmaps; notes for what is missing."""
     title = (f"class {_html.esc(f.class_name)} ({f.class_index}), component {f.component} &rarr; "
              f"{_html.esc(f.feature or 'no planted feature')}")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spurious import __version__
+from spurious._checks import int_at_least
 from spurious._io import atomic_path, read_json, utc_now, write_json
 from spurious.components import ComponentSet
 from spurious.retrieve._gallery import write_gallery
@@ -281,8 +282,8 @@ class _Settings:
 def _check_settings(*, min_votes: object, top_n: object, dependence: str, dependence_margin: object,
                     oversample: object, chunk_rows: object) -> _Settings:
     """Step 1: the counts are integers >= 1, the dependence test is known and its margin a finite number."""
-    min_votes = _check_count("min_votes", min_votes)
-    top_n = _check_count("top_n", top_n)
+    min_votes = int_at_least("min_votes", min_votes, 1)
+    top_n = int_at_least("top_n", top_n, 1)
     if dependence not in DEPENDENCE_TESTS:
         raise ValueError(f"dependence must be one of {', '.join(map(repr, DEPENDENCE_TESTS))}, got {dependence!r}")
     if isinstance(dependence_margin, bool) or not isinstance(dependence_margin, (int, float, np.integer, np.floating)) \
@@ -291,8 +292,8 @@ def _check_settings(*, min_votes: object, top_n: object, dependence: str, depend
     margin = float(dependence_margin)
     if dependence == "none" and margin != 0.0:
         raise ValueError("dependence_margin only applies with dependence='flip' (--dependence flip)")
-    return _Settings(min_votes=min_votes, top_n=top_n, oversample=_check_count("oversample", oversample),
-                     chunk_rows=_check_count("chunk_rows", chunk_rows), dependence=dependence,
+    return _Settings(min_votes=min_votes, top_n=top_n, oversample=int_at_least("oversample", oversample, 1),
+                     chunk_rows=int_at_least("chunk_rows", chunk_rows, 1), dependence=dependence,
                      dependence_margin=margin)
 
 
@@ -673,12 +674,6 @@ def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_json(plan_path, plan)
-
-
-def _check_count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _cpu() -> torch.device:

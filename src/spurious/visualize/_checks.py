@@ -6,14 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from spurious._checks import positive_int
+
 __all__ = ["check_batch_size", "check_neurons", "positive_int"]
-
-
-def positive_int(name: str, value: object, hint: str = "") -> int:
-    """``value`` as an int when it is a positive integer (not a bool); ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
-    return int(value)
 
 
 def check_batch_size(batch_size: int | None) -> int | None:
