@@ -65,6 +65,7 @@ class CounterfactualResult:
     pairs: int
     pairs_done: int
     pairs_reused: int
+    images: list[str] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)
     sheet: str = ""
     index_json: str = ""
@@ -335,18 +336,30 @@ def counterfactual(
             records[i] = rec
     ordered = [records[i] for i in range(len(hashes))]
     summary = _run_summary(ordered, kk)
+    pairs = _merge_pairs(run_dir / "run.json", ordered)
     run = {"format": "spurious-counterfactual-run", "version": _FORMAT_VERSION, "package_version": __version__,
            "created": utc_now(), "settings": settings, "class_name": ws.class_names[kk],
            "models": [{"spec": m.spec, "fingerprint": m.fingerprint(), "role": role} for m, role in models],
-           "start_images": {"source": starts.source, **starts.detail}, "summary": summary, "pairs": ordered}
+           "start_images": {"source": starts.source, **starts.detail},
+           "summary": summary if len(pairs) == len(ordered) else _run_summary(pairs, kk), "pairs": pairs}
     sheet = run_page(run_dir / "index.html", run, ws.class_names)
     write_json(run_dir / "run.json", run)
     index_json = _write_index(root, ws)
     return CounterfactualResult(
         path=str(root), run=str(run_dir), k=kk, class_name=ws.class_names[kk], component=component, mode=mode,
         norm=key, eps=radius, steps=steps, source=starts.source, pairs=len(ordered), pairs_done=len(pending),
-        pairs_reused=reused, models=summary, sheet=str(sheet), index_json=str(index_json),
+        pairs_reused=reused, images=list(starts.ids), models=summary, sheet=str(sheet), index_json=str(index_json),
         seconds=round(time.perf_counter() - t0, 3), device=str(dev))
+
+
+def _merge_pairs(run_json: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs of a run folder: those of earlier calls with the same settings (other start images), then the new."""
+    try:
+        old = read_json(run_json)["pairs"] if run_json.is_file() else []
+    except (ValueError, KeyError):
+        old = []
+    seen = {p["hash"] for p in new}
+    return [p for p in old if p.get("hash") not in seen] + new
 
 
 def _write_index(root: Path, ws: Workspace) -> Path:
