@@ -8,7 +8,8 @@
 * default for ``add``: validation images of the classes most confused with ``k``. Every class ``j != k``
   gets the mean of ``p(k)`` over its validation images (softmax of the stored ``phi`` through the
   workspace head); the ``confused`` classes with the highest mean are taken in that order, and the
-  ``n`` images are drawn from them round-robin, each class's images by descending ``p(k)``.
+  ``n`` images are drawn from them round-robin, each class's images in id order, leaving out those
+  already predicted as ``k``.
 """
 
 from __future__ import annotations
@@ -120,9 +121,7 @@ def _confused_starts(ws: Workspace, k: int, n: int, confused: int, split: str,
     for j, _, _ in top:
         rows = store.rows_of_class(j)
         logits = store.phi(rows).astype(np.float64) @ W.T + b
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits[:, k]) / np.exp(logits).sum(axis=1)
-        per_class.append(rows[np.argsort(-p, kind="stable")].tolist())
+        per_class.append(rows[logits.argmax(axis=1) != k].tolist())  # already predicted k: nothing to add
     chosen: list[tuple[int, int]] = []
     depth = 0
     while len(chosen) < n and any(depth < len(r) for r in per_class):
