@@ -48,6 +48,7 @@ from spurious.counterfactual._index import (
     CounterfactualPair,
     counterfactual_pairs,
     read_counterfactual_index,
+    shown_pairs,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ __all__ = [
     "default_budget",
     "read_counterfactual_index",
     "score_images",
+    "shown_pairs",
 ]
 
 _LAZY = {

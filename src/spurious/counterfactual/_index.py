@@ -24,7 +24,7 @@ from typing import Any
 
 from spurious._io import read_json
 
-__all__ = ["INDEX_FORMAT", "CounterfactualPair", "counterfactual_pairs", "read_counterfactual_index"]
+__all__ = ["INDEX_FORMAT", "CounterfactualPair", "counterfactual_pairs", "read_counterfactual_index", "shown_pairs"]
 
 INDEX_FORMAT = "spurious-counterfactual-index"
 FOLDER = "counterfactual"
@@ -83,15 +83,29 @@ def counterfactual_pairs(workspace: str | os.PathLike[str], k: int, component: i
     For the inspection sheets and the label UI: ``[p for p in pairs if p.mode == "remove"][:1]``
     is one remove-pair to show beside the NPFV.
     """
-    root = Path(workspace) / FOLDER
     entries = read_counterfactual_index(workspace)["components"].get(f"{int(k)}/{int(component)}", [])
-    out = []
-    for e in entries:
-        if mode is not None and e["mode"] != mode:
-            continue
-        files = e["files"]
-        out.append(CounterfactualPair(
-            k=int(k), component=int(component), mode=e["mode"], image_id=e["id"], source=e["source"],
-            original=root / files["original"], counterfactual=root / files["counterfactual"],
-            difference=root / files["difference"], heatmap=root / files["heatmap"], models=e["models"], record=e))
+    return [_pair(Path(workspace) / FOLDER, int(k), int(component), e) for e in entries
+            if mode is None or e["mode"] == mode]
+
+
+def _pair(root: Path, k: int, component: int, e: dict[str, Any]) -> CounterfactualPair:
+    files = e["files"]
+    return CounterfactualPair(
+        k=k, component=component, mode=e["mode"], image_id=e["id"], source=e["source"],
+        original=root / files["original"], counterfactual=root / files["counterfactual"],
+        difference=root / files["difference"], heatmap=root / files["heatmap"], models=e["models"], record=e)
+
+
+def shown_pairs(workspace: str | os.PathLike[str]) -> dict[tuple[int, int], list[CounterfactualPair]]:
+    """The pairs to show where components are reviewed: per ``(k, l)``, its first remove-pair and its
+    first add-pair (in that order, each when it exists). One read of ``index.json``; ``{}`` when the
+    stage never ran. Used by the inspection sheets, the label UI and the demo report."""
+    root = Path(workspace) / FOLDER
+    out: dict[tuple[int, int], list[CounterfactualPair]] = {}
+    for key, entries in read_counterfactual_index(workspace)["components"].items():
+        k, _, l = str(key).partition("/")
+        chosen = [next((e for e in entries if e["mode"] == m), None) for m in ("remove", "add")]
+        pairs = [_pair(root, int(k), int(l), e) for e in chosen if e is not None]
+        if pairs:
+            out[(int(k), int(l))] = pairs
     return out

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spurious._html import esc, fmt, img, link, table, write_page
 
-__all__ = ["index_page", "run_page"]
+if TYPE_CHECKING:
+    from spurious.counterfactual._index import CounterfactualPair
+
+__all__ = ["index_page", "pair_figures", "run_page"]
 
 _NOTE = ("A counterfactual shows what the component looks like in a real image only on a model whose gradients are "
          "perceptually aligned (an adversarially robust one); on a standard model the same optimisation returns "
@@ -23,6 +27,30 @@ def _numbers(models: list[dict[str, Any]]) -> str:
                      f"{b['top1_name']} -> {a['top1_name']}"])
     return table(["model", "alpha before", "alpha after", "p(k) before", "p(k) after", "top-1"], rows,
                  left_cols=(0, 5))
+
+
+def _pair_caption(pair: CounterfactualPair) -> str:
+    """``remove: p(k) 0.91 -> 0.20, alpha 3.1 -> -0.4, top-1 hummingbird -> feeder`` on the optimising model."""
+    m = pair.optimised
+    b, a = m["before"], m["after"]
+    return (f"{pair.mode}: p(k) {fmt(b['probability'])} -> {fmt(a['probability'])}, alpha {fmt(b['alpha'])} -> "
+            f"{fmt(a['alpha'])}, top-1 {b['top1_name']} -> {a['top1_name']} ({m['spec']})")
+
+
+def pair_figures(pairs: Sequence[CounterfactualPair], page_dir: Path, *, width: int = 128) -> str:
+    """One row per pair (original, counterfactual, signed change, where it changed) with its before/after
+    numbers, for a page written in ``page_dir`` (image paths relative to it); ``""`` for no pair."""
+    rows = []
+    for pair in pairs:
+        figs = "".join(
+            img(os.path.relpath(path, page_dir), f"{name} ({pair.mode}) of {pair.image_id}", width=width, caption=name)
+            for name, path in (("original", pair.original), ("counterfactual", pair.counterfactual),
+                               ("signed change", pair.difference), ("where it changed", pair.heatmap)))
+        rows.append(f'<div class="row">{figs}</div><p class="muted">{esc(_pair_caption(pair))}; start image '
+                    f'{esc(pair.image_id)} ({esc(pair.source)})</p>')
+    if not rows:
+        return ""
+    return "<h4>Counterfactuals on real images</h4>" + "".join(rows)
 
 
 def run_page(path: Path, run: dict[str, Any], class_names: Sequence[str]) -> Path:

@@ -35,6 +35,7 @@ from spurious.counterfactual._starts import start_images
 from spurious.datasets import ImageDataset
 from spurious.models import Classifier, load_model
 from spurious.npca import load_npca
+from spurious.visualize._report import refresh_sheets
 from spurious.workspace import Workspace, prepare_artifact_dir
 
 __all__ = ["CounterfactualResult", "counterfactual"]
@@ -345,6 +346,7 @@ def counterfactual(
     sheet = run_page(run_dir / "index.html", run, ws.class_names)
     write_json(run_dir / "run.json", run)
     index_json = _write_index(root, ws)
+    refresh_sheets(ws, [kk])  # the inspection sheet of class k shows the new pairs under the component
     return CounterfactualResult(
         path=str(root), run=str(run_dir), k=kk, class_name=ws.class_names[kk], component=component, mode=mode,
         norm=key, eps=radius, steps=steps, source=starts.source, pairs=len(ordered), pairs_done=len(pending),

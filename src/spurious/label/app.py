@@ -436,12 +436,14 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
         tops = [{**t, "url": vis(t.get("png")), "cam_url": vis(t.get("heatmap_png"))}
                 for t in rec.get("top_images", [])]
+        counterfactuals = [{**c, "urls": {n: img_url(p) for n, p in c["files"].items()}}
+                           for c in rec.get("counterfactuals", [])]
         verdicts = store.component_verdicts(k, l)
         mine = verdicts.get(me, {})
         position = filtered.index(here) + 1 if here in filtered else None
         return render(request, "review.html", task="review", rec=rec, k=k, l=l, class_name=class_label(k), row=here,
                       npfv_url=vis(rec.get("npfv_png")), npfv_cam_url=vis(rec.get("npfv_heatmap_png")),
-                      tops=tops, verdicts=verdicts, mine=mine.get("verdict"), note=mine.get("note", ""),
+                      tops=tops, counterfactuals=counterfactuals, verdicts=verdicts, mine=mine.get("verdict"), note=mine.get("note", ""),
                       prev_url=url(prev), next_url=url(nxt), filter=filter, cls=kc, query=q,
                       position=position, total=len(filtered), keys=_KEYS_REVIEW,
                       classes=_class_choices(all_rows), class_label=class_label,

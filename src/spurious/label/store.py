@@ -57,6 +57,7 @@ from typing import TypeVar
 from spurious import __version__
 from spurious._checks import int_at_least
 from spurious._io import JSONDict, atomic_path, read_json, utc_now, write_json
+from spurious.counterfactual import shown_pairs
 from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
@@ -480,6 +481,8 @@ class LabelStore:
         self._check_manifest(root)
         components: list[JSONDict] = []
         files: list[Path] = []
+        pairs = shown_pairs(self.root)
+        cf_root = (self.root / "counterfactual").resolve()
         for k in sheet_classes(self.root):
             table = read_sheet_table(self.root, k)
             folder = table.folder
@@ -489,6 +492,19 @@ class LabelStore:
                     path = self.visual_path(rec, name)
                     if path.resolve().parent == folder.resolve():  # only files of this class folder are served
                         files.append(path)
+                shown = []
+                for pair in pairs.get((k, int(rec["component"])), ()):
+                    pngs = {"original": pair.original, "counterfactual": pair.counterfactual,
+                            "difference": pair.difference, "heatmap": pair.heatmap}
+                    if not all(p.resolve().is_relative_to(cf_root) for p in pngs.values()):
+                        continue  # only files of WS/counterfactual are served
+                    files.extend(pngs.values())
+                    m = pair.optimised
+                    shown.append({"mode": pair.mode, "image_id": pair.image_id, "source": pair.source,
+                                  "spec": m["spec"], "before": m["before"], "after": m["after"],
+                                  "files": {n: str(p) for n, p in pngs.items()}})
+                if shown:
+                    rec["counterfactuals"] = shown
                 components.append(rec)
         return components, files
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from spurious.visualize._report import ROBUSTNESS_NOTE
+from spurious.visualize._report import ROBUSTNESS_NOTE, refresh_sheets
 from spurious.visualize._table import (
     SHEET_TABLE,
     SheetTable,
@@ -98,6 +98,7 @@ __all__ = [
     "neuron_visualization",
     "npfv",
     "read_sheet_table",
+    "refresh_sheets",
     "select_components",
     "sheet_classes",
     "sheet_folder",

@@ -6,13 +6,21 @@ Every data string (class names, image ids, model spec) goes through :func:`spuri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spurious._html import esc, fmt, img, link, table, write_page
+from spurious.counterfactual._index import shown_pairs
+from spurious.counterfactual._report import pair_figures
+from spurious.visualize._table import read_sheet_table, sheet_classes
+from spurious.workspace import Workspace
 
-__all__ = ["class_page", "index_page"]
+if TYPE_CHECKING:
+    from spurious.counterfactual import CounterfactualPair
+
+__all__ = ["class_page", "index_page", "refresh_sheets"]
 
 _DIVERSITY_HELP = (
     "Each set is the top images of one of the first five selected components (or of the five most important "
@@ -68,8 +76,14 @@ def _diversity_table(div: dict[str, dict[str, int]]) -> str:
     return table(["top-5 of", "sets", "images shown", "distinct", "repeated", "identical pairs"], rows)
 
 
-def class_page(path: Path, data: dict[str, Any], names: Sequence[str]) -> Path:
-    """Write the inspection sheet of one class from its ``components.json`` content ``data``."""
+def class_page(path: Path, data: dict[str, Any], names: Sequence[str],
+               counterfactuals: Mapping[tuple[int, int], Sequence[CounterfactualPair]] | None = None) -> Path:
+    """Write the inspection sheet of one class from its ``components.json`` content ``data``.
+
+    ``counterfactuals`` (from :func:`spurious.counterfactual.shown_pairs`): per ``(k, l)`` the
+    remove- and add-pair shown under the component's card when the counterfactual stage made them.
+    """
+    pairs = counterfactuals or {}
     w = _width(data["input_size"])
     parts = [f'<div class="note">{esc(ROBUSTNESS_NOTE)}</div>',
              (f'<p class="muted">model {esc(data["model_spec"])}; {data["n_images"]} training images labelled '
@@ -85,7 +99,8 @@ def class_page(path: Path, data: dict[str, Any], names: Sequence[str]) -> Path:
         first = [(comp["npfv_png"], f"NPFV of component {comp['component']}", "NPFV"),
                  (comp["npfv_heatmap_png"], f"GradCAM on the NPFV of component {comp['component']}", "NPFV GradCAM")]
         parts.append(f'<div class="card"><h3>#{comp["rank"]}: component {comp["component"]}</h3>{head}'
-                     f'{_gallery(first, comp["top_images"], "alpha", w)}</div>')
+                     f'{_gallery(first, comp["top_images"], "alpha", w)}'
+                     f'{pair_figures(pairs.get((int(data["class"]), int(comp["component"])), ()), path.parent)}</div>')
 
     neu = data["neurons"]
     parts.append("<h2>Neuron baseline (Salient ImageNet)</h2>")
@@ -137,3 +152,30 @@ def index_page(path: Path, manifest: dict[str, Any]) -> Path:
             _diversity_table(tot) if tot else "<p>-</p>"]
     return write_page(path, "Neural PCA components by class", "\n".join(body),
                       subtitle=f"{len(manifest['classes'])} classes")
+
+
+def refresh_sheets(workspace: str | os.PathLike[str] | Workspace, classes: Sequence[int] | None = None) -> list[Path]:
+    """Rewrite the inspection sheets from their ``components.json`` and the counterfactual index.
+
+    The counterfactual stage runs after ``visualize``; it calls this so that each sheet shows, under every
+    selected component, the component's remove- and add-pair (:func:`spurious.counterfactual.shown_pairs`).
+    Nothing is recomputed; a class without a sheet is skipped.
+
+    Args:
+        workspace: the workspace.
+        classes: class indices (default: every class with a sheet).
+
+    Returns:
+        the sheets written.
+    """
+    root = workspace.root if isinstance(workspace, Workspace) else Path(workspace)
+    have = sheet_classes(root)
+    wanted = have if classes is None else [k for k in dict.fromkeys(int(c) for c in classes) if k in set(have)]
+    pairs = shown_pairs(root)
+    written = []
+    for k in wanted:
+        sheet = read_sheet_table(root, k)
+        if "input_size" not in sheet.document:  # the earlier bare-list layout has no sheet data
+            continue
+        written.append(class_page(sheet.folder / "index.html", sheet.document, (), pairs))
+    return written

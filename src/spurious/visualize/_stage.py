@@ -37,6 +37,7 @@ from spurious._dist import (
     resolve_device,
 )
 from spurious._io import atomic_path, sha256_strings, utc_now, write_json
+from spurious.counterfactual import shown_pairs
 from spurious.datasets import ImageDataset
 from spurious.gradcam import GradCAM, overlay
 from spurious.models import Classifier, load_model
@@ -536,7 +537,7 @@ def _visualize_class(ctx: _StageContext, k: int) -> None:
         "diversity": div,
     }
 
-    class_page(cdir / "index.html", table, names)
+    class_page(cdir / "index.html", table, names, shown_pairs(ctx.ws.root))
     write_json(cdir / SHEET_TABLE, table)  # last: marks the class as done
 
 

@@ -1,0 +1,102 @@
+"""Counterfactual pairs shown where people decide: the inspection sheet of the class and the label UI's
+component review page show, under a selected component, its remove-pair and its add-pair (issue 18, item 3)."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import copy_demo_out
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from spurious.counterfactual import counterfactual, shown_pairs
+from spurious.visualize import read_sheet_table, refresh_sheets, sheet_classes
+
+pytestmark = pytest.mark.filterwarnings("ignore:the model does not agree with the labels:UserWarning")  # tiny models
+
+
+class _Images(html.parser.HTMLParser):
+    """The ``src`` of every ``<img>`` after the first ``<h4>Counterfactuals on real images</h4>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after, self.heading, self.srcs = False, False, []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.heading = tag == "h4"
+        if tag == "img" and self.after:
+            self.srcs.append(dict(attrs)["src"])
+
+    def handle_data(self, data: str) -> None:
+        if self.heading and data.strip() == "Counterfactuals on real images":
+            self.after = True
+
+
+@pytest.fixture(scope="module")
+def ws_with_pairs(fast_demo, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A copy of the fast demo's robust workspace where one selected component got a remove- and an add-pair."""
+    out = copy_demo_out(fast_demo, tmp_path_factory.mktemp("cf-shown") / "demo")
+    ws = out / "ws-robust"
+    k = sheet_classes(ws)[0]
+    l = read_sheet_table(ws, k).selected[0]
+    for mode in ("remove", "add"):
+        counterfactual(ws, k, l, mode=mode, n_images=1, steps=3, progress=False)
+    return ws, k, l
+
+
+def test_shown_pairs_are_the_first_remove_then_the_first_add(ws_with_pairs) -> None:  # type: ignore[no-untyped-def]
+    ws, k, l = ws_with_pairs
+    index = json.loads((ws / "counterfactual" / "index.json").read_text())
+    entries = index["components"][f"{k}/{l}"]
+    pairs = shown_pairs(ws)[(k, l)]
+    assert [p.mode for p in pairs] == ["remove", "add"]
+    for p in pairs:
+        first = next(e for e in entries if e["mode"] == p.mode)
+        assert p.image_id == first["id"] and p.original == ws / "counterfactual" / first["files"]["original"]
+    assert shown_pairs(ws.parent / "ws-standard") == {}  # the stage never ran there
+
+
+def test_the_class_sheet_shows_the_pairs_under_the_component(ws_with_pairs) -> None:  # type: ignore[no-untyped-def]
+    ws, k, l = ws_with_pairs
+    sheet = read_sheet_table(ws, k).folder / "index.html"
+    parser = _Images()
+    parser.feed(sheet.read_text(encoding="utf-8"))
+    want = [p for pair in shown_pairs(ws)[(k, l)]
+            for p in (pair.original, pair.counterfactual, pair.difference, pair.heatmap)]
+    got = [(sheet.parent / src).resolve() for src in parser.srcs[:8]]
+    assert got == [p.resolve() for p in want]
+    assert all(not os.path.isabs(src) for src in parser.srcs)  # the folder can be moved as a whole
+    for p in got:
+        with Image.open(p) as im:
+            assert im.size[0] > 0
+    # a refresh without new pairs rewrites the same page
+    before = sheet.read_bytes()
+    assert refresh_sheets(ws, [k]) == [sheet] and sheet.read_bytes() == before
+
+
+def test_the_review_page_shows_and_serves_the_pairs(ws_with_pairs) -> None:  # type: ignore[no-untyped-def]
+    from spurious.label import LabelStore
+    from spurious.label.app import create_app
+
+    ws, k, l = ws_with_pairs
+    rec = LabelStore(ws, sync=True).component(k, l)
+    assert [c["mode"] for c in rec["counterfactuals"]] == ["remove", "add"]
+    c = TestClient(create_app(ws))
+    assert c.post("/login", data={"name": "ann", "next": "/"}, follow_redirects=False).status_code == 303
+    page = c.get(f"/review/{k}/{l}")
+    assert page.status_code == 200 and "Counterfactuals on real images" in page.text
+    pair = shown_pairs(ws)[(k, l)][0]
+    for shown in rec["counterfactuals"]:
+        for name, path in shown["files"].items():
+            from spurious.label.store import file_key
+
+            key = file_key(path)
+            assert f"/img/{key}" in page.text, name
+            r = c.get(f"/img/{key}")
+            assert r.status_code == 200 and r.content == Path(path).read_bytes()
+    before = pair.optimised["before"]["probability"]
+    assert f"{before:.3f}"[:4] in page.text
