@@ -100,3 +100,22 @@ def test_the_review_page_shows_and_serves_the_pairs(ws_with_pairs) -> None:  # t
             assert r.status_code == 200 and r.content == Path(path).read_bytes()
     before = pair.optimised["before"]["probability"]
     assert f"{before:.3f}"[:4] in page.text
+
+
+def test_the_demo_report_card_shows_the_pairs(ws_with_pairs) -> None:  # type: ignore[no-untyped-def]
+    from spurious.demo._pipeline import _FAST, FoundComponent, _counterfactuals
+    from spurious.demo._report import _found_card
+
+    ws, k, l = ws_with_pairs
+    out = ws.parent
+    f = FoundComponent(k, f"class {k}", l, None, 0.0, 0.5)
+    card = _found_card(f, out, out)
+    for pair in shown_pairs(ws)[(k, l)]:
+        for path in (pair.original, pair.counterfactual, pair.difference, pair.heatmap):
+            assert f'src="{path.relative_to(out).as_posix()}"' in card
+    # the demo's own step: one remove- and one add-pair per found component, scored on the standard model too
+    _counterfactuals(ws, [f], _FAST, "demo:standard-tiny", progress=False)
+    entries = json.loads((ws / "counterfactual" / "index.json").read_text())["components"][f"{k}/{l}"]
+    runs = {e["run"] for e in entries}
+    assert len(runs) == 4  # the fixture's two runs (3 steps, no eval model) and the demo's two (other settings)
+    assert any([m["role"] for m in e["models"]] == ["optimised", "eval"] for e in entries)

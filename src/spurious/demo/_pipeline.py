@@ -148,10 +148,13 @@ class _Settings:
     top_images: int
     top_n: int
     per_component: int
+    counterfactual_images: int
 
 
-_DEFAULT = _Settings(candidates=16, keep=8, steps=50, top_images=5, top_n=100, per_component=40)
-_FAST = _Settings(candidates=8, keep=4, steps=10, top_images=5, top_n=30, per_component=10)
+_DEFAULT = _Settings(candidates=16, keep=8, steps=50, top_images=5, top_n=100, per_component=40,
+                     counterfactual_images=2)
+_FAST = _Settings(candidates=8, keep=4, steps=10, top_images=5, top_n=30, per_component=10,
+                  counterfactual_images=1)
 
 
 # ---------------------------------------------------------------------------- ground truth
@@ -303,6 +306,8 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
             if feat:
                 found_pairs.add(f"{names[k]}/{feat}")
     result.missed = [p for p in result.planted_features if p not in found_pairs]
+    _counterfactuals(ws_r, result.found, settings, infos["standard"].spec, progress)
+    t = lap("counterfactual", t)
     if agreed:
         retrieve(ws_r, pool="pool", components={str(k): v for k, v in agreed.items()}, agree=[ws_dirs["standard"]],
                  min_votes=2, top_n=settings.top_n, progress=progress, overwrite=True)
@@ -446,6 +451,22 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
         npca(ws_dirs[variant], split="train", n_components="all", precision="float64", progress=progress)
         identity[variant] = _logit_identity(ws_dirs[variant])
     return PreparedWorkspaces(str(planted.root), ws_dirs, infos, identity)
+
+
+def _counterfactuals(ws: Path, found: Sequence[FoundComponent], settings: _Settings, eval_spec: str,
+                     progress: bool) -> None:
+    """Per found component, one remove-pair and one add-pair on the robust model (the demo report and the
+    inspection sheets show them), each also scored on the standard model."""
+    from spurious.counterfactual import counterfactual
+
+    for f in found:
+        for mode in ("remove", "add"):
+            try:
+                counterfactual(ws, f.class_index, f.component, mode=mode, n_images=settings.counterfactual_images,
+                               steps=settings.steps, eval_models=[eval_spec], progress=progress)
+            except ValueError as err:  # e.g. no start image left: the report then shows no pair, and says why here
+                warnings.warn(f"demo: no {mode}-counterfactual for class {f.class_name}, component {f.component}: "
+                              f"{err}", RuntimeWarning, stacklevel=2)
 
 
 def _check_trained_on(infos: Iterable[DemoModelInfo], content_hash: str) -> None:

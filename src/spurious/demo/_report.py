@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spurious import _html
+from spurious.counterfactual import shown_pairs
+from spurious.counterfactual._report import pair_figures
 from spurious.score.plots import display_names
 from spurious.visualize import SHEET_TABLE, SheetTable, read_sheet_table, sheet_folder
 
@@ -108,7 +110,8 @@ def _found_card(f: FoundComponent, out: Path, report_dir: Path) -> str:
     stats = (f'<p class="muted">Top-20 precision {_html.fmt(f.precision_top20, 2)} (share of its 20 '
              f"max-activating training images that show the feature); NPFV p(class) "
              f"{_html.fmt(f.npfv_probability)}. {links}</p>")
-    return f"{head}{stats}{body}{note}</div>"
+    cf = pair_figures(shown_pairs(out / ROBUST_WS).get((f.class_index, f.component), ()), report_dir, width=width)
+    return f"{head}{stats}{body}{note}{cf}</div>"
 
 
 def _model_cell(spec: str, names: dict[str, str]) -> str:
@@ -141,7 +144,10 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
         parts.append('<p class="muted">Robust model, as on the inspection sheets of <code>visualize</code>. Per '
                      "component: its NPFV (the feature visualization: an image optimised to raise the component's "
                      "contribution alpha to the class logit) and the GradCAM on it, then its max-activating training "
-                     "images, each followed by its GradCAM heatmap (where the component looks).</p>")
+                     "images, each followed by its GradCAM heatmap (where the component looks); then its counterfactuals "
+                     "on real images: the component removed from a training image that shows it, and added to a "
+                     "validation image of the class the model confuses most with this one (robust model, "
+                     "`spurious counterfactual`), with p(class) before and after.</p>")
         parts.extend(_found_card(f, out, report_dir) for f in result.found)
     else:
         parts.append('<p class="note">The review agreed on no component, so there is nothing to show.</p>')
