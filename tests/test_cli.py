@@ -207,6 +207,7 @@ _CALLS: dict[tuple[str, ...], tuple[list[str], dict[str, str]]] = {
                                                      "agree_model": "agree_models"}),
     ("score",): (["spurious.score:score"], {"workers": "num_workers"}),
     ("visualize",): (["spurious.visualize:visualize"], {}),
+    ("counterfactual",): (["spurious.counterfactual:counterfactual"], {"eval_model": "eval_models"}),
 }
 # the command's own choices, deliberately unlike the function's default
 _CLI_OWN = {("model",): {"device": "cpu"}}  # a look at a model needs no accelerator

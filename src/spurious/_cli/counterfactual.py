@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["add_parser", "register"]
+from spurious._cli._common import common_options, defaults_of, emit_result, given
+
+if TYPE_CHECKING:
+    from spurious._cli._common import SubParsers
+
+__all__ = ["register"]
+
+_default = defaults_of("spurious.counterfactual:counterfactual")
 
 
-def register(sub: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Add the ``counterfactual`` sub-command to the argparse sub-parser action ``sub``."""
-    from spurious._cli._common import common_options
 
     p = sub.add_parser(
         "counterfactual", help="add or remove a component in real images (APGD in a ball around each photo)",
@@ -29,45 +35,47 @@ def register(sub: Any) -> None:
     what.add_argument("--add", action="store_const", const="add", dest="mode", help="maximise alpha_l^k")
     what.add_argument("--remove", action="store_const", const="remove", dest="mode", help="minimise alpha_l^k")
     p.add_argument("--images", nargs="+", default=None, metavar="PATH", help="start image files")
-    p.add_argument("--data", default=None, help="a dataset spec: its first --n-images images are the start images")
-    p.add_argument("--n-images", type=int, default=None, help="start images chosen by default or from --data (8)")
-    p.add_argument("--norm", choices=["l2", "linf", "l1"], default=None, help="ball of the edit (default l2)")
-    p.add_argument("--eps", type=float, default=None,
+    p.add_argument("--data", default=_default("data"),
+                   help="a dataset spec: its first --n-images images are the start images")
+    p.add_argument("--n-images", type=int, default=_default("n_images"),
+                   help="start images chosen by default or from --data (default %(default)s)")
+    p.add_argument("--norm", choices=["l2", "linf", "l1"], default=_default("norm"),
+                   help="ball of the edit (default %(default)s)")
+    p.add_argument("--eps", type=float, default=_default("eps"),
                    help="radius (default: L2 30*sqrt(n/(3*224*224)); L-inf that / sqrt(n); L1 that * sqrt(n/100))")
-    p.add_argument("--steps", type=int, default=None, help="APGD steps (default 100)")
-    p.add_argument("--keep-weight", type=float, default=None,
+    p.add_argument("--steps", type=int, default=_default("steps"), help="APGD steps (default %(default)s)")
+    p.add_argument("--keep-weight", type=float, default=_default("keep_weight"),
                    help="weight of the penalty keeping the other components and classes at their start values "
-                        "(default 0: off)")
-    p.add_argument("--logprob-weight", type=float, default=None,
-                   help="weight of the class log-probability term (default 0: off)")
-    p.add_argument("--model", default=None, help="optimising model spec (default: the workspace's model)")
+                        "(default %(default)s: off)")
+    p.add_argument("--logprob-weight", type=float, default=_default("logprob_weight"),
+                   help="weight of the class log-probability term (default %(default)s: off)")
+    p.add_argument("--model", default=_default("model"),
+                   help="optimising model spec (default: the workspace's model)")
     p.add_argument("--eval-model", action="append", default=[], metavar="SPEC",
                    help="also score the images on this model (repeatable)")
-    p.add_argument("--split", default=None, help="training split of the max-activating images (default train)")
-    p.add_argument("--val-split", default=None, help="split of the default --add start images (default val)")
-    p.add_argument("--confused", type=int, default=None,
-                   help="classes the default --add start images come from (default 3)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per APGD batch (default: all)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=None, help="APGD seed (default 0)")
+    p.add_argument("--split", default=_default("split"),
+                   help="training split of the max-activating images (default %(default)s)")
+    p.add_argument("--val-split", default=_default("val_split"),
+                   help="split of the default --add start images (default %(default)s)")
+    p.add_argument("--confused", type=int, default=_default("confused"),
+                   help="classes the default --add start images come from (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=_default("batch_size"),
+                   help="images per APGD batch (default: all)")
+    p.add_argument("--device", default=_default("device"), help="auto | cpu | cuda | cuda:N (default %(default)s)")
+    p.add_argument("--seed", type=int, default=_default("seed"), help="APGD seed (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="discard counterfactuals made for another model/npca")
     common_options(p)
     p.set_defaults(func=_cmd_counterfactual)
 
 
-add_parser = register
-
-
 def _cmd_counterfactual(args: argparse.Namespace) -> int:
-    from spurious._cli._common import emit
     from spurious.counterfactual import counterfactual
 
-    optional = {"n_images": args.n_images, "norm": args.norm, "eps": args.eps, "steps": args.steps,
-                "keep_weight": args.keep_weight, "logprob_weight": args.logprob_weight, "split": args.split,
-                "val_split": args.val_split, "confused": args.confused, "seed": args.seed}
-    r = counterfactual(args.workspace, args.k, args.component, mode=args.mode, images=args.images, data=args.data,
-                       model=args.model, eval_models=args.eval_model, batch_size=args.batch_size, device=args.device,
-                       overwrite=args.overwrite, progress=not args.no_progress,
-                       **{name: value for name, value in optional.items() if value is not None})
-    emit(args, r.to_dict(), r.summary_lines())
+    emit_result(args, counterfactual(
+        args.workspace, args.k, args.component, mode=args.mode, images=args.images, eval_models=args.eval_model,
+        overwrite=args.overwrite, progress=not args.no_progress,
+        **given(data=args.data, n_images=args.n_images, norm=args.norm, eps=args.eps, steps=args.steps,
+                keep_weight=args.keep_weight, logprob_weight=args.logprob_weight, model=args.model,
+                split=args.split, val_split=args.val_split, confused=args.confused, batch_size=args.batch_size,
+                device=args.device, seed=args.seed)))
     return 0

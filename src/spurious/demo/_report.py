@@ -14,16 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from spurious import _html
-from spurious.counterfactual import shown_pairs
+from spurious.counterfactual._index import shown_pairs
 from spurious.counterfactual._report import pair_figures
 from spurious.score.plots import display_names
 from spurious.visualize import SHEET_TABLE, SheetTable, read_sheet_table, sheet_folder
-
-if TYPE_CHECKING:
-    from spurious.demo._pipeline import FoundComponent
 
 __all__ = ["write_report"]
 
@@ -58,7 +55,18 @@ def _class_sheet(out: Path, k: int) -> tuple[SheetTable | None, str | None]:
         return None, f"{shown} could not be read ({type(e).__name__}: {str(e).replace(str(path), shown)})"
 
 
-def _found_card(f: FoundComponent, out: Path, report_dir: Path) -> str:
+class _Found(Protocol):
+    """What a card needs of a found component (:class:`spurious.demo._pipeline.FoundComponent`)."""
+
+    class_index: int
+    class_name: str
+    component: int
+    feature: str | None
+    precision_top20: float
+    npfv_probability: float
+
+
+def _found_card(f: _Found, out: Path, report_dir: Path) -> str:
     """One found component: NPFV, NPFV GradCAM, top images with heatmaps; notes for what is missing."""
     title = (f"class {_html.esc(f.class_name)} ({f.class_index}), component {f.component} &rarr; "
              f"{_html.esc(f.feature or 'no planted feature')}")

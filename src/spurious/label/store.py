@@ -57,7 +57,7 @@ from typing import TypeVar
 from spurious import __version__
 from spurious._checks import int_at_least
 from spurious._io import JSONDict, atomic_path, read_json, utc_now, write_json
-from spurious.counterfactual import shown_pairs
+from spurious.counterfactual._index import shown_pairs
 from spurious.visualize import read_sheet_table, sheet_classes
 from spurious.workspace import IncompatibleArtifactError, Workspace
 

@@ -18,7 +18,7 @@ from spurious.visualize._table import read_sheet_table, sheet_classes
 from spurious.workspace import Workspace
 
 if TYPE_CHECKING:
-    from spurious.counterfactual import CounterfactualPair
+    from spurious.counterfactual._index import CounterfactualPair
 
 __all__ = ["class_page", "index_page", "refresh_sheets"]
 

@@ -37,7 +37,7 @@ from spurious._dist import (
     resolve_device,
 )
 from spurious._io import atomic_path, sha256_strings, utc_now, write_json
-from spurious.counterfactual import shown_pairs
+from spurious.counterfactual._index import shown_pairs
 from spurious.datasets import ImageDataset
 from spurious.gradcam import GradCAM, overlay
 from spurious.models import Classifier, load_model
