@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from spurious._cli._common import common_options, defaults_of, emit, given
+from spurious._cli._common import common_options, defaults_of, emit_result, given
 
 if TYPE_CHECKING:
     from spurious._cli._common import SubParsers
@@ -37,15 +37,5 @@ def _cmd_data_planted(args: argparse.Namespace) -> int:
     seed = given(seed=args.seed)
     config = PlantedConfig.tiny(**seed) if args.tiny else PlantedConfig(**seed)
     ds = generate_planted(args.out, config, overwrite=args.overwrite)
-    summary = {
-        "root": str(ds.root), "config": dict(vars(ds.config)), "config_hash": ds.config_hash,
-        "content_hash": ds.content_hash, "counts": ds.counts, "class_names": ds.class_names,
-        "features": [f.name for f in ds.features],
-        "spurious_folders": sorted(ds.spurious_folders.values()),
-    }
-    emit(args, summary, [
-        f"planted dataset -> {ds.root}",
-        f"{len(ds.class_names)} classes, {ds.config.image_size} px; "
-        + ", ".join(f"{k} {v}" for k, v in ds.counts.items()),
-    ])
+    emit_result(args, ds)
     return 0

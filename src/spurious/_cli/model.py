@@ -48,23 +48,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     opts = model_options(args)
     clf = load_model(args.spec, pretrained=not args.random_weights, device=args.device,
                      preprocessing=opts.preprocessing, config=opts.config)
-    d = clf.describe()
-    names = d["class_names"]
-    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-    head = " + ".join(f"{h['coef']:g} x {h['kind']} '{h['layer']}'" if h["coef"] != 1 else f"{h['kind']} "
-                      f"'{h['layer']}'" for h in d["head"])
-    emit(args, d, [
-        f"model          {d['spec']}",
-        f"fingerprint    {d['fingerprint']}",
-        f"preprocessing  {d['preprocessing_text']}",
-        f"  stated by    {d['preprocessing_source']}",
-        f"config file    {d['config_file'] or 'none'}",
-        f"features       D = {d['num_features']} (input of the head)",
-        f"head           {head}: W [{d['num_classes']}, {d['num_features']}], b [{d['num_classes']}]",
-        f"label space    K = {d['num_classes']}, names: "
-        + ("none (class_<k> placeholders: folders are read in sorted order)" if d["class_names_source"] == "none"
-           else f"{d['class_names_source']}: {shown}"),
-    ])
+    emit(args, clf.describe(), clf.summary_lines())
     return 0
 
 

@@ -550,6 +550,26 @@ class Classifier(nn.Module):
             "class_names": list(self.class_names),
         }
 
+    def summary_lines(self) -> list[str]:
+        """:meth:`describe` as the lines ``spurious model SPEC`` prints."""
+        d = self.describe()
+        names = d["class_names"]
+        shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+        head = " + ".join(f"{h['coef']:g} x {h['kind']} '{h['layer']}'" if h["coef"] != 1 else f"{h['kind']} "
+                          f"'{h['layer']}'" for h in d["head"])
+        return [
+            f"model          {d['spec']}",
+            f"fingerprint    {d['fingerprint']}",
+            f"preprocessing  {d['preprocessing_text']}",
+            f"  stated by    {d['preprocessing_source']}",
+            f"config file    {d['config_file'] or 'none'}",
+            f"features       D = {d['num_features']} (input of the head)",
+            f"head           {head}: W [{d['num_classes']}, {d['num_features']}], b [{d['num_classes']}]",
+            f"label space    K = {d['num_classes']}, names: "
+            + ("none (class_<k> placeholders: folders are read in sorted order)" if d["class_names_source"] == "none"
+               else f"{d['class_names_source']}: {shown}"),
+        ]
+
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, num_classes={self.num_classes}, num_features={self.num_features}"
 

@@ -247,6 +247,21 @@ class PlantedDataset:
     config_hash: str = ""
     content_hash: str = ""
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able summary (``spurious data planted --json``)."""
+        return {
+            "root": str(self.root), "config": dict(vars(self.config)), "config_hash": self.config_hash,
+            "content_hash": self.content_hash, "counts": self.counts, "class_names": self.class_names,
+            "features": [f.name for f in self.features],
+            "spurious_folders": sorted(self.spurious_folders.values()),
+        }
+
+    def summary_lines(self) -> list[str]:
+        """What ``spurious data planted`` prints."""
+        return [f"planted dataset -> {self.root}",
+                f"{len(self.class_names)} classes, {self.config.image_size} px; "
+                + ", ".join(f"{k} {v}" for k, v in self.counts.items())]
+
     @property
     def train(self) -> Path:
         """``root/train``: read with ``image_folder`` (labels = class indices)."""
