@@ -1,8 +1,28 @@
-"""Checks on image batches handed to the library (NCHW float in [0, 1], RGB)."""
+"""Image batches handed to the library (NCHW float in [0, 1], RGB): their checks, and a model frozen while
+an input is optimised."""
 
 from __future__ import annotations
 
-from torch import Tensor
+import contextlib
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def inputs_only(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients while optimising the input; the caller's state is restored."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
 
 
 def check_images(x: object, name: str = "x", *, rgb: bool = True) -> Tensor:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spurious._tensors import inputs_only
 from spurious.apgd import apgd
 from spurious.counterfactual._l1 import apgd_l1
 from spurious.models import Classifier
@@ -129,22 +129,6 @@ class Counterfactuals:
     objective: np.ndarray
     before: ImageScores
     after: ImageScores
-
-
-@contextlib.contextmanager
-def inputs_only(classifier: Classifier) -> Iterator[None]:
-    """Eval mode and no parameter gradients while optimising the input; the caller's state is restored."""
-    was_training = classifier.training
-    flags = [(p, p.requires_grad) for p in classifier.parameters()]
-    try:
-        classifier.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        classifier.train(was_training)
 
 
 def score_images(classifier: Classifier, basis: ClassBasis, component: int, images: Tensor,

@@ -12,7 +12,6 @@ uses the same optimisation, :func:`maximize_linear`). Selection ranks the NPFVs 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from spurious._tensors import inputs_only
 from spurious.apgd import apgd
 from spurious.npca import ClassBasis
 from spurious.visualize._checks import check_batch_size, positive_int
@@ -108,22 +108,6 @@ class FeatureVisualization:
         return self.probabilities[:, self.k if k is None else k]
 
 
-@contextlib.contextmanager
-def _inputs_only(classifier: Classifier) -> Iterator[None]:
-    """Eval mode and no parameter gradients while optimising the input; the caller's state is restored."""
-    was_training = classifier.training
-    flags = [(p, p.requires_grad) for p in classifier.parameters()]
-    try:
-        classifier.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        classifier.train(was_training)
-
-
 def linear_targets(A: np.ndarray, c: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.as_tensor(np.asarray(A), dtype=torch.float32, device=device),
             torch.as_tensor(np.asarray(c), dtype=torch.float32, device=device))
@@ -146,7 +130,7 @@ def maximize_linear(classifier: Classifier, A: np.ndarray, c: np.ndarray, *, eps
     At, ct = linear_targets(A, c, dev)
     m = At.shape[0]
     images, values, probs = [], [], []
-    with _inputs_only(classifier):
+    with inputs_only(classifier):
         for sl in chunks(m, batch_size):
             a, b = At[sl], ct[sl]
 
