@@ -89,8 +89,8 @@ def main() -> None:
     p.add_argument("--skip-resnet", action="store_true")
     args = p.parse_args()
 
+    from spurious.demo.train import train_demo_model
     from spurious.models import load_model
-    from spurious.train import train_demo_model
 
     device = torch.device(args.device)
     demo = train_demo_model("robust", progress=False)

@@ -72,7 +72,7 @@ def main() -> None:
     from spurious.counterfactual import counterfactual, counterfactual_pairs
     from spurious.datasets import PLANTED_FEATURES, load_planted
     from spurious.demo import prepare_workspaces
-    from spurious.train import train_demo_model
+    from spurious.demo.train import train_demo_model
 
     out = Path(args.out)
     infos = {v: train_demo_model(v, tiny=args.fast, progress=False) for v in ("robust", "standard")}

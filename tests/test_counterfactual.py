@@ -116,6 +116,48 @@ def test_l1_projection_is_the_nearest_feasible_point() -> None:
         assert ((cand[feasible] - z[i]).norm(dim=1) >= (y[i] - z[i]).norm() - 1e-9).all()
 
 
+def _l1_projection_oracle(z: np.ndarray, x0: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """Independent float64 numpy projection: bisection (200 halvings) on the threshold lam, row by row."""
+    d = z - x0
+    out = np.clip(d, -x0, 1.0 - x0)
+    for i in range(len(z)):
+        if np.abs(out[i]).sum() <= eps[i]:
+            continue
+        lo, hi = 0.0, float(np.abs(d[i]).max())
+        for _ in range(200):
+            lam = 0.5 * (lo + hi)
+            step = np.clip(np.sign(d[i]) * np.maximum(np.abs(d[i]) - lam, 0.0), -x0[i], 1.0 - x0[i])
+            lo, hi = (lo, lam) if np.abs(step).sum() <= eps[i] else (lam, hi)
+        out[i] = np.clip(np.sign(d[i]) * np.maximum(np.abs(d[i]) - hi, 0.0), -x0[i], 1.0 - x0[i])
+    return np.clip(x0 + out, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_l1_projection_matches_a_bisection_oracle(dtype: torch.dtype) -> None:
+    from spurious.counterfactual._l1 import project_l1
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        n, m = int(rng.integers(1, 6)), int(rng.integers(1, 300))
+        x0 = rng.random((n, m))
+        x0[:, : m // 4] = rng.choice([0.0, 1.0], size=(n, m // 4))  # values on the box bounds
+        keep = rng.random((n, m)) < rng.random()  # sparse moves (zeros of d), some rows all zero
+        z = x0 + rng.standard_normal((n, m)) * rng.choice([0.01, 0.5, 3.0]) * keep
+        eps = rng.choice([1e-3, 0.1, 1.0, 10.0, 1e4], size=n)  # 1e4: more than the box allows
+        zt, x0t, et = (torch.tensor(v, dtype=dtype) for v in (z, x0, eps))
+        y = project_l1(zt, x0t, et)
+        assert y.dtype == dtype and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+        y64, x064, e64 = y.double().numpy(), x0t.double().numpy(), et.double().numpy()
+        np.testing.assert_allclose(y64, _l1_projection_oracle(zt.double().numpy(), x064, e64), rtol=0,
+                                   atol=1e-10 if dtype == torch.float64 else 1e-5)
+        ulp = float(torch.finfo(dtype).eps)  # storing y rounds each value by at most half an ulp of 1
+        assert (np.abs(y64 - x064).sum(1) <= e64 * (1 + 1e-12) + m * ulp).all()
+        inside = np.abs(np.clip(z, 0, 1) - x0).sum(1) <= eps * (1 - 1e-6)  # already feasible: the box clip
+        np.testing.assert_array_equal(y64[inside], zt.clamp(0, 1).double().numpy()[inside])
+    zeros = torch.zeros((2, 7), dtype=dtype)  # z = x0: nothing moves
+    torch.testing.assert_close(project_l1(zeros, zeros, torch.ones(2, dtype=dtype)), zeros, rtol=0, atol=0)
+
+
 def test_optional_terms_follow_the_documented_formula(tiny) -> None:
     from spurious.counterfactual import counterfactual_images
 

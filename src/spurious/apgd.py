@@ -56,8 +56,9 @@ _PROJECT_RTOL = 1e-7
 _PROJECT_MAX_ITER = 200
 # Rows whose float32 result leaves the ball by more than this (relative) are redone in float64.
 _PROJECT_SLACK = 2e-6
-# How per-row sums of the gathered coordinates are taken on the CPU ("index_add" or "cumsum").
-_SEGMENT_SUM = "index_add"
+# How per-row sums of the gathered coordinates are taken: "packed" (row reductions of a padded
+# [N, W] layout, any device) or "cumsum" (differences of one cumulative sum; kept as a cross-check).
+_SEGMENT_SUM = "packed"
 
 
 @dataclass
@@ -199,25 +200,40 @@ class _Projector:
         return y
 
 
-def _segment_sums(row: Tensor, n_rows: int, z_device: torch.device) -> Callable[[Tensor], Tensor]:
-    """``values [K, 2] -> [N, 2]`` sums per row; ``row [K]`` sorted (each row's entries contiguous).
+def _clipped_sums(row: Tensor, n_rows: int, tau: Tensor, squares: Tensor) -> Callable[[Tensor | None], Tensor]:
+    """``t [N] -> [N, 2]``: per row, the sums of ``squares [K, 2]`` over the entries with ``tau_k <= t``.
 
-    On the CPU an in-order ``index_add_``: each row adds its own entries in the same order whatever
-    the batch, so a row's sums do not depend on the other rows. Elsewhere (atomic, order-free
-    scatter-adds would be non-deterministic) differences of one cumulative sum: deterministic,
+    ``row [K]`` is sorted (each row's entries contiguous); ``t = None`` sums every entry. "packed"
+    (the default): the entries are laid out to the left of ``[N, W]`` (``W`` = the most in one row,
+    padding ``tau = inf`` and 0), so every sum is a row reduction: deterministic, multi-threaded, and a
+    row's sums do not depend on the other rows. "cumsum": differences of one cumulative sum,
     independent of the other rows up to float64 rounding.
     """
-    if z_device.type == "cpu" and _SEGMENT_SUM == "index_add":
-        return lambda values: values.new_zeros(n_rows, values.shape[1]).index_add_(0, row, values)
+    if _SEGMENT_SUM == "packed":
+        counts = torch.bincount(row, minlength=n_rows)
+        width = max(int(counts.max()), 1) if row.numel() else 1
+        slot = row * width + torch.arange(row.numel(), device=row.device) - (counts.cumsum(0) - counts)[row]
+        packed = squares.new_zeros((3, n_rows * width))
+        packed[0].fill_(float("inf")).index_copy_(0, slot, tau)
+        packed[1].index_copy_(0, slot, squares[:, 0])
+        packed[2].index_copy_(0, slot, squares[:, 1])
+        tau_p, sq_p = packed[0].view(n_rows, width), packed[1:].view(2, n_rows, width)
+        zero = squares.new_zeros(())
+
+        def by_rows(t: Tensor | None) -> Tensor:
+            kept = sq_p if t is None else torch.where(tau_p <= t[:, None], sq_p, zero)
+            return kept.sum(2).T
+
+        return by_rows
     counts = torch.bincount(row, minlength=n_rows)
     ends = counts.cumsum(0)
     has, after = (counts > 0)[:, None], (ends - counts > 0)[:, None]
     last, before = (ends - 1).clamp_min(0), (ends - counts - 1).clamp_min(0)
 
-    def cumsum_diff(values: Tensor) -> Tensor:
-        if values.shape[0] == 0:
-            return values.new_zeros(n_rows, values.shape[1])
-        cs = values.cumsum(0)
+    def cumsum_diff(t: Tensor | None) -> Tensor:
+        if squares.shape[0] == 0:
+            return squares.new_zeros(n_rows, 2)
+        cs = (squares if t is None else squares * (tau <= t[row]).unsqueeze(1)).cumsum(0)
         return torch.where(has, cs[last], 0.0) - torch.where(after, cs[before], 0.0)
 
     return cumsum_diff
@@ -231,19 +247,19 @@ def _l2_scale(d: Tensor, x0: Tensor, shifted: Tensor, h_one: Tensor, eps2: Tenso
     n_rows, dim = d.shape
     flat = shifted.sub_(d).view(-1).nonzero().squeeze(1)  # clip(x0 + d) != x0 + d: outside [0, 1]
     row = torch.div(flat, dim, rounding_mode="floor")
-    d_k = d.reshape(-1)[flat].to(torch.float64)
-    x0_k = x0.reshape(-1)[flat].to(torch.float64)
+    d_k = d.view(-1).index_select(0, flat).to(torch.float64)
+    x0_k = x0.reshape(-1).index_select(0, flat).to(torch.float64)
     gap_k = torch.where(d_k > 0, 1.0 - x0_k, x0_k)
     tau_k = gap_k / d_k.abs()  # <= 1 here
     squares = torch.stack([d_k * d_k, gap_k * gap_k], dim=1)  # [K, 2]: d_i^2, gap_i^2
-    per_row = _segment_sums(row, n_rows, z_device=d.device)
-    total = per_row(squares)
+    per_row = _clipped_sums(row, n_rows, tau_k, squares)
+    total = per_row(None)
     rest = (h_one - total[:, 1]).clamp_min(0.0)  # sum of d_i^2 where x0_i + d_i is inside [0, 1]
     tiny = torch.finfo(torch.float64).tiny
     t = (eps2 / (rest + total[:, 0]).clamp_min(tiny)).sqrt().clamp(max=1.0)
     done = torch.zeros_like(t, dtype=torch.bool)  # each row stops at its own fixed point
     for _ in range(_PROJECT_MAX_ITER):
-        clipped = per_row(squares * (tau_k <= t[row]).unsqueeze(1))
+        clipped = per_row(t)
         a = rest + (total[:, 0] - clipped[:, 0])
         t_new = ((eps2 - clipped[:, 1]).clamp_min(0.0) / a.clamp_min(tiny)).sqrt()
         t_new = torch.maximum(t_new, t).clamp(max=1.0)

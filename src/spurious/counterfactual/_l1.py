@@ -10,8 +10,10 @@ sparse adversarial attacks on image classifiers"):
   so that a step of size ``eta`` moves an L1 mass ``eta`` (``eta = eps`` at the start);
 * ``P`` is the exact Euclidean projection onto ``{||x - x0||_1 <= eps} ∩ [0, 1]^n``: with
   ``d = z - x0``, ``y_i = x0_i + clip(sign(d_i) max(|d_i| - lam, 0), -x0_i, 1 - x0_i)`` and the
-  smallest ``lam >= 0`` that keeps ``||y - x0||_1 <= eps`` (the L1 norm decreases in ``lam``; found
-  by bisection in float64, ending on the feasible side).
+  smallest ``lam >= 0`` that keeps ``||y - x0||_1 <= eps`` (the L1 norm is piecewise linear and
+  non-increasing in ``lam``: ``lam`` is solved exactly in float64 from its sorted breakpoints over
+  the values that move, a few per cent of the image, and rounded up to the dtype of the iterate, so
+  the result stays on the feasible side).
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from torch import Tensor
 
 from spurious.apgd import APGDResult, default_checkpoints
 
-_BISECTION_STEPS = 32  # interval max|d| / 2^32: far below float32 resolution; the feasible end is kept
-
 
 def project_l1(z: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
     """Euclidean projection of rows ``z [N, n]`` onto ``{||y - x0_i||_1 <= eps_i} ∩ [0, 1]^n``.
@@ -35,25 +35,64 @@ def project_l1(z: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
     Returns:
         ``[N, n]`` (dtype of ``z``), ``||y - x0||_1 <= eps`` up to float rounding and ``0 <= y <= 1``.
     """
-    d = (z - x0).to(torch.float64)
-    lo, hi = -x0.to(torch.float64), (1.0 - x0).to(torch.float64)
-    eps64 = eps.to(torch.float64)
+    x0 = x0.to(z.dtype)
+    d = z - x0
+    size = d.abs()
+    room = torch.where(d > 0, 1.0 - x0, x0)  # c_i: distance to the bound in d_i's direction
+    moved = torch.minimum(size, room)  # |y_i - x0_i| at lam = 0
+    outside = moved.sum(1, dtype=torch.float64) > eps.to(torch.float64)
+    y = z.clamp(0.0, 1.0)  # lam = 0
+    if not bool(outside.any()):
+        return y
+    every = bool(outside.all())  # the usual case inside APGD: no row copies
+    rows = outside.nonzero().squeeze(1)
 
-    out = torch.clamp(d, lo, hi)
-    outside = out.abs().sum(1) > eps64
-    if bool(outside.any()):
-        rows = outside.nonzero().squeeze(1)
-        dr, lor, hir, er = d[rows], lo[rows], hi[rows], eps64[rows]
-        left = torch.zeros_like(er)
-        right = dr.abs().amax(1)  # lam = max |d_i| gives y = x0: feasible
-        for _ in range(_BISECTION_STEPS):
-            mid = 0.5 * (left + right)
-            mass = torch.clamp(torch.sign(dr) * (dr.abs() - mid[:, None]).clamp_min(0.0), lor, hir).abs().sum(1)
-            feasible = mass <= er
-            right = torch.where(feasible, mid, right)
-            left = torch.where(feasible, left, mid)
-        out[rows] = torch.clamp(torch.sign(dr) * (dr.abs() - right[:, None]).clamp_min(0.0), lor, hir)
-    return (x0.to(torch.float64) + out).clamp_(0.0, 1.0).to(z.dtype)
+    def pick(t: Tensor) -> Tensor:
+        return t if every else t[rows]
+
+    lam = _l1_threshold(pick(size), pick(room), pick(moved), pick(eps).to(torch.float64))
+    lam_z = lam.to(z.dtype)
+    lam_z = torch.where(lam_z.to(torch.float64) < lam, torch.nextafter(lam_z, torch.full_like(lam_z, float("inf"))), lam_z)
+    shrunk = (pick(size) - lam_z[:, None]).clamp_min_(0.0).mul_(torch.sign(pick(d)))  # rounded up: feasible side
+    shrunk = shrunk.add_(pick(x0)).clamp_(0.0, 1.0)
+    if every:
+        return shrunk
+    y[rows] = shrunk
+    return y
+
+
+def _l1_threshold(size: Tensor, room: Tensor, moved: Tensor, eps: Tensor) -> Tensor:
+    """The exact ``lam > 0`` per row (float64 ``[R]``) with ``mass(lam) = eps``; every row has ``mass(0) > eps``.
+
+    ``mass(lam) = sum_i min(c_i, max(|d_i| - lam, 0))`` is continuous, non-increasing and piecewise
+    linear: term ``i`` is ``c_i`` up to ``|d_i| - c_i``, falls with slope -1 up to ``|d_i|`` and is 0
+    after. Only the values that move at ``lam = 0`` matter (the rest add 0 everywhere); they are
+    packed to the left of ``[R, K]`` (K = the most such values in a row, padding 0: a zero-width
+    breakpoint pair). Sorting the ``2K`` breakpoints with their slope changes (-1 at
+    ``max(|d_i| - c_i, 0)``, +1 at ``|d_i|``) gives the slope on each interval, a cumulative sum
+    the mass at each breakpoint, and the crossing interval the exact root.
+    """
+    n_rows = size.shape[0]
+    where = (moved > 0).nonzero()  # [K_total, 2], row-major: each row's values contiguous
+    row = where[:, 0]
+    counts = torch.bincount(row, minlength=n_rows)
+    width = int(counts.max())
+    slot = torch.arange(row.numel(), device=row.device) - (counts.cumsum(0) - counts)[row]
+    a = size.new_zeros((n_rows, width), dtype=torch.float64)
+    c = torch.zeros_like(a)
+    a[row, slot] = size[row, where[:, 1]].to(torch.float64)
+    c[row, slot] = room[row, where[:, 1]].to(torch.float64)
+    breaks = torch.cat([(a - c).clamp_min_(0.0), a], dim=1)
+    change = torch.cat([-torch.ones_like(a), torch.ones_like(a)], dim=1)
+    breaks, order = torch.sort(breaks, dim=1)
+    slope = change.gather(1, order).cumsum_(1)  # slope of mass on [b_j, b_j+1]
+    mass0 = torch.minimum(a, c).sum(1)
+    drop = (slope[:, :-1] * breaks.diff(dim=1)).cumsum_(1)  # mass(b_j+1) - mass(0)
+    mass = torch.cat([mass0[:, None], mass0[:, None] + drop], dim=1)  # mass at each breakpoint
+    j = (mass > eps[:, None]).sum(1, keepdim=True) - 1  # last breakpoint still outside the ball
+    j = j.clamp_(0, 2 * width - 2)
+    b_j, m_j, s_j = breaks.gather(1, j), mass.gather(1, j), slope.gather(1, j)
+    return (b_j + (m_j - eps[:, None]) / (-s_j).clamp_min(1.0)).squeeze(1).clamp_min(0.0)
 
 
 def _direction(g: Tensor, x: Tensor, share: float) -> Tensor:
@@ -106,7 +145,8 @@ def apgd_l1(objective: Callable[[Tensor], Tensor], x0: Tensor, *, eps: float, st
     f, g = _value_and_grad(objective, x, shape, steps > 0)
     history = torch.empty((steps + 1, n), dtype=torch.float32)
     history[0] = f.cpu()
-    best_x, best_f, best_g = x.clone(), f.clone(), g
+    best_x, best_f = x.clone(), f.clone()
+    best_g = g.clone() if g is not None else None
     eta = radius.clone()
     x_prev, f_cur = x, f
     fresh = torch.ones(n, dtype=torch.bool, device=x.device)
@@ -124,9 +164,11 @@ def apgd_l1(objective: Callable[[Tensor], Tensor], x0: Tensor, *, eps: float, st
         increases += (f_new > f_cur).to(increases.dtype)
         improved = f_new > best_f
         best_f = torch.where(improved, f_new, best_f)
-        best_x = torch.where(improved.to(x.device)[:, None], x_new, best_x)
-        if g_new is not None:
-            best_g = torch.where(improved.to(x.device)[:, None], g_new, best_g)
+        rows = improved.nonzero().squeeze(1).to(x.device)
+        if rows.numel():  # copy only the rows that improved
+            best_x.index_copy_(0, rows, x_new.index_select(0, rows))
+            if g_new is not None:
+                best_g.index_copy_(0, rows, g_new.index_select(0, rows))
         history[k] = best_f.cpu()
         x_prev, x, f_cur, g = x, x_new, f_new, g_new
         fresh = torch.zeros_like(fresh)
