@@ -70,7 +70,7 @@ def main() -> None:
     args = p.parse_args()
 
     from spurious.counterfactual import counterfactual, counterfactual_pairs
-    from spurious.datasets import PLANTED_FEATURES, load_planted
+    from spurious.demo.planted import PLANTED_FEATURES, load_planted
     from spurious.demo import prepare_workspaces
     from spurious.demo.train import train_demo_model
 
@@ -103,7 +103,7 @@ def main() -> None:
             by_id = {q.image_id: q for q in counterfactual_pairs(ws, k, l, mode="remove")}
             removed = [by_id[i] for i in r.images]
             share_f, share_o, area_f, area_o = [], [], [], []
-            for i, pair in zip(with_feature, removed):
+            for i, pair in zip(with_feature, removed, strict=True):
                 change = np.abs(_rgb(pair.counterfactual) - _rgb(pair.original)).sum(2)
                 total = change.sum() or 1.0
                 share_f.append(change[kinds[i] == 0].sum() / total)
