@@ -541,6 +541,17 @@ class ImportedAlphas:
             raise ValueError(f"{mpath} is not an imported-alphas manifest (format={self.manifest.get('format')!r})")
         self._entries = {int(e["class"]): e for e in self.manifest["classes"]}
 
+    def to_dict(self) -> JSONDict:
+        """The ``--json`` summary of ``spurious fix import-alphas``: folder, classes, images."""
+        return {"out": str(self.root), "classes": len(self.classes),
+                "images": sum(int(e["n"]) for e in self._entries.values())}
+
+    def summary_lines(self) -> list[str]:
+        """What ``spurious fix import-alphas`` prints."""
+        d = self.to_dict()
+        return [f"imported training alphas of {d['classes']} classes ({d['images']} images, keyed by image id) "
+                f"-> {self.root}"]
+
     @property
     def classes(self) -> list[int]:
         return sorted(self._entries)

@@ -221,7 +221,5 @@ def _import_alphas(args: argparse.Namespace) -> int:
     src = _need(args.path, "the folder of spurious_alphas_train_<kkk>.pt files", "import-alphas")
     a = import_alphas(src, _need(args.train, "--train IMAGENET_TRAIN_DIR", "import-alphas"),
                       _need(args.out, "--out DIR", "import-alphas"), overwrite=args.overwrite)
-    n = sum(int(e["n"]) for e in a.manifest["classes"])
-    emit(args, {"out": str(a.root), "classes": len(a.classes), "images": n},
-         [f"imported training alphas of {len(a.classes)} classes ({n} images, keyed by image id) -> {a.root}"])
+    emit_result(args, a)
     return 0
