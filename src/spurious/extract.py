@@ -104,6 +104,11 @@ def default_num_workers() -> int:
     return max(1, min(8, n))
 
 
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of the random weights of ``pretrained=False`` (``--random-weights``): recorded in the workspace
+manifest, so every later stage recreates the same weights and fingerprint without downloading anything."""
+
+
 def _resolve_model(model: str | Classifier | None, ws_root: Path, pretrained: bool, device: torch.device,
                    preprocessing: Preprocessing | Mapping[str, object] | None,
                    model_config: str | os.PathLike[str] | None) -> Classifier:
@@ -123,7 +128,7 @@ def _resolve_model(model: str | Classifier | None, ws_root: Path, pretrained: bo
     if not isinstance(model, str):
         raise TypeError(f"model must be a spec string or a spurious.models.Classifier, got {type(model).__name__}")
     return load_model(model, pretrained=pretrained, device=device, preprocessing=preprocessing,
-                      config=model_config).eval()
+                      config=model_config, seed=None if pretrained else RANDOM_WEIGHTS_SEED).eval()
 
 
 def _resolve_data(data: str | os.PathLike[str] | ImageDataset, classifier: Classifier,
@@ -229,7 +234,9 @@ def extract(
         topk: number of top predictions stored per image (capped at the number of classes).
         shard_size: images per shard: the unit of resumption and of work per rank.
         device: ``auto`` (this rank's GPU if any, else CPU), ``cpu``, ``cuda:N``.
-        pretrained: load hub weights for ``torchvision:``/``timm:`` specs (needs internet).
+        pretrained: load hub weights for ``torchvision:``/``timm:`` specs (needs internet). ``False``:
+            random weights drawn with seed :data:`RANDOM_WEIGHTS_SEED`, recorded in the manifest so that
+            later stages recreate them (for smoke runs and scale tests).
         overwrite: discard an existing store of this split made from other data or settings.
         progress: show a progress bar on stderr (rank 0 only).
         amp: run the forward pass under CUDA bfloat16 autocast (GPU only; features are stored as

@@ -84,11 +84,13 @@ class Workspace:
             IncompatibleArtifactError: the workspace exists and was made with another model.
         """
         W, b = (t.detach().float().cpu().numpy() for t in classifier.head())
-        stated = {
+        stated: JSONDict = {
             "preprocessing_source": classifier.preprocessing_source,
             "class_names_source": classifier.class_names_source,
             "config_file": classifier.config_path,
         }
+        if classifier.random_weights_seed is not None:  # every later stage recreates the same random weights
+            stated["random_weights_seed"] = classifier.random_weights_seed
         return cls.create_from_head(root, W, b, spec=classifier.spec, class_names=classifier.class_names,
                                     fingerprint=classifier.fingerprint(),
                                     preprocessing=classifier.preprocessing.to_dict(), model_info=stated)
@@ -182,7 +184,9 @@ class Workspace:
         """The workspace's model, loaded with the preprocessing and class names it was recorded with.
 
         Returns a :class:`spurious.models.Classifier` whose fingerprint is checked against the
-        manifest (the checkpoint file may have changed since).
+        manifest (the checkpoint file may have changed since). A workspace made with random weights
+        (``extract --random-weights``) records their seed, and gets the same random weights back
+        (nothing is downloaded).
 
         Raises:
             IncompatibleArtifactError: the loaded model is not the one the workspace was made with.
@@ -190,9 +194,11 @@ class Workspace:
         from spurious.models import Preprocessing, load_model
 
         pre = self.preprocessing
+        seed = self.manifest["model"].get("random_weights_seed")
         clf = load_model(
-            self.model_spec, device=device, pretrained=pretrained, class_names=self.class_names,
+            self.model_spec, device=device, pretrained=pretrained and seed is None, class_names=self.class_names,
             preprocessing=None if pre is None else Preprocessing.from_dict(pre),
+            seed=None if seed is None else int(seed),
         )
         if pre is not None:
             clf.preprocessing_source = str(self.manifest["model"].get("preprocessing_source") or "workspace manifest")

@@ -41,7 +41,7 @@ def register(sub: SubParsers) -> None:
                    help="images per shard (unit of resumption; default %(default)s)")
     p.add_argument("--device", default=_default("device"), help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--random-weights", action="store_true",
-                   help="do not download pretrained weights (random init; for tests and offline smoke runs)")
+                   help="do not download pretrained weights: random weights drawn with a fixed seed, recorded in the workspace so that every later stage recreates them (for smoke runs and scale tests)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (GPU only)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing split made with other settings")
     p.add_argument("--class-map", default=_default("class_map"), metavar="FILE",

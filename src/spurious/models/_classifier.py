@@ -290,6 +290,8 @@ class Classifier(nn.Module):
         self.preprocessing_source = "given"
         self.class_names_source = "given" if class_names is not None else "none"
         self.config_path: str | None = None
+        # the seed of a random initialisation (load_model(..., pretrained=False, seed=...)); None otherwise
+        self.random_weights_seed: int | None = None
         self._weights_digest: tuple[tuple[tuple[int, int], ...], str] | None = None
         self.register_buffer("_mean", None, persistent=False)
         self.register_buffer("_std", None, persistent=False)

@@ -459,6 +459,7 @@ def load_model(
     device: str | torch.device | None = None,
     preprocessing: Preprocessing | Mapping[str, object] | None = None,
     config: str | os.PathLike[str] | bool | None = None,
+    seed: int | None = None,
 ) -> Classifier:
     """Load a classifier from a spec string.
 
@@ -493,6 +494,10 @@ def load_model(
             the config file's and the defaults.
         config: the config file to read (default: looked up beside the checkpoint; ``False``:
             none).
+        seed: with ``pretrained=False`` and no checkpoint, draw the random initialisation from
+            ``torch.manual_seed(seed)`` (in a forked RNG: the caller's random state is left as it
+            was), so the same seed gives the same weights and fingerprint in every process; the
+            seed is kept in :attr:`Classifier.random_weights_seed`. Ignored otherwise.
 
     Returns:
         the :class:`Classifier` (eval mode).
@@ -531,12 +536,21 @@ def load_model(
     names_source = "config file" if cfg is not None and class_names is cfg.class_names else "given"
     canonical = parsed.arch if path is None else f"{parsed.arch}@{path}"
     request = LoadRequest(name, canonical, pretrained, path, num_classes, device)
-    loaded = source.load(request)
+    seeded = seed is not None and not pretrained and path is None
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seeded:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))  # type: ignore[arg-type]
+            loaded = source.load(request)
+    else:
+        loaded = source.load(request)
     if isinstance(loaded, Classifier):
         clf = _finish_classifier(loaded, source.prefix, request, class_names, names_source, cfg, preprocessing)
     else:
         clf = _finish_network(loaded, request, class_names, names_source, cfg, preprocessing)
     clf.config_path = None if cfg is None else str(cfg.path)
+    clf.random_weights_seed = int(seed) if seeded and seed is not None else None
     if path is not None:
         clf._set_weights_digest(cached_checkpoint_digest(path, parsed.arch, clf.num_classes, clf.weights_digest))
     return clf
