@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import re
 import socket
 import sqlite3
 import threading
@@ -303,7 +304,7 @@ def test_data_and_user_text_are_escaped_on_every_page(tmp_path: Path) -> None:
     note = "<script>alert('note')</script>"
     assert c.post("/api/review/0/3", json={"verdict": "core", "note": note}).status_code == 200
     assert c.post("/api/curate/0/3", json={"id": evil_id, "verdict": "out"}).status_code == 200
-    pages = ["/", "/class/0", "/review/0/3?filter=all", "/curate/0/3?filter=all", "/review?filter=disagreements",
+    pages = ["/", "/class/0", "/review/0/3?filter=all", "/curate/0/3?filter=all", "/review?filter=disagreements&cls=0",
              "/login"]
     escaped = html.escape(NASTY, quote=False)
     for p in pages:
@@ -575,3 +576,38 @@ def test_curate_page_of_candidates_without_image_files(ws: Workspace) -> None:
 def test_page_filter_values_are_the_store_filters() -> None:
     # the routes' ?filter= type and LabelStore's select() must accept the same values
     assert get_args(Filter) == FILTERS
+
+
+def test_pages_stay_small_at_many_classes_with_paging_and_search(tmp_path: Path) -> None:
+    """Issue 21 (item 2): the overview pages its class table and finds classes by index or name; review pages
+    carry no list of every class (a text filter takes an index or a name)."""
+    from spurious.label.app import CLASSES_PER_PAGE
+
+    names = [f"class number {i:03d}" for i in range(120)]
+    ws = make_label_ws(tmp_path, class_names=names, components={k: [0] for k in range(120)}, candidates={},
+                       top_images=1)
+    c = client(create_app(ws.root), "ann")
+
+    def listed(body: str) -> list[int]:
+        return [int(m) for m in re.findall(r'<a href="/class/(\d+)">', body)]
+
+    first = c.get("/").text
+    assert listed(first) == list(range(CLASSES_PER_PAGE)) and "classes 1-50 of 120" in first
+    assert 'href="/?page=2"' in first and 'rel="prev"' not in first
+    last = c.get("/?page=3").text
+    assert listed(last) == list(range(100, 120)) and 'rel="next"' not in last
+    assert listed(c.get("/?page=99").text) == list(range(100, 120))  # clamped
+    assert listed(c.get("/?page=0").text) == list(range(CLASSES_PER_PAGE))
+    found = c.get("/", params={"q": "NUMBER 07"}).text  # part of a name, any case
+    assert listed(found) == list(range(70, 80)) and "of 10 matching (of 120)" in found
+    assert listed(c.get("/", params={"q": "42"}).text) == [42]  # an index (and names containing it: none here)
+    assert "No class matches" in c.get("/", params={"q": "zebra"}).text
+    # review: a class by name or index, no 120-option list
+    page = c.get("/review/5/0", params={"filter": "all", "cls": "Class Number 005"})
+    assert page.status_code == 200 and "<option" not in page.text.split('name="filter"')[1].split("</select>")[1]
+    assert page.text.count("class number") < 10
+    assert c.get("/review", params={"filter": "all", "cls": "class number 007"}, follow_redirects=False) \
+        .headers["location"].startswith("/review/7/0")
+    assert c.get("/review", params={"filter": "all", "cls": "7"}, follow_redirects=False) \
+        .headers["location"].startswith("/review/7/0")
+    assert c.get("/review", params={"filter": "all", "cls": "no such class"}).status_code == 422

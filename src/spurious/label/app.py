@@ -36,7 +36,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlencode
@@ -147,12 +147,39 @@ def _num(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
 
 
-def _parse_cls(cls: str | None, num_classes: int) -> int | None:
-    if cls is None or cls == "":
+def _parse_cls(cls: str | None, num_classes: int, by_name: Mapping[str, int] | None = None) -> int | None:
+    """The ``?cls=`` filter: a class index, or a class name (case and surrounding spaces ignored)."""
+    if cls is None or cls.strip() == "":
         return None
-    if not (cls.isascii() and cls.isdigit()) or int(cls) >= num_classes:
-        raise HTTPException(422, f"cls must be a class index in 0..{num_classes - 1}, got {cls!r}")
-    return int(cls)
+    text = cls.strip()
+    if text.isascii() and text.isdigit() and int(text) < num_classes:
+        return int(text)
+    if by_name is not None and text.casefold() in by_name:
+        return by_name[text.casefold()]
+    raise HTTPException(422, f"cls must be a class index in 0..{num_classes - 1} or a class name, got {cls!r}")
+
+
+CLASSES_PER_PAGE = 50
+"""Rows of the overview's class table per page (the page stays small at 1000 classes)."""
+
+
+def _page_of(items: list[JSONDict], q: str, page: int) -> tuple[list[JSONDict], JSONDict]:
+    """The overview's classes matching ``q`` (an index, or part of a name), page ``page`` (1-based, clamped)."""
+    needle = q.strip().casefold()
+    hits = [c for c in items if not needle or needle == str(c["k"]) or needle in str(c["name"]).casefold()]
+    pages = max(1, math.ceil(len(hits) / CLASSES_PER_PAGE))
+    page = min(max(1, page), pages)
+    start = (page - 1) * CLASSES_PER_PAGE
+    shown = hits[start:start + CLASSES_PER_PAGE]
+
+    def url(p: int) -> str:
+        return "/?" + urlencode({"q": q, "page": p} if q else {"page": p})
+
+    nav: JSONDict = {"page": page, "pages": pages, "matching": len(hits), "total": len(items), "q": q,
+                     "first": start + 1 if shown else 0, "last": start + len(shown),
+                     "prev_url": url(page - 1) if page > 1 else None,
+                     "next_url": url(page + 1) if page < pages else None}
+    return shown, nav
 
 
 def _query(filter: str, cls: int | None) -> str:
@@ -230,6 +257,9 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     store = LabelStore(workspace, sync=sync)
     templates = _templates()
     num_classes = store.workspace.num_classes
+    by_name: dict[str, int] = {}
+    for i, name in enumerate(store.workspace.class_names):
+        by_name.setdefault(str(name).strip().casefold(), i)  # the first class of a name wins
     app = FastAPI(title="spurious label", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.require_tokens = bool(require_tokens)
@@ -354,7 +384,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
     # ------------------------------------------------------------------ overview pages
     @app.get("/", response_class=HTMLResponse, response_model=None)
-    def index(request: Request) -> Response:
+    def index(request: Request, q: str = "", page: int = 1) -> Response:
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
@@ -372,8 +402,9 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             c["candidates"] += cr.candidates
             c["judged"] += cr.judged_by_me
             c["accepted"] += cr.accepted
+        shown, nav = _page_of([classes[k] for k in sorted(classes)], q[:200], page)
         return render(request, "index.html", progress={**review_progress(comps), **curate_progress(cur)},
-                      classes=[classes[k] for k in sorted(classes)], labelers=store.identities())
+                      classes=shown, nav=nav, labelers=store.identities())
 
     @app.get("/class/{k}", response_class=HTMLResponse, response_model=None)
     def class_page(request: Request, k: int) -> Response:
@@ -398,13 +429,12 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
-        k = _parse_cls(cls, num_classes)
+        k = _parse_cls(cls, num_classes, by_name)
         all_rows = rows_of(me, min_agree=min_agree)
         rows = select(all_rows, filter, k)
         if rows:
             return RedirectResponse(f"/{task}/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
-        return render(request, "done.html", task=task, filter=filter, cls=k, classes=_class_choices(all_rows),
-                      class_label=class_label, progress=progress_of(all_rows))
+        return render(request, "done.html", task=task, filter=filter, cls=k, class_label=class_label, progress=progress_of(all_rows))
 
     # ------------------------------------------------------------------ review
     @app.get("/review", response_model=None)
@@ -419,7 +449,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
-        kc = _parse_cls(cls, num_classes)
+        kc = _parse_cls(cls, num_classes, by_name)
         try:
             rec = store.component(k, l)
         except UnknownItemError as err:
@@ -446,7 +476,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                       tops=tops, counterfactuals=counterfactuals, verdicts=verdicts, mine=mine.get("verdict"), note=mine.get("note", ""),
                       prev_url=url(prev), next_url=url(nxt), filter=filter, cls=kc, query=q,
                       position=position, total=len(filtered), keys=_KEYS_REVIEW,
-                      classes=_class_choices(all_rows), class_label=class_label,
+                      class_label=class_label,
                       progress=review_progress(all_rows))
 
     @app.post("/api/review/{k}/{l}")
@@ -454,7 +484,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                        filter: Filter = "unlabeled",
                        cls: str | None = None) -> JSONDict:
         me = need_labeler(request)
-        kc = _parse_cls(cls, num_classes)
+        kc = _parse_cls(cls, num_classes, by_name)
         try:
             store.set_component_verdict(me, k, l, body.verdict, body.note)
         except UnknownItemError as err:
@@ -483,7 +513,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
-        kc = _parse_cls(cls, num_classes)
+        kc = _parse_cls(cls, num_classes, by_name)
         cands = store.candidates(k, l)
         if not cands:
             raise HTTPException(404, f"(class {k}, component {l}) has no retrieved candidates")
@@ -508,7 +538,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 
         return render(request, "curate.html", task="curate", k=k, l=l, class_name=class_label(k), items=items,
                       row=here, rec=rec, npfv_url=npfv_url, prev_url=url(prev), next_url=url(nxt), filter=filter,
-                      cls=kc, query=q, keys=_KEYS_CURATE, classes=_class_choices(all_rows), class_label=class_label,
+                      cls=kc, query=q, keys=_KEYS_CURATE, class_label=class_label,
                       progress=curate_progress(all_rows))
 
     @app.post("/api/curate/{k}/{l}")
@@ -570,10 +600,6 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
 def _class_counts(k: int, name: str) -> JSONDict:
     return {"k": k, "name": name, "components": 0, "mine": 0, "agreed": 0, "disagreements": 0,
             "candidates": 0, "judged": 0, "accepted": 0}
-
-
-def _class_choices(rows: Sequence[ComponentRow] | Sequence[CurateRow]) -> list[int]:
-    return sorted({r.cls for r in rows})
 
 
 def serve(workspace: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8765, min_agree: int = 2,
