@@ -46,7 +46,8 @@ def test_cli_plain_and_transfer(src: dict, tmp_path: Path, capsys: pytest.Captur
     assert main(["fix", str(src["ws"]), "--components", str(src["comps"]), "--out", str(tmp_path / "fx"),
                  "--precision", "float64", "--json"]) == 0
     out = _json(capsys)
-    assert out["kind"] == "plain" and out["num_components"] == 3 and out["components"] == {"0": [1], "2": [0, 2]}
+    assert out["kind"] == "plain" and out["num_components"] == 3 and "components" not in out
+    assert json.loads(Path(out["manifest"]).read_text())["components"] == {"0": [1], "2": [0, 2]}
     x = np.abs(np.random.default_rng(1).normal(2, 1.5, (4, D)))
     want = _oracle_fixed(src["phi"], src["labels"], src["W"], src["b"], x, {0: [1], 2: [0, 2]})
     np.testing.assert_allclose(_apply(load_fix(out["path"]), x, src["W"], src["b"]), want, rtol=1e-9, atol=1e-9)
@@ -57,7 +58,8 @@ def test_cli_plain_and_transfer(src: dict, tmp_path: Path, capsys: pytest.Captur
                  str(src["comps"]), "--precision", "float64", "--json"]) == 0
     out = _json(capsys)
     assert out["kind"] == "transfer" and out["path"] == str(tgt / "fix" / "spufix.safetensors")
-    assert out["matched_images"] == {"0": 30, "2": 30}
+    assert json.loads(Path(out["manifest"]).read_text())["transfer"]["matched_images"] == {"0": 30, "2": 30}
+    assert (out["matched_images_min"], out["matched_images_max"], out["num_skipped"]) == (30, 30, 0)
     x2 = np.abs(np.random.default_rng(2).normal(1.0, 0.5, (3, 10)))
     want2, _ = _oracle_transfer(src["phi"], src["labels"], src["W"], phi2, W2, b2, x2, {0: [1], 2: [0, 2]})
     np.testing.assert_allclose(_apply(load_fix(tgt), x2, W2, b2), want2, rtol=1e-8, atol=1e-8)
@@ -165,9 +167,11 @@ def test_cli_transfer_reports_skipped_components(src: dict, tmp_path: Path, caps
     assert main([*base, "--json"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    assert out["components"] == {"2": [1]}
-    assert [e["component"] for e in out["skipped"]["1"]] == [0, 2]
-    assert {e["reason"] for e in out["skipped"]["1"]} == {"matched direction ~0"}
+    assert (out["num_skipped"], out["num_classes_not_fixed"]) == (2, 1)
+    manifest = json.loads(Path(out["manifest"]).read_text())
+    assert manifest["components"] == {"2": [1]}
+    assert [e["component"] for e in manifest["transfer"]["skipped"]["1"]] == [0, 2]
+    assert {e["reason"] for e in manifest["transfer"]["skipped"]["1"]} == {"matched direction ~0"}
     assert "class 1: 2 component(s) skipped" in captured.err and "class 1 is not fixed" in captured.err
     assert main([*base, "--overwrite"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -179,3 +183,33 @@ def test_cli_transfer_reports_skipped_components(src: dict, tmp_path: Path, caps
     assert main([*base[:-1], str(only), "--overwrite"]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning:")]
     assert len(err) == 1 and "can be transferred" in err[0]
+
+
+def test_cli_json_does_not_grow_with_the_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json`` carries counts and paths: the same keys and about the same size for 2 or 200 fixed classes."""
+    K, D_, n = 200, 4, 4
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(K), n)
+    phi = np.abs(rng.normal(1.0, 0.5, (K * n, D_))).astype(np.float32)
+    W, b = rng.normal(0, 1, (K, D_)), rng.normal(0, 1, K)
+    ws = _make_ws(tmp_path / "ws", phi, labels, _ids(len(labels)), W, b)
+    sizes: dict[tuple[str, int], int] = {}
+    keys: dict[tuple[str, int], set[str]] = {}
+    for n_classes in (2, K):
+        classes = {str(k): [0, 1] for k in range(n_classes)}
+        comps = _comp_file(tmp_path, classes)
+        for form in (["fix", str(ws)], ["fix", "transfer", "--source", str(ws), "--target", str(ws)]):
+            assert main([*form, "--components", str(comps), "--out", str(tmp_path / "fx"), "--overwrite",
+                         "--json"]) == 0
+            raw = capsys.readouterr().out
+            out = json.loads(raw)
+            manifest = json.loads(Path(out["manifest"]).read_text())
+            assert out["num_classes_fixed"] == n_classes and manifest["components"] == classes
+            if form[1] == "transfer":
+                assert manifest["transfer"]["matched_images"] == {k: n for k in classes}
+                assert (out["matched_images_min"], out["matched_images_max"]) == (n, n)
+            sizes[form[1], n_classes] = len(raw)
+            keys[form[1], n_classes] = set(out)
+    for form in (str(ws), "transfer"):
+        assert keys[form, 2] == keys[form, K]
+        assert abs(sizes[form, K] - sizes[form, 2]) < 40  # only digits differ

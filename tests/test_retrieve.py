@@ -7,6 +7,8 @@ votes from ``argmax(phi @ W.T + b)`` of each voter's own features, looked up by 
 from __future__ import annotations
 
 import json
+import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +182,9 @@ def test_retrieve_agreement_matches_hand_counted_votes(fresh: Synth) -> None:
     manifest = json.loads((s.ws / "retrieve" / "manifest.json").read_text())
     assert manifest["model"]["fingerprint"] == Workspace.open(s.ws).model_fingerprint
     assert (s.ws / "retrieve" / "gallery" / "index.html").is_file()
-    assert (s.ws / "retrieve" / "gallery" / "class_00003_l0001.html").is_file()
+    assert (s.ws / "retrieve" / "gallery" / "class_00003" / "l0001.html").is_file()
+    assert manifest["result"]["per_component"] == r.per_component
+    assert [k for k, v in r.to_dict().items() if isinstance(v, (dict, list))] == ["voters"]  # no per-component map
     # one of three voters, one of whom saw only half of the pool (matched by id; the rest: no vote)
     with pytest.warns(UserWarning, match="covers 115 of 230 pool images"):
         retrieve(s.ws, components=sel, agree=[s.ws2, s.ws3], min_votes=1, top_n=9, overwrite=True, progress=False)
@@ -385,7 +389,9 @@ def test_cli_json_and_one_line_errors(fresh: Synth, capsys: pytest.CaptureFixtur
     out, err = capsys.readouterr()
     assert code == 0, err
     r = json.loads(out)
-    assert r["components"] == 1 and r["per_component"] == {"2/0": 4} and r["min_votes"] == 1
+    assert r["components"] == 1 and r["min_votes"] == 1 and "per_component" not in r and r["num_short"] == 0
+    assert json.loads(Path(r["manifest"]).read_text())["result"]["per_component"] == {"2/0": 4}
+    assert r["candidates_file"] == str(s.ws / "retrieve" / "candidates.jsonl")
     assert r["dependence"] == "none"
     code = main(["retrieve", str(s.ws), "--top-components", "1", "--classes", "2", "--agree", str(s.ws2),
                  "--min-votes", "1", "--top", "4", "--dependence", "flip", "--dependence-margin", "0.5", "--json",
@@ -439,6 +445,17 @@ def test_planted_pool_model_voter_equals_the_stored_predictions(demo: Path) -> N
             want = [store.ids[r] for r in np.argsort(-a[:, j], kind="stable") if votes[r] >= 2][:6]
             assert [x["id"] for x in by_model if (x["class"], x["component"]) == (k, l)] == want
     assert all(Path(x["path"]).is_file() for x in by_model)
+    # the gallery is sharded by class; every link of the index and of each page resolves
+    gallery = ws / "retrieve" / "gallery"
+    pages = re.findall(r'href="([^"]+)"', (gallery / "index.html").read_text())
+    assert sorted(pages) == ["class_00000/l0000.html", "class_00000/l0001.html", "class_00003/l0000.html"]
+    for page in pages:
+        html = (gallery / page).read_text()
+        srcs = [unescape(x) for x in re.findall(r'src="([^"]+)"', html)]
+        n = sum((x["class"], x["component"]) == (int(page[6:11]), int(page[13:17])) for x in by_model)
+        assert len(srcs) == n and all(((gallery / page).parent / x).resolve().is_file() for x in srcs)
+        assert all(((gallery / page).parent / h).resolve() == (gallery / "index.html").resolve()
+                   for h in re.findall(r'href="([^"]+)"', html))
     # the votes are cached by id: a new plan does not run the model again
     cache = next((ws / "retrieve" / "votes").iterdir())
     parts = sorted(p.name for p in cache.glob("part-*.npz"))

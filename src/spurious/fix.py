@@ -377,7 +377,13 @@ class SpuFix(nn.Module):
 
 @dataclass
 class FixResult:
-    """Summary of a :func:`fix` / :func:`transfer` run (what ``--json`` prints)."""
+    """Summary of a :func:`fix` / :func:`transfer` run.
+
+    The attributes hold the per-class maps (``components``, and for a transfer ``matched_images``,
+    ``condition_numbers``, ``skipped``); ``--json`` prints :meth:`to_dict`, which carries only
+    counts and paths, so its size does not grow with the number of classes. The maps are in
+    ``manifest`` (``components``, ``transfer.matched_images``/``condition_numbers``/``skipped``).
+    """
 
     path: str
     manifest: str
@@ -395,22 +401,41 @@ class FixResult:
     seconds: float = 0.0
 
     def to_dict(self) -> JSONDict:
-        return asdict(self)
+        """What ``--json`` prints: scalars, counts and paths; the per-class maps stay in ``manifest``."""
+        d: JSONDict = {"path": self.path, "manifest": self.manifest, "kind": self.kind, "name": self.name,
+                       "model_spec": self.model_spec, "model_fingerprint": self.model_fingerprint,
+                       "num_classes_fixed": self.num_classes_fixed, "num_components": self.num_components,
+                       "source": self.source, "seconds": self.seconds}
+        if self.kind == "transfer":
+            n = list(self.matched_images.values())
+            worst = self._worst_condition()
+            d.update({"matched_images_min": min(n, default=0), "matched_images_max": max(n, default=0),
+                      "worst_condition_number": None if worst == float("inf") else worst,
+                      "num_skipped": sum(len(v) for v in self.skipped.values()),
+                      "num_classes_not_fixed": len(self._unfixed())})
+        return d
+
+    def _worst_condition(self) -> float:
+        """The largest condition number of ``U`` (inf when a ``U`` is rank deficient)."""
+        return max((float("inf") if c is None else c for c in self.condition_numbers.values()), default=0.0)
+
+    def _unfixed(self) -> list[str]:
+        """Classes whose every listed component was skipped."""
+        return sorted(set(self.skipped) - set(self.components), key=int)
 
     def summary_lines(self) -> list[str]:
         lines = [(f"{self.name}: {self.num_components} components of {self.num_classes_fixed} classes removed from "
                   f"{self.model_spec} -> {self.path}")]
         if self.matched_images:
             n = list(self.matched_images.values())
-            conds = [float("inf") if c is None else c for c in self.condition_numbers.values()]
             lines.append(f"matched training images per class: {min(n)}..{max(n)}; worst condition number of U: "
-                         f"{max(conds):.3g}")
+                         f"{self._worst_condition():.3g}")
         if self.skipped:
             n_skipped = sum(len(v) for v in self.skipped.values())
             shown = ", ".join(f"class {k}: {[e['component'] for e in v]}" for k, v in list(self.skipped.items())[:5])
             lines.append(f"skipped {n_skipped} components without a direction to match (eigenvalue or matched "
                          f"direction ~0): {shown}{', ...' if len(self.skipped) > 5 else ''}")
-            unfixed = sorted(set(self.skipped) - set(self.components), key=int)
+            unfixed = self._unfixed()
             if unfixed:
                 lines.append(f"not fixed (every listed component skipped): class{'es' if len(unfixed) > 1 else ''} "
                              + ", ".join(unfixed))

@@ -41,8 +41,9 @@ data the test removed most of the feature-only images too (docs/retrieve.md, "Me
 Output ``WS/retrieve/``: ``plan.json``, ``candidates.jsonl`` (one JSON object per line: ``class``,
 ``component``, ``rank`` (0-based, alpha descending), ``id``, ``path`` (absolute path of the image
 file, ``null`` for a pool imported without files), ``alpha``, ``votes``, ``models``), sorted by
-(class, component, rank); ``gallery/index.html`` with one page per component; ``manifest.json``
-(written last). A killed run resumes from its last checkpoint (``state/``); a finished run with the
+(class, component, rank); ``gallery/index.html`` linking one page per component,
+``gallery/class_KKKKK/lLLLL.html``; ``manifest.json`` (written last; ``result`` holds the counts per
+component, which the ``--json`` summary leaves out). A killed run resumes from its last checkpoint (``state/``); a finished run with the
 same plan is reused; a different plan is refused unless ``overwrite``. Under ``torchrun`` each rank
 ranks every ``world_size``-th shard and rank 0 merges.
 

@@ -72,7 +72,7 @@ DEPENDENCE_TESTS = ("none", "flip")
 
 @dataclass
 class RetrieveResult:
-    """Summary of a ``retrieve`` run (what ``--json`` prints).
+    """Summary of a ``retrieve`` run; ``--json`` prints :meth:`to_dict` (counts and paths).
 
     Attributes:
         path: the ``WS/retrieve`` folder.
@@ -86,6 +86,10 @@ class RetrieveResult:
             to a checkpoint.
         rank_seconds / images_per_second: the streamed ranking.
         gallery: the gallery's index page (``None`` without one).
+
+    ``manifest.json`` holds every attribute under ``result`` (``per_component``, ``short``); the
+    ``--json`` summary (:meth:`to_dict`) carries their sizes and the file's path instead, so it does
+    not grow with the number of components.
     """
 
     path: str
@@ -110,7 +114,10 @@ class RetrieveResult:
     dependence_margin: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What ``--json`` prints: every scalar, ``num_short``, and the paths of the full record."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("per_component", "short")}
+        return {**d, "num_short": len(self.short), "candidates_file": str(Path(self.path) / "candidates.jsonl"),
+                "manifest": str(Path(self.path) / "manifest.json")}
 
     def summary_lines(self) -> list[str]:
         lines = [f"retrieve: {self.candidates} candidates for {self.components} components ({self.source}) "
@@ -631,7 +638,7 @@ def _write_manifest(run: _Run, plan: dict[str, Any], result: RetrieveResult, arg
         "min_votes": s.min_votes, "top_n": s.top_n, "keep": run.keep, "dependence": plan["dependence"],
         "world_size": run.info.world_size,
         "args": args,
-        "result": result.to_dict(),
+        "result": asdict(result),
     }
     write_json(run.out / "manifest.json", manifest)
     shutil.rmtree(run.out / "state", ignore_errors=True)
