@@ -423,24 +423,40 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                          "npfv_url": img_url(store.visual_path(rec, png)) if png else None})
         return render(request, "class.html", k=k, class_name=class_label(k), rows=rows, curate=cur)
 
-    def first_item(request: Request, task: str, rows_of: Callable[..., list[Row]],
-                   progress_of: Callable[[list[Row]], dict[str, int]], filter: str, cls: str | None) -> Response:
-        """``/review`` and ``/curate``: redirect to the first row the filter keeps, else the "done" page."""
+    def first_item(request: Request, task: str, first_of: Callable[[str, str, int | None], Row | None],
+                   progress_of: Callable[[str], dict[str, int]], filter: str, cls: str | None) -> Response:
+        """``/review`` and ``/curate``: redirect to the first row the filter keeps, else the "done" page.
+
+        ``first_of(me, filter, cls)``: that row (``None``: none); ``progress_of(me)``: the progress counts.
+        """
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
         k = _parse_cls(cls, num_classes, by_name)
-        all_rows = rows_of(me, min_agree=min_agree)
-        rows = select(all_rows, filter, k)
-        if rows:
-            return RedirectResponse(f"/{task}/{rows[0].cls}/{rows[0].component}{_query(filter, k)}", status_code=303)
-        return render(request, "done.html", task=task, filter=filter, cls=k, class_label=class_label, progress=progress_of(all_rows))
+        first = first_of(me, filter, k)
+        if first is not None:
+            return RedirectResponse(f"/{task}/{first.cls}/{first.component}{_query(filter, k)}", status_code=303)
+        return render(request, "done.html", task=task, filter=filter, cls=k, class_label=class_label,
+                      progress=progress_of(me))
+
+    def first_review(me: str, filter: str, k: int | None) -> ComponentRow | None:
+        return store.component_neighbour(me, None, filter=filter, cls=k, min_agree=min_agree)
+
+    def review_counts(me: str) -> dict[str, int]:
+        return store.review_counts(me, min_agree=min_agree)
+
+    def first_curate(me: str, filter: str, k: int | None) -> CurateRow | None:
+        rows = store.curate_components(me, filter=filter, cls=k, min_agree=min_agree)
+        return rows[0] if rows else None
+
+    def curate_counts(me: str) -> dict[str, int]:
+        return curate_progress(store.curate_components(me, min_agree=min_agree))
 
     # ------------------------------------------------------------------ review
     @app.get("/review", response_model=None)
     def review_first(request: Request, filter: Filter = "unlabeled",
                      cls: str | None = None) -> Response:
-        return first_item(request, "review", store.components, review_progress, filter, cls)
+        return first_item(request, "review", first_review, review_counts, filter, cls)
 
     @app.get("/review/{k}/{l}", response_class=HTMLResponse, response_model=None)
     def review_page(request: Request, k: int, l: int,
@@ -454,8 +470,13 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             rec = store.component(k, l)
         except UnknownItemError as err:
             raise HTTPException(404, str(err)) from None
-        all_rows = store.components(me, min_agree=min_agree)
-        here, filtered, prev, nxt = _locate(all_rows, k, l, filter, kc, _review_key)
+        here = store.component_row(me, k, l, min_agree=min_agree)
+        if here is None:
+            raise HTTPException(404, f"(class {k}, component {l}) is not registered")
+        prev = store.component_neighbour(me, _review_key(here), before=True, filter=filter, cls=kc,
+                                         min_agree=min_agree)
+        nxt = store.component_neighbour(me, _review_key(here), filter=filter, cls=kc, min_agree=min_agree)
+        position, total = store.component_position(me, here, filter=filter, cls=kc)
         q = _query(filter, kc)
 
         def url(r: ComponentRow | None) -> str:
@@ -470,14 +491,13 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
                            for c in rec.get("counterfactuals", [])]
         verdicts = store.component_verdicts(k, l)
         mine = verdicts.get(me, {})
-        position = filtered.index(here) + 1 if here in filtered else None
         return render(request, "review.html", task="review", rec=rec, k=k, l=l, class_name=class_label(k), row=here,
                       npfv_url=vis(rec.get("npfv_png")), npfv_cam_url=vis(rec.get("npfv_heatmap_png")),
                       tops=tops, counterfactuals=counterfactuals, verdicts=verdicts, mine=mine.get("verdict"), note=mine.get("note", ""),
                       prev_url=url(prev), next_url=url(nxt), filter=filter, cls=kc, query=q,
-                      position=position, total=len(filtered), keys=_KEYS_REVIEW,
+                      position=position, total=total, keys=_KEYS_REVIEW,
                       class_label=class_label,
-                      progress=review_progress(all_rows))
+                      progress=store.review_counts(me, min_agree=min_agree))
 
     @app.post("/api/review/{k}/{l}")
     def review_verdict(request: Request, k: int, l: int, body: ReviewVerdict,
@@ -489,12 +509,16 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
             store.set_component_verdict(me, k, l, body.verdict, body.note)
         except UnknownItemError as err:
             raise HTTPException(404, str(err)) from None
-        here, filtered, _, nxt = _locate(store.components(me, min_agree=min_agree), k, l, filter, kc, _review_key)
+        here = store.component_row(me, k, l, min_agree=min_agree)
+        if here is None:  # unregistered since the verdict (a concurrent sync)
+            raise HTTPException(404, f"(class {k}, component {l}) is not registered")
+        nxt = store.component_neighbour(me, _review_key(here), filter=filter, cls=kc, min_agree=min_agree)
         q = _query(filter, kc)
         if nxt is not None:
             next_url: str | None = f"/review/{nxt.cls}/{nxt.component}{q}"
         elif filter == "unlabeled":  # wrap around to what is still unlabeled, or the "all done" page
-            next_url = f"/review/{filtered[0].cls}/{filtered[0].component}{q}" if filtered else f"/review{q}"
+            first = store.component_neighbour(me, None, filter=filter, cls=kc, min_agree=min_agree)
+            next_url = f"/review/{first.cls}/{first.component}{q}" if first is not None else f"/review{q}"
         else:
             next_url = None  # the end of the list: stay
         return {"ok": True, "labeler": me, "verdict": body.verdict, "votes": here.votes, "agreed": here.agreed,
@@ -504,7 +528,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     @app.get("/curate", response_model=None)
     def curate_first(request: Request, filter: Filter = "unlabeled",
                      cls: str | None = None) -> Response:
-        return first_item(request, "curate", store.curate_components, curate_progress, filter, cls)
+        return first_item(request, "curate", first_curate, curate_counts, filter, cls)
 
     @app.get("/curate/{k}/{l}", response_class=HTMLResponse, response_model=None)
     def curate_page(request: Request, k: int, l: int,

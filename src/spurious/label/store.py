@@ -132,6 +132,13 @@ CREATE TABLE history (
     class INTEGER NOT NULL, component INTEGER NOT NULL, id TEXT, verdict TEXT NOT NULL, note TEXT);
 """
 
+# indexes of the per-request lookups (the review order, the votes of one item); created on every open, so
+# databases of any earlier version get them without a schema version of their own
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS components_order ON components (class, rank, component);
+CREATE INDEX IF NOT EXISTS component_verdicts_votes ON component_verdicts (class, component, verdict);
+"""
+
 # version -> the statements that migrate the previous version to it (in place, verdicts untouched)
 _MIGRATIONS: dict[int, str] = {
     2: f"""
@@ -398,6 +405,7 @@ class LabelStore:
                 log.info("%s: label schema migrated to version %d", self.path, target)
             if version < SCHEMA_VERSION:
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _execute_script(con, _INDEXES)
         meta = self.meta
         fingerprint = meta.get("model_fingerprint")
         if fingerprint != self.workspace.model_fingerprint:
@@ -835,6 +843,94 @@ class LabelStore:
             rows = con.execute(sql, params).fetchall()
         out = [CurateRow(r["class"], r["component"], r["n"], r["n_mine"], r["n_dis"], r["n_acc"]) for r in rows]
         return select(out, filter)
+
+    # ------------------------------------------------------------------ one item and its neighbours (indexed)
+    def _review_filter(self, labeler: str | None, filter: str, cls: int | None) -> tuple[str, list[int | str | None]]:
+        """SQL conditions on ``components c`` for ``filter`` and class ``cls`` (each an indexed lookup)."""
+        select([], filter)  # validates the filter
+        conds: list[str] = []
+        params: list[int | str | None] = []
+        if cls is not None:
+            conds.append("c.class = ?")
+            params.append(int(cls))
+        if filter == "unlabeled":
+            conds.append("NOT EXISTS (SELECT 1 FROM component_verdicts m "
+                         "WHERE m.labeler = ? AND m.class = c.class AND m.component = c.component)")
+            params.append(labeler)
+        elif filter == "disagreements":
+            conds.append("(SELECT count(DISTINCT d.verdict) FROM component_verdicts d "
+                         "WHERE d.class = c.class AND d.component = c.component) > 1")
+        return (" AND ".join(conds) or "1"), params
+
+    def component_row(self, labeler: str | None, k: int, l: int, *, min_agree: int = 2) -> ComponentRow | None:
+        """The :meth:`components` row of ``(k, l)`` alone (``None``: not registered); one indexed query."""
+        min_agree = _check_min_agree(min_agree)
+        if not _fits_sql(k, l):
+            return None
+        sums = ", ".join(f"coalesce(sum(v.verdict = '{v}'), 0) AS n_{v}" for v in COMPONENT_VERDICTS)
+        with self._connect() as con:
+            r = con.execute(
+                f"SELECT c.class, c.component, c.rank, {sums}, "
+                "max(CASE WHEN v.labeler = ? THEN v.verdict END) AS mine "
+                "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
+                "WHERE c.class = ? AND c.component = ? GROUP BY c.class, c.component", (labeler, k, l)).fetchone()
+        if r is None:
+            return None
+        votes = {v: int(r[f"n_{v}"]) for v in COMPONENT_VERDICTS}
+        return ComponentRow(r["class"], r["component"], r["rank"], r["mine"], votes, votes["spurious"] >= min_agree)
+
+    def component_neighbour(self, labeler: str | None, key: tuple[int, int, int] | None, *, before: bool = False,
+                            filter: str = "all", cls: int | None = None, min_agree: int = 2) -> ComponentRow | None:
+        """The row just after (``before``: just before) review position ``key`` = ``(class, rank,
+        component)`` among the rows that ``filter`` and ``cls`` keep; ``key=None``: the first (last) one.
+
+        The same row as :func:`select` over :meth:`components` would give, found with one indexed
+        query (the order ``class, rank, component``) instead of listing every component.
+        """
+        if cls is not None and not _fits_sql(cls):
+            return None
+        where, params = self._review_filter(labeler, filter, cls)
+        if key is not None:
+            where += f" AND (c.class, c.rank, c.component) {'<' if before else '>'} (?, ?, ?)"
+            params += [int(x) for x in key]
+        order = " DESC" if before else ""
+        with self._connect() as con:
+            r = con.execute(f"SELECT c.class, c.component FROM components c WHERE {where} "
+                            f"ORDER BY c.class{order}, c.rank{order}, c.component{order} LIMIT 1", params).fetchone()
+        return None if r is None else self.component_row(labeler, r["class"], r["component"], min_agree=min_agree)
+
+    def component_position(self, labeler: str | None, row: ComponentRow, *, filter: str = "all",
+                           cls: int | None = None) -> tuple[int | None, int]:
+        """``(position, total)``: ``row``'s 1-based place among the rows ``filter``/``cls`` keep
+        (``None`` when it is not one of them) and how many they are (two counting queries)."""
+        if cls is not None and not _fits_sql(cls):
+            return None, 0
+        where, params = self._review_filter(labeler, filter, cls)
+        with self._connect() as con:
+            total = int(con.execute(f"SELECT count(*) FROM components c WHERE {where}", params).fetchone()[0])
+            if not row.matches(filter) or (cls is not None and row.cls != cls):
+                return None, total
+            before = int(con.execute(
+                f"SELECT count(*) FROM components c WHERE {where} AND (c.class, c.rank, c.component) < (?, ?, ?)",
+                [*params, row.cls, row.rank, row.component]).fetchone()[0])
+        return before + 1, total
+
+    def review_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[str, int]:
+        """:func:`review_progress` of :meth:`components`, counted in SQL without listing the components."""
+        min_agree = _check_min_agree(min_agree)
+        registered = "EXISTS (SELECT 1 FROM components c WHERE c.class = v.class AND c.component = v.component)"
+        with self._connect() as con:
+            total = con.execute("SELECT count(*) FROM components").fetchone()[0]
+            mine = con.execute(f"SELECT count(*) FROM component_verdicts v WHERE v.labeler = ? AND {registered}",
+                               (labeler,)).fetchone()[0]
+            agreed = con.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM component_verdicts v WHERE v.verdict = 'spurious' AND "
+                f"{registered} GROUP BY v.class, v.component HAVING count(*) >= ?)", (min_agree,)).fetchone()[0]
+            split = con.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM component_verdicts v WHERE {registered} "
+                "GROUP BY v.class, v.component HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
+        return {"components": int(total), "components_mine": int(mine), "components_agreed": int(agreed),
+                "components_disagreements": int(split)}
 
     # ------------------------------------------------------------------ agreed results
     def agreed_components(self, min_agree: int = 2) -> dict[int, list[int]]:
