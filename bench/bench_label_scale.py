@@ -1,0 +1,98 @@
+"""Label-server request times at 2k and 10k components: this tree against a baseline tree, side by side.
+
+A synthetic label store is filled directly with SQL (``classes`` x 10 components, two labelers'
+verdicts on every component), then one labeler who has labelled nothing yet posts review verdicts
+through ``TestClient`` (``POST /api/review/K/L?filter=unlabeled``, which answers the next item of
+the filter) and opens review pages (``GET /review/K/L``); p50 and p95 of each, in milliseconds.
+
+    python bench/bench_label_scale.py --baseline /path/to/old/src      # e.g. a checkout of 6c17aa0
+
+With ``--baseline`` the same measurement runs in a subprocess whose ``PYTHONPATH`` is that source
+tree, and both are printed side by side; without it only this tree is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PER_CLASS = 10
+
+
+def measure(classes: int, requests: int) -> dict[str, float]:
+    """p50/p95 (ms) of the review verdict POST and the review page at ``classes`` x 10 components."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from spurious.label import LabelStore
+    from spurious.label.app import create_app
+    from spurious.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        ws = Workspace.create_from_head(Path(tmp) / "ws", rng.normal(size=(classes, 8)), rng.normal(size=classes),
+                                        spec="bench:label", class_names=[f"class{k}" for k in range(classes)])
+        store = LabelStore(ws)
+        comps = [(k, l, l) for k in range(classes) for l in range(PER_CLASS)]
+        verdicts = [(who, k, l, ("spurious", "core", "unsure")[(k + l + i) % 3])
+                    for k, l, _ in comps for i, who in enumerate(("bob", "cy"))]
+        with sqlite3.connect(store.path) as con:
+            con.executemany("INSERT INTO components (class, component, rank, record) VALUES (?, ?, ?, ?)",
+                            [(k, l, r, json.dumps({"class": k, "component": l, "rank": r})) for k, l, r in comps])
+            con.executemany("INSERT INTO component_verdicts (labeler, class, component, verdict, created, updated) "
+                            "VALUES (?, ?, ?, ?, 'now', 'now')", verdicts)
+        client = TestClient(create_app(ws, sync=False))
+        client.post("/login", data={"name": "ann", "next": "/"})
+        start = classes // 2  # the middle of the list
+        post, page = [], []
+        for i in range(requests):
+            k, l = start + i // PER_CLASS, i % PER_CLASS
+            t = time.perf_counter()
+            r = client.post(f"/api/review/{k}/{l}?filter=unlabeled", json={"verdict": "core"})
+            post.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+            t = time.perf_counter()
+            r = client.get(f"/review/{k}/{l + 1 if l + 1 < PER_CLASS else 0}?filter=unlabeled")
+            page.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+    ms = {"post": np.array(post) * 1e3, "page": np.array(page) * 1e3}
+    return {f"{name}_{q}": float(np.percentile(v, q)) for name, v in ms.items() for q in (50, 95)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", type=int, nargs="+", default=[200, 1000], help="classes (x 10 components)")
+    ap.add_argument("--requests", type=int, default=30, help="verdict POSTs (and pages) per size")
+    ap.add_argument("--baseline", help="a source tree (its src/ folder) to measure side by side")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the subprocess's output
+    args = ap.parse_args()
+    here = {str(c): measure(c, args.requests) for c in args.classes}
+    if args.json:
+        print(json.dumps(here))
+        return
+    base: dict[str, dict[str, float]] = {}
+    if args.baseline:
+        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        out = subprocess.run([sys.executable, __file__, "--json", "--requests", str(args.requests), "--classes",
+                              *map(str, args.classes)], env=env, check=True, capture_output=True, text=True)
+        base = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{'components':>10}  {'route':<22}{'baseline p50':>13}{'p95':>8}{'this p50':>10}{'p95':>8}  (ms)")
+    for c in args.classes:
+        for name, route in (("post", "POST /api/review/K/L"), ("page", "GET /review/K/L")):
+            b = base.get(str(c))
+            old = f"{b[f'{name}_50']:>13.1f}{b[f'{name}_95']:>8.1f}" if b else f"{'-':>13}{'-':>8}"
+            print(f"{c * PER_CLASS:>10}  {route:<22}{old}{here[str(c)][f'{name}_50']:>10.1f}"
+                  f"{here[str(c)][f'{name}_95']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
