@@ -82,7 +82,6 @@ from spurious.label.store import (
     curate_progress,
     file_key,
     review_progress,
-    select,
 )
 from spurious.workspace import Workspace
 
@@ -196,35 +195,12 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _neighbours(rows: list[Row], key: tuple[int, ...], sort_key: Callable[[Row], tuple[int, ...]],
-                ) -> tuple[Row | None, Row | None]:
-    """The rows just before and after position ``key`` in the (sorted) filtered list ``rows``."""
-    prev = next_ = None
-    for row in rows:
-        k = sort_key(row)
-        if k < key:
-            prev = row
-        elif k > key and next_ is None:
-            next_ = row
-    return prev, next_
-
-
 def _review_key(row: ComponentRow) -> tuple[int, int, int]:
     return (row.cls, row.rank, row.component)
 
 
 def _curate_key(row: CurateRow) -> tuple[int, int]:
     return (row.cls, row.component)
-
-
-
-def _locate(rows: list[Row], k: int, l: int, filter: str, cls: int | None,
-            sort_key: Callable[[Row], tuple[int, ...]]) -> tuple[Row, list[Row], Row | None, Row | None]:
-    """Row ``(k, l)`` of ``rows``, the rows ``filter``/``cls`` keep, and its neighbours among them."""
-    here = next(r for r in rows if (r.cls, r.component) == (k, l))
-    filtered = select(rows, filter, cls)
-    prev, nxt = _neighbours(filtered, sort_key(here), sort_key)
-    return here, filtered, prev, nxt
 
 
 def _vote_counts(votes: dict[str, str]) -> dict[str, int]:
@@ -446,11 +422,10 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         return store.review_counts(me, min_agree=min_agree)
 
     def first_curate(me: str, filter: str, k: int | None) -> CurateRow | None:
-        rows = store.curate_components(me, filter=filter, cls=k, min_agree=min_agree)
-        return rows[0] if rows else None
+        return store.curate_neighbour(me, None, filter=filter, cls=k, min_agree=min_agree)
 
     def curate_counts(me: str) -> dict[str, int]:
-        return curate_progress(store.curate_components(me, min_agree=min_agree))
+        return store.curate_counts(me, min_agree=min_agree)
 
     # ------------------------------------------------------------------ review
     @app.get("/review", response_model=None)
@@ -541,8 +516,12 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         cands = store.candidates(k, l)
         if not cands:
             raise HTTPException(404, f"(class {k}, component {l}) has no retrieved candidates")
-        all_rows = store.curate_components(me, min_agree=min_agree)
-        here, filtered, prev, nxt = _locate(all_rows, k, l, filter, kc, _curate_key)
+        here = store.curate_row(me, k, l, min_agree=min_agree)
+        if here is None:  # its candidates unregistered since the listing above (a concurrent sync)
+            raise HTTPException(404, f"(class {k}, component {l}) has no retrieved candidates")
+        prev = store.curate_neighbour(me, _curate_key(here), before=True, filter=filter, cls=kc,
+                                      min_agree=min_agree)
+        nxt = store.curate_neighbour(me, _curate_key(here), filter=filter, cls=kc, min_agree=min_agree)
         q = _query(filter, kc)
         votes = store.image_verdicts(k, l)
         items = []
@@ -563,7 +542,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         return render(request, "curate.html", task="curate", k=k, l=l, class_name=class_label(k), items=items,
                       row=here, rec=rec, npfv_url=npfv_url, prev_url=url(prev), next_url=url(nxt), filter=filter,
                       cls=kc, query=q, keys=_KEYS_CURATE, class_label=class_label,
-                      progress=curate_progress(all_rows))
+                      progress=store.curate_counts(me, min_agree=min_agree))
 
     @app.post("/api/curate/{k}/{l}")
     def curate_verdict(request: Request, k: int, l: int, body: CurateVerdict) -> JSONDict:

@@ -137,6 +137,7 @@ CREATE TABLE history (
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS components_order ON components (class, rank, component);
 CREATE INDEX IF NOT EXISTS component_verdicts_votes ON component_verdicts (class, component, verdict);
+CREATE INDEX IF NOT EXISTS image_verdicts_votes ON image_verdicts (class, component, id, verdict);
 """
 
 # version -> the statements that migrate the previous version to it (in place, verdicts untouched)
@@ -931,6 +932,80 @@ class LabelStore:
                 "GROUP BY v.class, v.component HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
         return {"components": int(total), "components_mine": int(mine), "components_agreed": int(agreed),
                 "components_disagreements": int(split)}
+
+    def _curate_filter(self, labeler: str | None, filter: str, cls: int | None) -> tuple[str, list[int | str | None]]:
+        """SQL conditions on one candidate ``candidates c`` for ``filter`` and class ``cls``: a component
+        matches when one of its candidates does (each an indexed lookup)."""
+        select([], filter)  # validates the filter
+        conds: list[str] = []
+        params: list[int | str | None] = []
+        if cls is not None:
+            conds.append("c.class = ?")
+            params.append(int(cls))
+        if filter == "unlabeled":
+            conds.append("NOT EXISTS (SELECT 1 FROM image_verdicts m "
+                         "WHERE m.labeler = ? AND m.class = c.class AND m.component = c.component AND m.id = c.id)")
+            params.append(labeler)
+        elif filter == "disagreements":
+            conds.append("(SELECT count(DISTINCT d.verdict) FROM image_verdicts d "
+                         "WHERE d.class = c.class AND d.component = c.component AND d.id = c.id) > 1")
+        return (" AND ".join(conds) or "1"), params
+
+    def curate_row(self, labeler: str | None, k: int, l: int, *, min_agree: int = 2) -> CurateRow | None:
+        """The :meth:`curate_components` row of ``(k, l)`` alone (``None``: no candidates); one indexed query."""
+        min_agree = _check_min_agree(min_agree)
+        if not _fits_sql(k, l):
+            return None
+        with self._connect() as con:
+            r = con.execute(
+                "SELECT count(*) AS n, coalesce(sum(a.mine IS NOT NULL), 0) AS n_mine, "
+                "coalesce(sum(a.distinct_verdicts > 1), 0) AS n_dis, coalesce(sum(a.outs >= ?), 0) AS n_acc "
+                "FROM candidates c LEFT JOIN ("
+                "  SELECT id, count(DISTINCT verdict) AS distinct_verdicts, sum(verdict = 'out') AS outs, "
+                "  max(CASE WHEN labeler = ? THEN verdict END) AS mine "
+                "  FROM image_verdicts WHERE class = ? AND component = ? GROUP BY id) a ON a.id = c.id "
+                "WHERE c.class = ? AND c.component = ?", (min_agree, labeler, k, l, k, l)).fetchone()
+        if not r["n"]:
+            return None
+        return CurateRow(k, l, r["n"], r["n_mine"], r["n_dis"], r["n_acc"])
+
+    def curate_neighbour(self, labeler: str | None, key: tuple[int, int] | None, *, before: bool = False,
+                         filter: str = "all", cls: int | None = None, min_agree: int = 2) -> CurateRow | None:
+        """The row just after (``before``: just before) curation position ``key`` = ``(class,
+        component)`` among the rows that ``filter`` and ``cls`` keep; ``key=None``: the first (last) one.
+
+        The same row as :func:`select` over :meth:`curate_components` would give, found with one
+        indexed query (the candidates' primary key order) instead of listing every component.
+        """
+        if cls is not None and not _fits_sql(cls):
+            return None
+        where, params = self._curate_filter(labeler, filter, cls)
+        if key is not None:
+            where += f" AND (c.class, c.component) {'<' if before else '>'} (?, ?)"
+            params += [int(x) for x in key]
+        order = " DESC" if before else ""
+        with self._connect() as con:
+            r = con.execute(f"SELECT c.class, c.component FROM candidates c WHERE {where} "
+                            f"ORDER BY c.class{order}, c.component{order} LIMIT 1", params).fetchone()
+        return None if r is None else self.curate_row(labeler, r["class"], r["component"], min_agree=min_agree)
+
+    def curate_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[str, int]:
+        """:func:`curate_progress` of :meth:`curate_components`, counted in SQL without listing the components."""
+        min_agree = _check_min_agree(min_agree)
+        registered = ("EXISTS (SELECT 1 FROM candidates c "
+                      "WHERE c.class = v.class AND c.component = v.component AND c.id = v.id)")
+        with self._connect() as con:
+            total = con.execute("SELECT count(*) FROM candidates").fetchone()[0]
+            mine = con.execute(f"SELECT count(*) FROM image_verdicts v WHERE v.labeler = ? AND {registered}",
+                               (labeler,)).fetchone()[0]
+            accepted = con.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM image_verdicts v WHERE v.verdict = 'out' AND "
+                f"{registered} GROUP BY v.class, v.component, v.id HAVING count(*) >= ?)", (min_agree,)).fetchone()[0]
+            split = con.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM image_verdicts v WHERE {registered} "
+                "GROUP BY v.class, v.component, v.id HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
+        return {"candidates": int(total), "candidates_mine": int(mine), "candidates_accepted": int(accepted),
+                "candidates_disagreements": int(split)}
 
     # ------------------------------------------------------------------ agreed results
     def agreed_components(self, min_agree: int = 2) -> dict[int, list[int]]:
