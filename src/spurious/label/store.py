@@ -329,6 +329,50 @@ def file_key(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(str(Path(path).absolute()).encode("utf-8")).hexdigest()[:24]
 
 
+_REVIEW_KEYS = ("class", "component")
+_CURATE_KEYS = ("class", "component", "id")  # an item of curation is one candidate image
+
+
+def _filter_sql(verdicts: str, keys: tuple[str, ...], labeler: str | None, filter: str,
+                cls: int | None) -> tuple[str, list[int | str | None]]:
+    """SQL conditions on an item ``c`` (a component, or a candidate: ``keys`` join it to its rows of the
+    ``verdicts`` table) for ``filter`` and class ``cls``; each an indexed lookup."""
+    select([], filter)  # validates the filter
+    conds: list[str] = []
+    params: list[int | str | None] = []
+    if cls is not None:
+        conds.append("c.class = ?")
+        params.append(int(cls))
+
+    def same_item(alias: str) -> str:
+        return " AND ".join(f"{alias}.{key} = c.{key}" for key in keys)
+
+    if filter == "unlabeled":
+        conds.append(f"NOT EXISTS (SELECT 1 FROM {verdicts} m WHERE m.labeler = ? AND {same_item('m')})")
+        params.append(labeler)
+    elif filter == "disagreements":
+        conds.append(f"(SELECT count(DISTINCT d.verdict) FROM {verdicts} d WHERE {same_item('d')}) > 1")
+    return (" AND ".join(conds) or "1"), params
+
+
+def _verdict_counts(con: sqlite3.Connection, verdicts: str, items: str, keys: tuple[str, ...], agreed_verdict: str,
+                    labeler: str | None, min_agree: int) -> tuple[int, int, int, int]:
+    """``(items, judged by labeler, agreed, disagreements)`` over the registered ``items``: agreed = at least
+    ``min_agree`` verdicts ``agreed_verdict``, disagreements = more than one distinct verdict."""
+    registered = f"EXISTS (SELECT 1 FROM {items} c WHERE {' AND '.join(f'c.{k} = v.{k}' for k in keys)})"
+    group = ", ".join(f"v.{k}" for k in keys)
+    total = con.execute(f"SELECT count(*) FROM {items}").fetchone()[0]
+    mine = con.execute(f"SELECT count(*) FROM {verdicts} v WHERE v.labeler = ? AND {registered}",
+                       (labeler,)).fetchone()[0]
+    agreed = con.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {verdicts} v WHERE v.verdict = ? AND {registered} "
+        f"GROUP BY {group} HAVING count(*) >= ?)", (agreed_verdict, min_agree)).fetchone()[0]
+    split = con.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {verdicts} v WHERE {registered} "
+        f"GROUP BY {group} HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
+    return int(total), int(mine), int(agreed), int(split)
+
+
 class LabelStore:
     """The label database ``WS/labels.sqlite`` of a workspace.
 
@@ -800,23 +844,27 @@ class LabelStore:
         """
         select([], filter)  # validates the filter before the query
         min_agree = _check_min_agree(min_agree)
-        sums = ", ".join(f"coalesce(sum(v.verdict = '{v}'), 0) AS n_{v}" for v in COMPONENT_VERDICTS)
-        sql = (f"SELECT c.class, c.component, c.rank, {sums}, "
-               "max(CASE WHEN v.labeler = ? THEN v.verdict END) AS mine "
-               "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
-               + ("WHERE c.class = ? " if cls is not None else "")
-               + "GROUP BY c.class, c.component ORDER BY c.class, c.rank, c.component")
-        params: list[int | str | None] = [labeler] + ([int(cls)] if cls is not None else [])
         if cls is not None and not _fits_sql(cls):
             return []
+        where = ("c.class = ?", [int(cls)]) if cls is not None else ("1", [])
+        return select(self._component_rows(labeler, *where, min_agree), filter)
+
+    def _component_rows(self, labeler: str | None, where: str, params: list[int], min_agree: int) -> list[ComponentRow]:
+        """The rows of the registered components that ``where`` keeps, in review order, with their votes."""
+        sums = ", ".join(f"coalesce(sum(v.verdict = '{v}'), 0) AS n_{v}" for v in COMPONENT_VERDICTS)
         with self._connect() as con:
-            rows = con.execute(sql, params).fetchall()
+            rows = con.execute(
+                f"SELECT c.class, c.component, c.rank, {sums}, "
+                "max(CASE WHEN v.labeler = ? THEN v.verdict END) AS mine "
+                "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
+                f"WHERE {where} GROUP BY c.class, c.component ORDER BY c.class, c.rank, c.component",
+                [labeler, *params]).fetchall()
         out = []
         for r in rows:
             votes = {v: int(r[f"n_{v}"]) for v in COMPONENT_VERDICTS}
             out.append(ComponentRow(r["class"], r["component"], r["rank"], r["mine"], votes,
                                     votes["spurious"] >= min_agree))
-        return select(out, filter)
+        return out
 
     def curate_components(self, labeler: str | None = None, *, filter: str = "all", cls: int | None = None,
                           min_agree: int = 2) -> list[CurateRow]:
@@ -846,39 +894,13 @@ class LabelStore:
         return select(out, filter)
 
     # ------------------------------------------------------------------ one item and its neighbours (indexed)
-    def _review_filter(self, labeler: str | None, filter: str, cls: int | None) -> tuple[str, list[int | str | None]]:
-        """SQL conditions on ``components c`` for ``filter`` and class ``cls`` (each an indexed lookup)."""
-        select([], filter)  # validates the filter
-        conds: list[str] = []
-        params: list[int | str | None] = []
-        if cls is not None:
-            conds.append("c.class = ?")
-            params.append(int(cls))
-        if filter == "unlabeled":
-            conds.append("NOT EXISTS (SELECT 1 FROM component_verdicts m "
-                         "WHERE m.labeler = ? AND m.class = c.class AND m.component = c.component)")
-            params.append(labeler)
-        elif filter == "disagreements":
-            conds.append("(SELECT count(DISTINCT d.verdict) FROM component_verdicts d "
-                         "WHERE d.class = c.class AND d.component = c.component) > 1")
-        return (" AND ".join(conds) or "1"), params
-
     def component_row(self, labeler: str | None, k: int, l: int, *, min_agree: int = 2) -> ComponentRow | None:
         """The :meth:`components` row of ``(k, l)`` alone (``None``: not registered); one indexed query."""
         min_agree = _check_min_agree(min_agree)
         if not _fits_sql(k, l):
             return None
-        sums = ", ".join(f"coalesce(sum(v.verdict = '{v}'), 0) AS n_{v}" for v in COMPONENT_VERDICTS)
-        with self._connect() as con:
-            r = con.execute(
-                f"SELECT c.class, c.component, c.rank, {sums}, "
-                "max(CASE WHEN v.labeler = ? THEN v.verdict END) AS mine "
-                "FROM components c LEFT JOIN component_verdicts v ON v.class = c.class AND v.component = c.component "
-                "WHERE c.class = ? AND c.component = ? GROUP BY c.class, c.component", (labeler, k, l)).fetchone()
-        if r is None:
-            return None
-        votes = {v: int(r[f"n_{v}"]) for v in COMPONENT_VERDICTS}
-        return ComponentRow(r["class"], r["component"], r["rank"], r["mine"], votes, votes["spurious"] >= min_agree)
+        rows = self._component_rows(labeler, "c.class = ? AND c.component = ?", [int(k), int(l)], min_agree)
+        return rows[0] if rows else None
 
     def component_neighbour(self, labeler: str | None, key: tuple[int, int, int] | None, *, before: bool = False,
                             filter: str = "all", cls: int | None = None, min_agree: int = 2) -> ComponentRow | None:
@@ -890,7 +912,7 @@ class LabelStore:
         """
         if cls is not None and not _fits_sql(cls):
             return None
-        where, params = self._review_filter(labeler, filter, cls)
+        where, params = _filter_sql("component_verdicts", _REVIEW_KEYS, labeler, filter, cls)
         if key is not None:
             where += f" AND (c.class, c.rank, c.component) {'<' if before else '>'} (?, ?, ?)"
             params += [int(x) for x in key]
@@ -906,7 +928,7 @@ class LabelStore:
         (``None`` when it is not one of them) and how many they are (two counting queries)."""
         if cls is not None and not _fits_sql(cls):
             return None, 0
-        where, params = self._review_filter(labeler, filter, cls)
+        where, params = _filter_sql("component_verdicts", _REVIEW_KEYS, labeler, filter, cls)
         with self._connect() as con:
             total = int(con.execute(f"SELECT count(*) FROM components c WHERE {where}", params).fetchone()[0])
             if not row.matches(filter) or (cls is not None and row.cls != cls):
@@ -919,37 +941,11 @@ class LabelStore:
     def review_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[str, int]:
         """:func:`review_progress` of :meth:`components`, counted in SQL without listing the components."""
         min_agree = _check_min_agree(min_agree)
-        registered = "EXISTS (SELECT 1 FROM components c WHERE c.class = v.class AND c.component = v.component)"
         with self._connect() as con:
-            total = con.execute("SELECT count(*) FROM components").fetchone()[0]
-            mine = con.execute(f"SELECT count(*) FROM component_verdicts v WHERE v.labeler = ? AND {registered}",
-                               (labeler,)).fetchone()[0]
-            agreed = con.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM component_verdicts v WHERE v.verdict = 'spurious' AND "
-                f"{registered} GROUP BY v.class, v.component HAVING count(*) >= ?)", (min_agree,)).fetchone()[0]
-            split = con.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM component_verdicts v WHERE {registered} "
-                "GROUP BY v.class, v.component HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
-        return {"components": int(total), "components_mine": int(mine), "components_agreed": int(agreed),
-                "components_disagreements": int(split)}
-
-    def _curate_filter(self, labeler: str | None, filter: str, cls: int | None) -> tuple[str, list[int | str | None]]:
-        """SQL conditions on one candidate ``candidates c`` for ``filter`` and class ``cls``: a component
-        matches when one of its candidates does (each an indexed lookup)."""
-        select([], filter)  # validates the filter
-        conds: list[str] = []
-        params: list[int | str | None] = []
-        if cls is not None:
-            conds.append("c.class = ?")
-            params.append(int(cls))
-        if filter == "unlabeled":
-            conds.append("NOT EXISTS (SELECT 1 FROM image_verdicts m "
-                         "WHERE m.labeler = ? AND m.class = c.class AND m.component = c.component AND m.id = c.id)")
-            params.append(labeler)
-        elif filter == "disagreements":
-            conds.append("(SELECT count(DISTINCT d.verdict) FROM image_verdicts d "
-                         "WHERE d.class = c.class AND d.component = c.component AND d.id = c.id) > 1")
-        return (" AND ".join(conds) or "1"), params
+            total, mine, agreed, split = _verdict_counts(con, "component_verdicts", "components", _REVIEW_KEYS,
+                                                         "spurious", labeler, min_agree)
+        return {"components": total, "components_mine": mine, "components_agreed": agreed,
+                "components_disagreements": split}
 
     def curate_row(self, labeler: str | None, k: int, l: int, *, min_agree: int = 2) -> CurateRow | None:
         """The :meth:`curate_components` row of ``(k, l)`` alone (``None``: no candidates); one indexed query."""
@@ -979,7 +975,7 @@ class LabelStore:
         """
         if cls is not None and not _fits_sql(cls):
             return None
-        where, params = self._curate_filter(labeler, filter, cls)
+        where, params = _filter_sql("image_verdicts", _CURATE_KEYS, labeler, filter, cls)
         if key is not None:
             where += f" AND (c.class, c.component) {'<' if before else '>'} (?, ?)"
             params += [int(x) for x in key]
@@ -992,20 +988,11 @@ class LabelStore:
     def curate_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[str, int]:
         """:func:`curate_progress` of :meth:`curate_components`, counted in SQL without listing the components."""
         min_agree = _check_min_agree(min_agree)
-        registered = ("EXISTS (SELECT 1 FROM candidates c "
-                      "WHERE c.class = v.class AND c.component = v.component AND c.id = v.id)")
         with self._connect() as con:
-            total = con.execute("SELECT count(*) FROM candidates").fetchone()[0]
-            mine = con.execute(f"SELECT count(*) FROM image_verdicts v WHERE v.labeler = ? AND {registered}",
-                               (labeler,)).fetchone()[0]
-            accepted = con.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM image_verdicts v WHERE v.verdict = 'out' AND "
-                f"{registered} GROUP BY v.class, v.component, v.id HAVING count(*) >= ?)", (min_agree,)).fetchone()[0]
-            split = con.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM image_verdicts v WHERE {registered} "
-                "GROUP BY v.class, v.component, v.id HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
-        return {"candidates": int(total), "candidates_mine": int(mine), "candidates_accepted": int(accepted),
-                "candidates_disagreements": int(split)}
+            total, mine, accepted, split = _verdict_counts(con, "image_verdicts", "candidates", _CURATE_KEYS,
+                                                           "out", labeler, min_agree)
+        return {"candidates": total, "candidates_mine": mine, "candidates_accepted": accepted,
+                "candidates_disagreements": split}
 
     # ------------------------------------------------------------------ agreed results
     def agreed_components(self, min_agree: int = 2) -> dict[int, list[int]]:
@@ -1049,8 +1036,8 @@ class LabelStore:
     def progress(self, labeler: str | None = None, min_agree: int = 2) -> dict[str, int]:
         """Counts for the UI: components (total, labeled by ``labeler``, agreed spurious, disagreements)
         and candidates (total, judged by ``labeler``, accepted)."""
-        return {**review_progress(self.components(labeler, min_agree=min_agree)),
-                **curate_progress(self.curate_components(labeler, min_agree=min_agree))}
+        return {**self.review_counts(labeler, min_agree=min_agree),
+                **self.curate_counts(labeler, min_agree=min_agree)}
 
     # ------------------------------------------------------------------ exports
     def _n_labelers(self, task: str) -> int:
