@@ -109,7 +109,7 @@ def test_the_demo_report_card_shows_the_pairs(ws_with_pairs) -> None:  # type: i
     ws, k, l = ws_with_pairs
     out = ws.parent
     f = FoundComponent(k, f"class {k}", l, None, 0.0, 0.5)
-    card = _found_card(f, out, out)
+    card = _found_card(f, out, out, shown_pairs(ws))
     for pair in shown_pairs(ws)[(k, l)]:
         for path in (pair.original, pair.counterfactual, pair.difference, pair.heatmap):
             assert f'src="{path.relative_to(out).as_posix()}"' in card

@@ -12,12 +12,12 @@ that is missing is left out with a note.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from spurious import _html
-from spurious.counterfactual._index import shown_pairs
+from spurious.counterfactual._index import CounterfactualPair, shown_pairs
 from spurious.counterfactual._report import pair_figures
 from spurious.score.plots import display_names
 from spurious.visualize import SHEET_TABLE, SheetTable, read_sheet_table, sheet_folder
@@ -66,7 +66,8 @@ class _Found(Protocol):
     npfv_probability: float
 
 
-def _found_card(f: _Found, out: Path, report_dir: Path) -> str:
+def _found_card(f: _Found, out: Path, report_dir: Path,
+                pairs: Mapping[tuple[int, int], Sequence[CounterfactualPair]]) -> str:
     """One found component: NPFV, NPFV GradCAM, top images with heatmaps; notes for what is missing."""
     title = (f"class {_html.esc(f.class_name)} ({f.class_index}), component {f.component} &rarr; "
              f"{_html.esc(f.feature or 'no planted feature')}")
@@ -118,7 +119,7 @@ def _found_card(f: _Found, out: Path, report_dir: Path) -> str:
     stats = (f'<p class="muted">Top-20 precision {_html.fmt(f.precision_top20, 2)} (share of its 20 '
              f"max-activating training images that show the feature); NPFV p(class) "
              f"{_html.fmt(f.npfv_probability)}. {links}</p>")
-    cf = pair_figures(shown_pairs(out / ROBUST_WS).get((f.class_index, f.component), ()), report_dir, width=width)
+    cf = pair_figures(pairs.get((f.class_index, f.component), ()), report_dir, width=width)
     return f"{head}{stats}{body}{note}{cf}</div>"
 
 
@@ -156,7 +157,8 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
                      "on real images: the component removed from a training image that shows it, and added to a "
                      "validation image of the class the model confuses most with this one (robust model, "
                      "`spurious counterfactual`), with p(class) before and after.</p>")
-        parts.extend(_found_card(f, out, report_dir) for f in result.found)
+        pairs = shown_pairs(out / ROBUST_WS)  # one read of the counterfactual index for every card
+        parts.extend(_found_card(f, out, report_dir, pairs) for f in result.found)
     else:
         parts.append('<p class="note">The review agreed on no component, so there is nothing to show.</p>')
 
