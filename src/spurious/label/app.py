@@ -79,9 +79,7 @@ from spurious.label.store import (
     UnknownItemError,
     _check_min_agree,
     check_labeler,
-    curate_progress,
     file_key,
-    review_progress,
 )
 from spurious.workspace import Workspace
 
@@ -364,22 +362,10 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
-        comps = store.components(me, min_agree=min_agree)
-        cur = store.curate_components(me, min_agree=min_agree)
-        classes: dict[int, JSONDict] = {}
-        for r in comps:
-            c = classes.setdefault(r.cls, _class_counts(r.cls, class_label(r.cls)))
-            c["components"] += 1
-            c["mine"] += r.mine is not None
-            c["agreed"] += r.agreed
-            c["disagreements"] += r.disagreement
-        for cr in cur:
-            c = classes.setdefault(cr.cls, _class_counts(cr.cls, class_label(cr.cls)))
-            c["candidates"] += cr.candidates
-            c["judged"] += cr.judged_by_me
-            c["accepted"] += cr.accepted
-        shown, nav = _page_of([classes[k] for k in sorted(classes)], q[:200], page)
-        return render(request, "index.html", progress={**review_progress(comps), **curate_progress(cur)},
+        counts = store.class_counts(me, min_agree=min_agree)  # per class from the tallies, no component listed
+        classes = [{"k": k, "name": class_label(k), **c} for k, c in counts.items()]
+        shown, nav = _page_of(classes, q[:200], page)
+        return render(request, "index.html", progress=store.progress(me, min_agree=min_agree),
                       classes=shown, nav=nav, labelers=store.identities())
 
     @app.get("/class/{k}", response_class=HTMLResponse, response_model=None)
@@ -598,11 +584,6 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     return app
-
-
-def _class_counts(k: int, name: str) -> JSONDict:
-    return {"k": k, "name": name, "components": 0, "mine": 0, "agreed": 0, "disagreements": 0,
-            "candidates": 0, "judged": 0, "accepted": 0}
 
 
 def serve(workspace: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8765, min_agree: int = 2,

@@ -57,8 +57,13 @@ from typing import TypeVar
 from spurious import __version__
 from spurious._checks import int_at_least
 from spurious._io import JSONDict, atomic_path, read_json, utc_now, write_json
-from spurious.counterfactual._index import shown_pairs
-from spurious.visualize import read_sheet_table, sheet_classes
+from spurious.counterfactual._index import CounterfactualPair, shown_pairs
+from spurious.visualize import (
+    SHEET_TABLE,
+    read_sheet_table,
+    sheet_classes,
+    sheet_folder,
+)
 from spurious.workspace import IncompatibleArtifactError, Workspace
 
 __all__ = [
@@ -351,26 +356,165 @@ def _filter_sql(verdicts: str, keys: tuple[str, ...], labeler: str | None, filte
         conds.append(f"NOT EXISTS (SELECT 1 FROM {verdicts} m WHERE m.labeler = ? AND {same_item('m')})")
         params.append(labeler)
     elif filter == "disagreements":
-        conds.append(f"(SELECT count(DISTINCT d.verdict) FROM {verdicts} d WHERE {same_item('d')}) > 1")
+        task = _REVIEW_TASK if verdicts == _REVIEW_TASK.verdicts else _CURATE_TASK
+        conds.append(f"EXISTS (SELECT 1 FROM {task.stats} d WHERE {same_item('d')} AND {task.split('d')})")
     return (" AND ".join(conds) or "1"), params
 
 
-def _verdict_counts(con: sqlite3.Connection, verdicts: str, items: str, keys: tuple[str, ...], agreed_verdict: str,
-                    labeler: str | None, min_agree: int) -> tuple[int, int, int, int]:
-    """``(items, judged by labeler, agreed, disagreements)`` over the registered ``items``: agreed = at least
-    ``min_agree`` verdicts ``agreed_verdict``, disagreements = more than one distinct verdict."""
-    registered = f"EXISTS (SELECT 1 FROM {items} c WHERE {' AND '.join(f'c.{k} = v.{k}' for k in keys)})"
-    group = ", ".join(f"v.{k}" for k in keys)
-    total = con.execute(f"SELECT count(*) FROM {items}").fetchone()[0]
-    mine = con.execute(f"SELECT count(*) FROM {verdicts} v WHERE v.labeler = ? AND {registered}",
-                       (labeler,)).fetchone()[0]
-    agreed = con.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM {verdicts} v WHERE v.verdict = ? AND {registered} "
-        f"GROUP BY {group} HAVING count(*) >= ?)", (agreed_verdict, min_agree)).fetchone()[0]
-    split = con.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM {verdicts} v WHERE {registered} "
-        f"GROUP BY {group} HAVING count(DISTINCT v.verdict) > 1)").fetchone()[0]
-    return int(total), int(mine), int(agreed), int(split)
+def _tally_sums(con: sqlite3.Connection, task: str, labeler: str | None, min_agree: int, *,
+                cls: int | None = None, below: int | None = None) -> dict[str, int]:
+    """``{"items", "mine", "agree", "split"}`` of task ``task`` from the per-class tallies: registered items,
+    judged by ``labeler``, with at least ``min_agree`` agreed verdicts, with more than one distinct verdict;
+    only class ``cls`` / only classes below ``below`` when given (one range of the tallies' key per kind)."""
+    where = ""
+    params: list[int | str | None] = [task, min_agree, labeler]
+    if cls is not None:
+        where += " AND class = ?"
+        params.append(int(cls))
+    if below is not None:
+        where += " AND class < ?"
+        params.append(int(below))
+    out = dict.fromkeys(("items", "mine", "agree", "split"), 0)
+    for kind, n in con.execute(
+            "SELECT kind, sum(n) FROM tallies WHERE task = ? AND ((kind IN ('items', 'split') AND who = '') "
+            "OR (kind = 'agree' AND who = '' AND level >= ?) OR (kind = 'mine' AND who = ?))"
+            f"{where} GROUP BY kind", params):
+        out[kind] = int(n or 0)
+    return out
+
+
+def _filter_count(sums: dict[str, int], filter: str) -> int:
+    """How many items ``filter`` keeps, from :func:`_tally_sums`."""
+    return {"all": sums["items"], "unlabeled": sums["items"] - sums["mine"], "disagreements": sums["split"]}[filter]
+
+
+# ---------------------------------------------------------------------- derived tables (counters, sync state)
+# Derived from the tables above and kept current by triggers in the same transaction as every write, so a
+# request reads counts instead of scanning every verdict. Rebuilt from scratch whenever _DERIVED_VERSION
+# changes (or a file of an earlier spurious is opened); they hold nothing that is not in the tables above.
+_DERIVED_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One labelling task as the derived tables see it: its items, their verdicts, the agreed verdict."""
+
+    name: str  # "review" / "curate" (the ``task`` column of ``tallies``)
+    items: str  # the registered items: components / candidates
+    verdicts: str  # component_verdicts / image_verdicts
+    keys: tuple[str, ...]
+    values: tuple[str, ...]  # the verdicts
+    agreed: str  # the verdict whose count decides agreement
+
+    @property
+    def stats(self) -> str:
+        return f"{self.name}_stats"
+
+    def split(self, alias: str = "") -> str:
+        """The SQL condition "a registered item with more than one distinct verdict" on a stats row
+        (the partial index ``<task>_stats_split`` uses this exact text)."""
+        a = f"{alias}." if alias else ""
+        return f"{a}registered = 1 AND ({' + '.join(f'({a}n_{v} > 0)' for v in self.values)}) > 1"
+
+    def same(self, alias: str, row: str) -> str:
+        return " AND ".join(f"{alias}.{k} = {row}.{k}" for k in self.keys)
+
+
+_TASKS = (
+    _Task("review", "components", "component_verdicts", _REVIEW_KEYS, COMPONENT_VERDICTS, "spurious"),
+    _Task("curate", "candidates", "image_verdicts", _CURATE_KEYS, IMAGE_VERDICTS, "out"),
+)
+_REVIEW_TASK, _CURATE_TASK = _TASKS
+
+
+def _tally(task: _Task, kind: str, who: str, level: str, cls: str, delta: str, cond: str) -> str:
+    return (f"INSERT INTO tallies (task, kind, who, level, class, n) SELECT '{task.name}', '{kind}', {who}, {level}, "
+            f"{cls}, {delta} WHERE {cond} "
+            "ON CONFLICT (task, kind, who, level, class) DO UPDATE SET n = n + excluded.n;")
+
+
+def _derived_sql(task: _Task) -> str:
+    """The stats table of a task (one row per item ever registered or judged: registered?, votes per
+    verdict), its per-class tallies and the triggers that keep both current."""
+    keys = ", ".join(task.keys)
+    cols = "".join(f", n_{v} INTEGER NOT NULL DEFAULT 0" for v in task.values)
+    key_cols = ", ".join(f"{k} {'TEXT' if k == 'id' else 'INTEGER'} NOT NULL" for k in task.keys)
+    s, t, items, verdicts = task.stats, task.name, task.items, task.verdicts
+
+    def contribute(row: str, sign: str) -> str:
+        # a stats row counts in its class's tallies: one item, a split one, one with n agreed verdicts
+        return (_tally(task, "items", "''", "0", f"{row}.class", sign, f"{row}.registered = 1")
+                + _tally(task, "split", "''", "0", f"{row}.class", sign, task.split(row))
+                + _tally(task, "agree", "''", f"{row}.n_{task.agreed}", f"{row}.class", sign,
+                         f"{row}.registered = 1 AND {row}.n_{task.agreed} > 0"))
+
+    def vote(row: str, sign: str) -> str:
+        # a verdict row: its item's vote counts, and the labeler's own count when the item is registered
+        sets = ", ".join(f"n_{v} = n_{v} {sign} ({row}.verdict = '{v}')" for v in task.values)
+        registered = f"EXISTS (SELECT 1 FROM {items} i WHERE {task.same('i', row)})"
+        return (f"INSERT INTO {s} ({keys}) VALUES ({', '.join(f'{row}.{k}' for k in task.keys)}) "
+                "ON CONFLICT DO NOTHING;"
+                f"UPDATE {s} SET {sets} WHERE {task.same(s, row)};"
+                + _tally(task, "mine", f"{row}.labeler", "0", f"{row}.class", f"{sign}1", registered))
+
+    def register(row: str, flag: int, sign: str) -> str:
+        # an item (un)registered: its stats row's flag, and the own count of every labeler who judged it
+        return (f"INSERT INTO {s} ({keys}, registered) VALUES ({', '.join(f'{row}.{k}' for k in task.keys)}, {flag}) "
+                f"ON CONFLICT DO UPDATE SET registered = {flag};"
+                f"INSERT INTO tallies (task, kind, who, level, class, n) SELECT '{t}', 'mine', v.labeler, 0, v.class, "
+                f"{sign}1 FROM {verdicts} v WHERE {task.same('v', row)} "
+                "ON CONFLICT (task, kind, who, level, class) DO UPDATE SET n = n + excluded.n;")
+
+    return f"""
+CREATE TABLE {s} ({key_cols}, registered INTEGER NOT NULL DEFAULT 0{cols}, PRIMARY KEY ({keys})) WITHOUT ROWID;
+CREATE INDEX {s}_split ON {s} ({keys}) WHERE {task.split()};
+CREATE TRIGGER {s}_ins AFTER INSERT ON {s} BEGIN {contribute('NEW', '1')} END;
+CREATE TRIGGER {s}_upd AFTER UPDATE ON {s} BEGIN {contribute('OLD', '-1')} {contribute('NEW', '1')} END;
+CREATE TRIGGER {s}_del AFTER DELETE ON {s} BEGIN {contribute('OLD', '-1')} END;
+CREATE TRIGGER {t}_vote_ins AFTER INSERT ON {verdicts} BEGIN {vote('NEW', '+')} END;
+CREATE TRIGGER {t}_vote_upd AFTER UPDATE OF verdict, labeler, {keys} ON {verdicts} BEGIN {vote('OLD', '-')} {vote('NEW', '+')} END;
+CREATE TRIGGER {t}_vote_del AFTER DELETE ON {verdicts} BEGIN {vote('OLD', '-')} END;
+CREATE TRIGGER {t}_item_ins AFTER INSERT ON {items} BEGIN {register('NEW', 1, '')} END;
+CREATE TRIGGER {t}_item_del AFTER DELETE ON {items} BEGIN {register('OLD', 0, '-')} END;
+"""
+
+
+_DERIVED = f"""
+CREATE TABLE tallies (
+    task TEXT NOT NULL, kind TEXT NOT NULL, who TEXT NOT NULL, level INTEGER NOT NULL, class INTEGER NOT NULL,
+    n INTEGER NOT NULL, PRIMARY KEY (task, kind, who, level, class)) WITHOUT ROWID;
+CREATE TABLE sync_state (source TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE sync_files (source TEXT NOT NULL, key TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (source, key));
+CREATE INDEX sync_files_key ON sync_files (key);
+{_derived_sql(_REVIEW_TASK)}
+{_derived_sql(_CURATE_TASK)}
+"""
+_DERIVED_OBJECTS = ("tallies", "sync_state", "sync_files") + tuple(t.stats for t in _TASKS)
+
+
+def _rebuild_derived(con: sqlite3.Connection) -> None:
+    """Drop and recreate the derived tables and triggers, and fill them from the tables they summarise."""
+    for name, kind in con.execute("SELECT name, type FROM sqlite_master WHERE type IN ('trigger', 'table')").fetchall():
+        if kind == "trigger" or name in _DERIVED_OBJECTS:
+            con.execute(f"DROP {kind.upper()} IF EXISTS {name}")
+    _execute_script(con, _DERIVED)
+    for task in _TASKS:
+        keys = ", ".join(task.keys)
+        sums = ", ".join(f"sum(n_{v})" for v in task.values)
+        votes = ", ".join(f"verdict = '{v}' AS n_{v}" for v in task.values)
+        zeros = ", ".join(f"0 AS n_{v}" for v in task.values)
+        # the stats rows (their insert trigger adds the items / split / agree tallies)
+        con.execute(
+            f"INSERT INTO {task.stats} ({keys}, registered, {', '.join(f'n_{v}' for v in task.values)}) "
+            f"SELECT {keys}, max(registered), {sums} FROM ("
+            f"  SELECT {keys}, 1 AS registered, {zeros} FROM {task.items} "
+            f"  UNION ALL SELECT {keys}, 0 AS registered, {votes} FROM {task.verdicts}) "
+            f"GROUP BY {keys}")
+        con.execute(
+            f"INSERT INTO tallies (task, kind, who, level, class, n) SELECT '{task.name}', 'mine', v.labeler, 0, "
+            f"v.class, count(*) FROM {task.verdicts} v WHERE EXISTS (SELECT 1 FROM {task.items} i "
+            f"WHERE {task.same('i', 'v')}) GROUP BY v.labeler, v.class")
+    con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('derived_version', ?)", (_DERIVED_VERSION,))
 
 
 class LabelStore:
@@ -451,6 +595,9 @@ class LabelStore:
             if version < SCHEMA_VERSION:
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             _execute_script(con, _INDEXES)
+            derived = con.execute("SELECT value FROM meta WHERE key = 'derived_version'").fetchone()
+            if derived is None or derived[0] != _DERIVED_VERSION:
+                _rebuild_derived(con)
         meta = self.meta
         fingerprint = meta.get("model_fingerprint")
         if fingerprint != self.workspace.model_fingerprint:
@@ -479,30 +626,89 @@ class LabelStore:
 
         Idempotent: the registered items and files are replaced by what is on disk now; verdicts
         are never touched (a verdict on an item that disappears is kept and comes back with it).
+        Only what changed is read again: each class table ``components.json`` and
+        ``candidates.jsonl`` is registered with a fingerprint (SHA-256 of its bytes, the workspace's
+        place and the counterfactual index), and a source whose fingerprint is unchanged is skipped.
 
         Raises:
             IncompatibleArtifactError: an artifact was made for another model than the workspace's.
             ValueError: a ``components.json`` or ``candidates.jsonl`` is malformed (named in the message).
         """
-        components, files = self._scan_visualize()
-        candidates = self._scan_retrieve()
-        files += [Path(c["path"]) for c in candidates if c["path"] is not None]  # None: a pool without files
-        keys = {file_key(p): str(p.resolve()) for p in files}
+        visualize, retrieve = self.root / "visualize", self.root / "retrieve"
+        if visualize.is_dir():
+            self._check_manifest(visualize)
+        if (retrieve / "candidates.jsonl").is_file():
+            self._check_manifest(retrieve)
+        with self._connect() as con:
+            state = {r[0]: r[1] for r in con.execute("SELECT source, fingerprint FROM sync_state")}
+        wanted = self._fingerprints()
+        changed = [src for src, fp in wanted.items() if state.get(src) != fp]
+        gone = [src for src in state if src not in wanted]
+        pairs = shown_pairs(self.root) if any(src != "retrieve" for src in changed) else {}
+        components: list[JSONDict] = []
+        candidates: list[JSONDict] = []
+        files: list[tuple[str, str, str]] = []  # (source, key, path)
+        for src in changed:
+            if src == "retrieve":
+                found = self._scan_retrieve()
+                candidates += found
+                paths = [Path(c["path"]) for c in found if c["path"] is not None]  # None: a pool without files
+            else:
+                comps, paths = self._scan_class(int(src.partition("/")[2]), pairs)
+                components += comps
+            files += [(src, file_key(p), str(p.resolve())) for p in paths]
         with self._connect(write=True) as con:
-            con.execute("DELETE FROM components")
+            stale: set[str] = set()
+            if not state:  # a first sync, or a file of an earlier spurious: replace everything
+                stale |= {r[0] for r in con.execute("SELECT key FROM files")}
+                for table in ("components", "candidates", "sync_files"):
+                    con.execute(f"DELETE FROM {table}")
+            for src in gone + changed:
+                stale |= {r[0] for r in con.execute("SELECT key FROM sync_files WHERE source = ?", (src,))}
+                con.execute("DELETE FROM sync_files WHERE source = ?", (src,))
+                con.execute("DELETE FROM sync_state WHERE source = ?", (src,))
+                if src == "retrieve":
+                    con.execute("DELETE FROM candidates")
+                else:
+                    con.execute("DELETE FROM components WHERE class = ?", (int(src.partition("/")[2]),))
             con.executemany(
                 "INSERT INTO components (class, component, rank, record) VALUES (?, ?, ?, ?)",
                 [(c["class"], c["component"], c["rank"], json.dumps(c)) for c in components])
-            con.execute("DELETE FROM candidates")
             con.executemany(
                 "INSERT INTO candidates (class, component, id, rank, path, record) VALUES (?, ?, ?, ?, ?, ?)",
                 [(c["class"], c["component"], c["id"], c["rank"], c["path"] or "", json.dumps(c)) for c in candidates])
-            con.execute("DELETE FROM files")
-            con.executemany("INSERT INTO files (key, path) VALUES (?, ?)", keys.items())
-        classes = sorted({c["class"] for c in components} | {c["class"] for c in candidates})
-        log.info("label store: %d components, %d candidates, %d files registered",
-                 len(components), len(candidates), len(keys))
-        return SyncResult(len(components), len(candidates), len(keys), classes)
+            con.executemany("INSERT OR IGNORE INTO sync_files (source, key, path) VALUES (?, ?, ?)", files)
+            con.executemany("INSERT OR IGNORE INTO files (key, path) VALUES (?, ?)", [f[1:] for f in files])
+            con.executemany("DELETE FROM files WHERE key = ? AND NOT EXISTS (SELECT 1 FROM sync_files s "
+                            "WHERE s.key = files.key)", [(k,) for k in stale])
+            con.executemany("INSERT INTO sync_state (source, fingerprint) VALUES (?, ?)",
+                            [(src, wanted[src]) for src in changed])
+            counts = [int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                      for t in ("components", "candidates", "files")]
+            classes = [int(r[0]) for r in con.execute(
+                "SELECT class FROM components UNION SELECT class FROM candidates ORDER BY class")]
+        log.info("label store: %d components, %d candidates, %d files registered (%d of %d sources read again)",
+                 *counts, len(changed), len(wanted))
+        return SyncResult(*counts, classes)
+
+    def _fingerprints(self) -> dict[str, str]:
+        """``source -> fingerprint`` of what :meth:`sync` registers: ``visualize/KKKKK`` per class table,
+        ``retrieve`` for the candidates. A fingerprint hashes the file's bytes, the workspace's place
+        (registered paths are absolute) and, for a class, the counterfactual index (its pairs are
+        shown with the components); for the candidates also the working directory (relative pool
+        paths are made absolute against it)."""
+        place = str(self.root.resolve())
+        index = self.root / "counterfactual" / "index.json"
+        pairs = hashlib.sha256(index.read_bytes()).hexdigest() if index.is_file() else ""
+        out: dict[str, str] = {}
+        for k in sheet_classes(self.root):
+            data = (sheet_folder(self.root, k) / SHEET_TABLE).read_bytes()
+            out[f"visualize/{k:05d}"] = hashlib.sha256(f"{place}\0{pairs}\0".encode() + data).hexdigest()
+        candidates = self.root / "retrieve" / "candidates.jsonl"
+        if candidates.is_file():
+            data = candidates.read_bytes()
+            out["retrieve"] = hashlib.sha256(f"{place}\0{os.getcwd()}\0".encode() + data).hexdigest()
+        return out
 
     def _check_manifest(self, folder: Path) -> None:
         path = folder / "manifest.json"
@@ -527,46 +733,40 @@ class LabelStore:
         ``WS/visualize``); :func:`file_key` of this path is the key the web UI serves it under."""
         return self.root / "visualize" / str(component["folder"]) / str(name)
 
-    def _scan_visualize(self) -> tuple[list[JSONDict], list[Path]]:
-        root = self.root / "visualize"
-        if not root.is_dir():
-            return [], []
-        self._check_manifest(root)
+    def _scan_class(self, k: int, pairs: dict[tuple[int, int], list[CounterfactualPair]],
+                    ) -> tuple[list[JSONDict], list[Path]]:
+        """The component records of class ``k``'s table (with their counterfactual pairs) and the files they name."""
         components: list[JSONDict] = []
         files: list[Path] = []
-        pairs = shown_pairs(self.root)
         cf_root = (self.root / "counterfactual").resolve()
-        for k in sheet_classes(self.root):
-            table = read_sheet_table(self.root, k)
-            folder = table.folder
-            for rec in table.components:
-                rec = {**rec, "folder": folder.name}
-                for name in _png_names(rec):
-                    path = self.visual_path(rec, name)
-                    if path.resolve().parent == folder.resolve():  # only files of this class folder are served
-                        files.append(path)
-                shown = []
-                for pair in pairs.get((k, int(rec["component"])), ()):
-                    pngs = {"original": pair.original, "counterfactual": pair.counterfactual,
-                            "difference": pair.difference, "heatmap": pair.heatmap}
-                    if not all(p.resolve().is_relative_to(cf_root) for p in pngs.values()):
-                        continue  # only files of WS/counterfactual are served
-                    files.extend(pngs.values())
-                    m = pair.optimised
-                    shown.append({"mode": pair.mode, "image_id": pair.image_id, "source": pair.source,
-                                  "spec": m["spec"], "before": m["before"], "after": m["after"],
-                                  "files": {n: str(p) for n, p in pngs.items()}})
-                if shown:
-                    rec["counterfactuals"] = shown
-                components.append(rec)
+        table = read_sheet_table(self.root, k)
+        folder = table.folder
+        for rec in table.components:
+            rec = {**rec, "folder": folder.name}
+            for name in _png_names(rec):
+                path = self.visual_path(rec, name)
+                if path.resolve().parent == folder.resolve():  # only files of this class folder are served
+                    files.append(path)
+            shown = []
+            for pair in pairs.get((k, int(rec["component"])), ()):
+                pngs = {"original": pair.original, "counterfactual": pair.counterfactual,
+                        "difference": pair.difference, "heatmap": pair.heatmap}
+                if not all(p.resolve().is_relative_to(cf_root) for p in pngs.values()):
+                    continue  # only files of WS/counterfactual are served
+                files.extend(pngs.values())
+                m = pair.optimised
+                shown.append({"mode": pair.mode, "image_id": pair.image_id, "source": pair.source,
+                              "spec": m["spec"], "before": m["before"], "after": m["after"],
+                              "files": {n: str(p) for n, p in pngs.items()}})
+            if shown:
+                rec["counterfactuals"] = shown
+            components.append(rec)
         return components, files
 
     def _scan_retrieve(self) -> list[JSONDict]:
-        root = self.root / "retrieve"
-        path = root / "candidates.jsonl"
+        path = self.root / "retrieve" / "candidates.jsonl"
         if not path.is_file():
             return []
-        self._check_manifest(root)
         out = []
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -881,13 +1081,14 @@ class LabelStore:
             "FROM candidates c LEFT JOIN ("
             "  SELECT class, component, id, count(DISTINCT verdict) AS distinct_verdicts, "
             "  sum(verdict = 'out') AS outs, max(CASE WHEN labeler = ? THEN verdict END) AS mine "
-            "  FROM image_verdicts GROUP BY class, component, id) a "
+            "  FROM image_verdicts " + ("WHERE class = ? " if cls is not None else "")
+            + "GROUP BY class, component, id) a "
             "ON a.class = c.class AND a.component = c.component AND a.id = c.id "
             + ("WHERE c.class = ? " if cls is not None else "")
             + "GROUP BY c.class, c.component ORDER BY c.class, c.component")
-        params: list[int | str | None] = [min_agree, labeler] + ([int(cls)] if cls is not None else [])
         if cls is not None and not _fits_sql(cls):
             return []
+        params: list[int | str | None] = [min_agree, labeler] + ([int(cls)] * 2 if cls is not None else [])
         with self._connect() as con:
             rows = con.execute(sql, params).fetchall()
         out = [CurateRow(r["class"], r["component"], r["n"], r["n_mine"], r["n_dis"], r["n_acc"]) for r in rows]
@@ -913,12 +1114,20 @@ class LabelStore:
         if cls is not None and not _fits_sql(cls):
             return None
         where, params = _filter_sql("component_verdicts", _REVIEW_KEYS, labeler, filter, cls)
+        source = "components c"
+        if filter == "disagreements":  # sparse: start from the split items (a partial index), then order them
+            where, params = _REVIEW_TASK.split("d"), []
+            if cls is not None:
+                where += " AND d.class = ?"
+                params.append(int(cls))
+            source = (f"{_REVIEW_TASK.stats} d CROSS JOIN components c "
+                      "ON c.class = d.class AND c.component = d.component")
         if key is not None:
             where += f" AND (c.class, c.rank, c.component) {'<' if before else '>'} (?, ?, ?)"
             params += [int(x) for x in key]
         order = " DESC" if before else ""
         with self._connect() as con:
-            r = con.execute(f"SELECT c.class, c.component FROM components c WHERE {where} "
+            r = con.execute(f"SELECT c.class, c.component FROM {source} WHERE {where} "
                             f"ORDER BY c.class{order}, c.rank{order}, c.component{order} LIMIT 1", params).fetchone()
         return None if r is None else self.component_row(labeler, r["class"], r["component"], min_agree=min_agree)
 
@@ -928,24 +1137,26 @@ class LabelStore:
         (``None`` when it is not one of them) and how many they are (two counting queries)."""
         if cls is not None and not _fits_sql(cls):
             return None, 0
-        where, params = _filter_sql("component_verdicts", _REVIEW_KEYS, labeler, filter, cls)
-        with self._connect() as con:
-            total = int(con.execute(f"SELECT count(*) FROM components c WHERE {where}", params).fetchone()[0])
+        where, params = _filter_sql("component_verdicts", _REVIEW_KEYS, labeler, filter, row.cls)
+        with self._connect() as con:  # min_agree plays no part in the filters' counts
+            total = _filter_count(_tally_sums(con, "review", labeler, 1, cls=cls), filter)
             if not row.matches(filter) or (cls is not None and row.cls != cls):
                 return None, total
+            # the rows of earlier classes from their tallies, those of its own class before it counted
+            earlier = 0 if cls is not None else _filter_count(_tally_sums(con, "review", labeler, 1, below=row.cls),
+                                                              filter)
             before = int(con.execute(
-                f"SELECT count(*) FROM components c WHERE {where} AND (c.class, c.rank, c.component) < (?, ?, ?)",
-                [*params, row.cls, row.rank, row.component]).fetchone()[0])
-        return before + 1, total
+                f"SELECT count(*) FROM components c WHERE {where} AND (c.rank, c.component) < (?, ?)",
+                [*params, row.rank, row.component]).fetchone()[0])
+        return earlier + before + 1, total
 
     def review_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[str, int]:
         """:func:`review_progress` of :meth:`components`, counted in SQL without listing the components."""
         min_agree = _check_min_agree(min_agree)
         with self._connect() as con:
-            total, mine, agreed, split = _verdict_counts(con, "component_verdicts", "components", _REVIEW_KEYS,
-                                                         "spurious", labeler, min_agree)
-        return {"components": total, "components_mine": mine, "components_agreed": agreed,
-                "components_disagreements": split}
+            t = _tally_sums(con, "review", labeler, min_agree)
+        return {"components": t["items"], "components_mine": t["mine"], "components_agreed": t["agree"],
+                "components_disagreements": t["split"]}
 
     def curate_row(self, labeler: str | None, k: int, l: int, *, min_agree: int = 2) -> CurateRow | None:
         """The :meth:`curate_components` row of ``(k, l)`` alone (``None``: no candidates); one indexed query."""
@@ -976,12 +1187,19 @@ class LabelStore:
         if cls is not None and not _fits_sql(cls):
             return None
         where, params = _filter_sql("image_verdicts", _CURATE_KEYS, labeler, filter, cls)
+        source = "candidates c"
+        if filter == "disagreements":  # sparse: walk the split candidates only (a partial index in this order)
+            where, params = _CURATE_TASK.split("c"), []
+            if cls is not None:
+                where += " AND c.class = ?"
+                params.append(int(cls))
+            source = f"{_CURATE_TASK.stats} c"
         if key is not None:
             where += f" AND (c.class, c.component) {'<' if before else '>'} (?, ?)"
             params += [int(x) for x in key]
         order = " DESC" if before else ""
         with self._connect() as con:
-            r = con.execute(f"SELECT c.class, c.component FROM candidates c WHERE {where} "
+            r = con.execute(f"SELECT c.class, c.component FROM {source} WHERE {where} "
                             f"ORDER BY c.class{order}, c.component{order} LIMIT 1", params).fetchone()
         return None if r is None else self.curate_row(labeler, r["class"], r["component"], min_agree=min_agree)
 
@@ -989,10 +1207,30 @@ class LabelStore:
         """:func:`curate_progress` of :meth:`curate_components`, counted in SQL without listing the components."""
         min_agree = _check_min_agree(min_agree)
         with self._connect() as con:
-            total, mine, accepted, split = _verdict_counts(con, "image_verdicts", "candidates", _CURATE_KEYS,
-                                                           "out", labeler, min_agree)
-        return {"candidates": total, "candidates_mine": mine, "candidates_accepted": accepted,
-                "candidates_disagreements": split}
+            t = _tally_sums(con, "curate", labeler, min_agree)
+        return {"candidates": t["items"], "candidates_mine": t["mine"], "candidates_accepted": t["agree"],
+                "candidates_disagreements": t["split"]}
+
+    def class_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[int, dict[str, int]]:
+        """Per class with something to label, the overview's counts: ``components``, ``mine``, ``agreed``,
+        ``disagreements`` (review, over components) and ``candidates``, ``judged``, ``accepted`` (curation,
+        over candidate images); read from the per-class tallies (one row per class and count), not
+        from the items."""
+        min_agree = _check_min_agree(min_agree)
+        names = {("review", "items"): "components", ("review", "mine"): "mine", ("review", "agree"): "agreed",
+                 ("review", "split"): "disagreements", ("curate", "items"): "candidates",
+                 ("curate", "mine"): "judged", ("curate", "agree"): "accepted"}
+        out: dict[int, dict[str, int]] = {}
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT task, kind, class, sum(n) AS n FROM tallies WHERE (kind IN ('items', 'split') AND who = '') "
+                "OR (kind = 'agree' AND who = '' AND level >= ?) OR (kind = 'mine' AND who = ?) "
+                "GROUP BY task, kind, class", (min_agree, labeler)).fetchall()
+        for r in rows:
+            name = names.get((r["task"], r["kind"]))
+            if name is not None:
+                out.setdefault(int(r["class"]), dict.fromkeys(names.values(), 0))[name] = int(r["n"] or 0)
+        return {k: c for k, c in sorted(out.items()) if c["components"] or c["candidates"]}
 
     # ------------------------------------------------------------------ agreed results
     def agreed_components(self, min_agree: int = 2) -> dict[int, list[int]]:
@@ -1157,9 +1395,13 @@ _CSV_FIELDS = ("task", "class", "class_name", "component", "id", "path", "labele
 
 def _execute_script(con: sqlite3.Connection, script: str) -> None:
     """Run ``;``-separated statements one by one (``executescript`` would commit the open transaction)."""
-    for statement in script.split(";"):
-        if statement.strip():
-            con.execute(statement)
+    statement = ""
+    for part in script.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):  # a trigger's body holds ';' of its own
+            if statement.strip(" \n;"):
+                con.execute(statement)
+            statement = ""
 
 
 def _labeler(row: sqlite3.Row) -> Labeler:
