@@ -109,8 +109,11 @@ def test_tallies_equal_python_counts_after_random_writes(tmp_path: Path, seed: i
         if step % 30 == 29:
             for me, min_agree in (("ann", 2), ("bob", 1), ("nobody", 3)):
                 classes, progress = _python_counts(store.path, me, min_agree)
-                assert store.class_counts(me, min_agree=min_agree) == {
-                    k: c for k, c in classes.items() if c["components"] or c["candidates"]}
+                want = {k: c for k, c in classes.items() if c["components"] or c["candidates"]}
+                assert store.class_counts(me, min_agree=min_agree) == want
+                assert store.class_counts(me, min_agree=min_agree, classes=[1, 4]) == {
+                    k: c for k, c in want.items() if k in (1, 4)}
+                assert store.classes_to_label() == sorted(want)
                 assert store.progress(me, min_agree=min_agree) == progress
     # the review order's positions ("i / n" of the review page) against the filtered list
     rows = store.components("ann")
@@ -158,7 +161,7 @@ def test_sync_reads_only_what_changed(tmp_path: Path, monkeypatch: pytest.Monkey
     store.set_component_verdict("ann", 0, 1, "spurious")
     read: list[object] = []
     scan_class, scan_retrieve = LabelStore._scan_class, LabelStore._scan_retrieve
-    monkeypatch.setattr(LabelStore, "_scan_class", lambda self, k, pairs: read.append(k) or scan_class(self, k, pairs))
+    monkeypatch.setattr(LabelStore, "_scan_class", lambda self, k, *a: read.append(k) or scan_class(self, k, *a))
     monkeypatch.setattr(LabelStore, "_scan_retrieve", lambda self: read.append("retrieve") or scan_retrieve(self))
     first = _registered(store.path)
     assert store.sync().components == 5 and read == []  # nothing changed: nothing read

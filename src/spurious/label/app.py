@@ -362,9 +362,12 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
         me = labeler_of(request)
         if me is None:
             return login_redirect(request)
-        counts = store.class_counts(me, min_agree=min_agree)  # per class from the tallies, no component listed
-        classes = [{"k": k, "name": class_label(k), **c} for k, c in counts.items()]
+        # the classes from the tallies (one row each), the counts of the shown page's only; no component listed
+        classes: list[JSONDict] = [{"k": k, "name": class_label(k)} for k in store.classes_to_label()]
         shown, nav = _page_of(classes, q[:200], page)
+        counts = store.class_counts(me, min_agree=min_agree, classes=[c["k"] for c in shown])
+        zero = dict.fromkeys(("components", "mine", "agreed", "disagreements", "candidates", "judged", "accepted"), 0)
+        shown = [{**c, **counts.get(c["k"], zero)} for c in shown]  # (a class a concurrent sync just dropped: 0)
         return render(request, "index.html", progress=store.progress(me, min_agree=min_agree),
                       classes=shown, nav=nav, labelers=store.identities())
 

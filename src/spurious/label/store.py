@@ -13,8 +13,9 @@
   *accepted* for the spurious benchmark when at least ``min_agree`` labelers said ``out``
   (:meth:`LabelStore.accepted_images`).
 
-Storage: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE`` write transactions on a fresh
-connection per call, so any number of threads and processes (two servers on one workspace, a
+Storage: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE`` write transactions on one
+connection per thread (and process; reused across calls, so the schema and the statements are
+prepared once), so any number of threads and processes (two servers on one workspace, a
 script exporting while people label) write without losing a verdict; ``synchronous=FULL`` so a
 committed verdict survives a crash of the server. The schema is versioned with
 ``PRAGMA user_version``; an older database is migrated in place on open (version 1 -> 2 adds the
@@ -47,6 +48,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -517,6 +519,35 @@ def _rebuild_derived(con: sqlite3.Connection) -> None:
     con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('derived_version', ?)", (_DERIVED_VERSION,))
 
 
+
+class _Resolver:
+    """``str(Path(path).resolve())`` that reads each folder once (its real path and which of its
+    entries are symbolic links): a sync resolves 10^5 file paths in a few hundred folders. Exact: a
+    path whose last part is a link, ``.`` or ``..`` is resolved in full."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, tuple[str, set[str]]] = {}
+
+    def __call__(self, path: str | os.PathLike[str]) -> str:
+        text = os.fspath(path)
+        parent, name = os.path.split(text)
+        known = self._folders.get(parent)
+        if known is None:
+            try:
+                with os.scandir(parent or ".") as entries:
+                    links = {e.name for e in entries if e.is_symlink()}
+            except OSError:  # not a folder (yet): nothing in it is a link
+                links = set()
+            known = self._folders[parent] = (os.path.realpath(parent or "."), links)
+        if name in ("", ".", "..") or name in known[1]:
+            return str(Path(text).resolve())
+        return os.path.join(known[0], name)
+
+
+def _file_key_of(path: str) -> str:
+    """:func:`file_key` of a path already absolute and normalised (as ``str(Path(...))`` writes it)."""
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:24] if os.path.isabs(path) else file_key(path)
+
 class LabelStore:
     """The label database ``WS/labels.sqlite`` of a workspace.
 
@@ -534,20 +565,36 @@ class LabelStore:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
         self.root = self.workspace.root
         self.path = self.root / DB_NAME
+        self._local = threading.local()
         self._init_db()
         if sync:
             self.sync()
 
     # ------------------------------------------------------------------ connection
+    def _open(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        con.execute("PRAGMA synchronous = FULL")
+        return con
+
     @contextlib.contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A fresh connection (one per call, so per request and per thread); a write holds
-        ``BEGIN IMMEDIATE`` until commit, so concurrent writers queue instead of failing."""
-        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        """This thread's connection (opened on first use, kept for the next call; a nested call, or
+        the first call after a fork, opens its own); a write holds ``BEGIN IMMEDIATE`` until
+        commit, so concurrent writers queue instead of failing. Reads run in autocommit mode (each
+        statement sees every committed write)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # a new thread, or a forked child: not the parent's
+            local.pid, local.con, local.busy = os.getpid(), None, False
+        shared = not local.busy
+        if shared:
+            if local.con is None:
+                local.con = self._open()
+            con, local.busy = local.con, True
+        else:
+            con = self._open()
         try:
-            con.row_factory = sqlite3.Row
-            con.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA synchronous = FULL")
             if not write:
                 yield con
                 return
@@ -559,7 +606,13 @@ class LabelStore:
                 raise
             con.execute("COMMIT")
         finally:
-            con.close()
+            if not shared:
+                con.close()
+            else:
+                local.busy = False
+                if con.in_transaction:  # left open by a failure: start the next call afresh
+                    con.close()
+                    local.con = None
 
     def _init_db(self) -> None:
         try:
@@ -648,15 +701,18 @@ class LabelStore:
         components: list[JSONDict] = []
         candidates: list[JSONDict] = []
         files: list[tuple[str, str, str]] = []  # (source, key, path)
+        resolve = _Resolver()
         for src in changed:
             if src == "retrieve":
                 found = self._scan_retrieve()
                 candidates += found
-                paths = [Path(c["path"]) for c in found if c["path"] is not None]  # None: a pool without files
+                for c in found:
+                    if c["path"] is not None:  # None: a pool without files
+                        files.append((src, _file_key_of(c["path"]), resolve(c["path"])))
             else:
-                comps, paths = self._scan_class(int(src.partition("/")[2]), pairs)
+                comps, paths = self._scan_class(int(src.partition("/")[2]), pairs, resolve)
                 components += comps
-            files += [(src, file_key(p), str(p.resolve())) for p in paths]
+                files += [(src, _file_key_of(path), real) for path, real in paths]
         with self._connect(write=True) as con:
             stale: set[str] = set()
             if not state:  # a first sync, or a file of an earlier spurious: replace everything
@@ -734,26 +790,33 @@ class LabelStore:
         return self.root / "visualize" / str(component["folder"]) / str(name)
 
     def _scan_class(self, k: int, pairs: dict[tuple[int, int], list[CounterfactualPair]],
-                    ) -> tuple[list[JSONDict], list[Path]]:
-        """The component records of class ``k``'s table (with their counterfactual pairs) and the files they name."""
+                    resolve: _Resolver) -> tuple[list[JSONDict], list[tuple[str, str]]]:
+        """The component records of class ``k``'s table (with their counterfactual pairs) and the files
+        they name: ``(absolute path, real path)``."""
         components: list[JSONDict] = []
-        files: list[Path] = []
+        files: list[tuple[str, str]] = []
         cf_root = (self.root / "counterfactual").resolve()
         table = read_sheet_table(self.root, k)
         folder = table.folder
+        real_folder = resolve(folder)
+        base = str(self.root / "visualize" / folder.name)
         for rec in table.components:
             rec = {**rec, "folder": folder.name}
             for name in _png_names(rec):
-                path = self.visual_path(rec, name)
-                if path.resolve().parent == folder.resolve():  # only files of this class folder are served
-                    files.append(path)
+                # a plain file name joins as Path would write it; anything else goes through Path
+                simple = "/" not in name and os.sep not in name and name not in (".", "..")
+                path = os.path.join(base, name) if simple else str(self.visual_path(rec, name))
+                real = resolve(path)
+                if os.path.dirname(real) == real_folder:  # only files of this class folder are served
+                    files.append((path, real))
             shown = []
             for pair in pairs.get((k, int(rec["component"])), ()):
                 pngs = {"original": pair.original, "counterfactual": pair.counterfactual,
                         "difference": pair.difference, "heatmap": pair.heatmap}
-                if not all(p.resolve().is_relative_to(cf_root) for p in pngs.values()):
+                reals = {n: resolve(p) for n, p in pngs.items()}
+                if not all(Path(p).is_relative_to(cf_root) for p in reals.values()):
                     continue  # only files of WS/counterfactual are served
-                files.extend(pngs.values())
+                files.extend((str(pngs[n]), reals[n]) for n in pngs)
                 m = pair.optimised
                 shown.append({"mode": pair.mode, "image_id": pair.image_id, "source": pair.source,
                               "spec": m["spec"], "before": m["before"], "after": m["after"],
@@ -1211,25 +1274,34 @@ class LabelStore:
         return {"candidates": t["items"], "candidates_mine": t["mine"], "candidates_accepted": t["agree"],
                 "candidates_disagreements": t["split"]}
 
-    def class_counts(self, labeler: str | None = None, *, min_agree: int = 2) -> dict[int, dict[str, int]]:
-        """Per class with something to label, the overview's counts: ``components``, ``mine``, ``agreed``,
-        ``disagreements`` (review, over components) and ``candidates``, ``judged``, ``accepted`` (curation,
-        over candidate images); read from the per-class tallies (one row per class and count), not
-        from the items."""
+    def classes_to_label(self) -> list[int]:
+        """The classes with registered components or candidates, sorted (from the tallies: one row per class)."""
+        with self._connect() as con:
+            return [int(r[0]) for r in con.execute(
+                "SELECT DISTINCT class FROM tallies WHERE task IN ('review', 'curate') AND kind = 'items' "
+                "AND who = '' AND level = 0 AND n > 0 ORDER BY class")]
+
+    def class_counts(self, labeler: str | None = None, *, min_agree: int = 2,
+                     classes: Sequence[int] | None = None) -> dict[int, dict[str, int]]:
+        """Per class with something to label (only ``classes`` when given: e.g. one page of the
+        overview), the overview's counts: ``components``, ``mine``, ``agreed``, ``disagreements``
+        (review, over components) and ``candidates``, ``judged``, ``accepted`` (curation, over
+        candidate images); read from the per-class tallies (one row per class and count), not from
+        the items."""
         min_agree = _check_min_agree(min_agree)
         names = {("review", "items"): "components", ("review", "mine"): "mine", ("review", "agree"): "agreed",
                  ("review", "split"): "disagreements", ("curate", "items"): "candidates",
                  ("curate", "mine"): "judged", ("curate", "agree"): "accepted"}
+        only = "" if classes is None else f" AND class IN ({', '.join(str(int(k)) for k in classes)})"
         out: dict[int, dict[str, int]] = {}
         with self._connect() as con:
-            rows = con.execute(
-                "SELECT task, kind, class, sum(n) AS n FROM tallies WHERE (kind IN ('items', 'split') AND who = '') "
-                "OR (kind = 'agree' AND who = '' AND level >= ?) OR (kind = 'mine' AND who = ?) "
-                "GROUP BY task, kind, class", (min_agree, labeler)).fetchall()
-        for r in rows:
-            name = names.get((r["task"], r["kind"]))
-            if name is not None:
-                out.setdefault(int(r["class"]), dict.fromkeys(names.values(), 0))[name] = int(r["n"] or 0)
+            for (task, kind), name in names.items():  # one range of the tallies' key each
+                who = labeler if kind == "mine" else ""
+                level = min_agree if kind == "agree" else 0
+                for k, n in con.execute(
+                        "SELECT class, sum(n) FROM tallies WHERE task = ? AND kind = ? AND who = ? AND level >= ?"
+                        f"{only} GROUP BY class", (task, kind, who, level)):
+                    out.setdefault(int(k), dict.fromkeys(names.values(), 0))[name] = int(n or 0)
         return {k: c for k, c in sorted(out.items()) if c["components"] or c["candidates"]}
 
     # ------------------------------------------------------------------ agreed results
