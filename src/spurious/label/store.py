@@ -745,7 +745,7 @@ class LabelStore:
                 "SELECT class FROM components UNION SELECT class FROM candidates ORDER BY class")]
         log.info("label store: %d components, %d candidates, %d files registered (%d of %d sources read again)",
                  *counts, len(changed), len(wanted))
-        return SyncResult(*counts, classes)
+        return SyncResult(counts[0], counts[1], counts[2], classes)
 
     def _fingerprints(self) -> dict[str, str]:
         """``source -> fingerprint`` of what :meth:`sync` registers: ``visualize/KKKKK`` per class table,
