@@ -227,6 +227,19 @@ def label_server(root: Path, classes: int, verdicts: int, items: int) -> dict[st
                         "VALUES (?, ?, ?, ?, ?, 'now', 'now')",
                         [(who, k, l, f"pool/{k}_{l}_{j}", ("in", "out")[(k + j + i) % 2]) for k in range(classes)
                          for l in range(PER_CLASS) for j in range(CANDIDATES) for i, who in enumerate(("bob", "cy"))])
+    # the store's part of a start in this process: open + sync with nothing changed, then with one class changed
+    from spurious.label import LabelStore
+
+    t0 = time.perf_counter()
+    LabelStore(ws, sync=True)
+    sync_unchanged = time.perf_counter() - t0
+    table = ws / "visualize" / "class_00000" / "components.json"
+    data = json.loads(table.read_text())
+    data["components"][0]["eigenvalue"] = 11.0
+    table.write_text(json.dumps(data))
+    t0 = time.perf_counter()
+    LabelStore(ws, sync=True)
+    sync_one_changed = time.perf_counter() - t0
     server = Server(ws)
     try:
         labelers = [Labeler(server.port, name) for name in ("ann", "dee")]
@@ -269,7 +282,8 @@ def label_server(root: Path, classes: int, verdicts: int, items: int) -> dict[st
     requests = sum(len(v) for who in labelers for k, v in who.times.items() if "verdict phase" not in k)
     return {"components": classes * PER_CLASS, "candidates": classes * PER_CLASS * CANDIDATES,
             "startup_first_s": round(first.seconds, 2), "startup_second_s": round(second.seconds, 2),
-            "startup_third_s": round(server.seconds, 2),
+            "startup_third_s": round(server.seconds, 2), "store_open_sync_unchanged_s": round(sync_unchanged, 3),
+            "store_open_sync_one_class_changed_s": round(sync_one_changed, 3),
             "verdicts_per_s_two_labelers": round(rate, 1), "mixed_requests_per_s": round(requests / mixed_wall, 1),
             "routes": routes}
 
@@ -306,7 +320,8 @@ def main() -> None:
         if len(sizes) > 1:
             line += f"{cells[-1]['p95_ms'] / cells[0]['p95_ms']:>11.2f}"
         print(line)
-    for key in ("verdicts_per_s_two_labelers", "mixed_requests_per_s", "startup_first_s", "startup_second_s"):
+    for key in ("verdicts_per_s_two_labelers", "mixed_requests_per_s", "startup_first_s", "startup_second_s",
+                "store_open_sync_unchanged_s", "store_open_sync_one_class_changed_s"):
         print(f"{key:<40}" + "".join(f"{label[s][key]:>20}" for s in sizes))
 
 
