@@ -228,7 +228,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     min_agree = _check_min_agree(min_agree)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
         raise ValueError(f"max_body must be an integer >= 1024 (bytes; default {MAX_BODY_BYTES}), got {max_body!r}")
-    store = LabelStore(workspace, sync=sync)
+    store = LabelStore(workspace, sync=sync, keep_connections=True)  # a connection per server thread
     templates = _templates()
     num_classes = store.workspace.num_classes
     by_name: dict[str, int] = {}
