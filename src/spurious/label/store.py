@@ -376,11 +376,12 @@ def _tally_sums(con: sqlite3.Connection, task: str, labeler: str | None, min_agr
     if below is not None:
         where += " AND class < ?"
         params.append(int(below))
-    out = dict.fromkeys(("items", "mine", "agree", "split"), 0)
-    for kind, n in con.execute(
-            "SELECT kind, sum(n) FROM tallies WHERE task = ? AND ((kind IN ('items', 'split') AND who = '') "
-            "OR (kind = 'agree' AND who = '' AND level >= ?) OR (kind = 'mine' AND who = ?))"
-            f"{where} GROUP BY kind", params):
+    out: dict[str, int] = {}
+    for kind in ("items", "mine", "agree", "split"):  # one range of the tallies' key each
+        who = labeler if kind == "mine" else ""
+        level = min_agree if kind == "agree" else 0
+        n = con.execute(f"SELECT sum(n) FROM tallies WHERE task = ? AND kind = ? AND who = ? AND level >= ?{where}",
+                        [task, kind, who, level, *params[3:]]).fetchone()[0]
         out[kind] = int(n or 0)
     return out
 
