@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spurious._cli._common import (
     common_options,
@@ -138,14 +138,15 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if opts.preprocessing is not None or opts.config is not None or args.strict or args.plot_models:
         raise ValueError("--zoo scores every model with its own preprocessing and takes no preprocessing options, "
                          "--model-config, --strict or --plot-model; score a single model with --model for those")
+    options: dict[str, Any] = given(
+        class_names=_class_names(args.class_names) if is_given(args.class_names) else args.class_names,
+        out=args.out, val_labels=args.val_labels, classes=args.classes, class_map=args.class_map,
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device, chunk_size=args.chunk_size)
+    if is_given(args.protocol):  # else the zoo's own default: both protocols
+        options["protocols"] = [args.protocol]
     r = score_zoo(args.zoo_spec, spurious=args.spurious, val=args.val, fixes=args.fixes,
                   checkpoints=_checkpoints(args.checkpoints or []), pretrained=not args.random_weights,
-                  progress=not args.no_progress, plots=not args.no_plots,
-                  **given(class_names=_class_names(args.class_names) if is_given(args.class_names)
-                          else args.class_names, out=args.out, val_labels=args.val_labels, classes=args.classes,
-                          class_map=args.class_map, batch_size=args.batch_size, num_workers=args.workers,
-                          device=args.device, chunk_size=args.chunk_size),
-                  **({"protocols": [args.protocol]} if is_given(args.protocol) else {}))
+                  progress=not args.no_progress, plots=not args.no_plots, **options)
     emit_result(args, r)
     return 0
 

@@ -25,7 +25,16 @@ from ._stage import (
     ScoreRow,
     score,
 )
-from ._zoo import PAPER_ZOO, PaperFigures, ZooModel, ZooResult, ZooRow, paper_zoo, read_zoo, score_zoo
+from ._zoo import (
+    PAPER_ZOO,
+    PaperFigures,
+    ZooModel,
+    ZooResult,
+    ZooRow,
+    paper_zoo,
+    read_zoo,
+    score_zoo,
+)
 from .metrics import average_precision, class_extension_rate, roc_auc
 
 __all__ = [

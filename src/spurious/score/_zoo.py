@@ -378,8 +378,13 @@ def _row_from_dict(d: JSONDict) -> ScoreRow:
 
 
 def _class_from_dict(d: JSONDict) -> ClassScore:
-    values = {f.name: d[f.name] for f in fields(ClassScore) if f.name in d}
-    return ClassScore(**{k: (float("nan") if v is None else v) for k, v in values.items()})
+    """A :class:`ClassScore` back from ``ClassScore.to_dict()`` (``null`` -> ``nan``)."""
+    def num(v: object) -> float:
+        return float("nan") if v is None else float(v)  # type: ignore[arg-type]
+
+    return ClassScore(str(d["model"]), str(d["variant"]), int(d["class_index"]), str(d["class_name"]),
+                      int(d["val_images"]), int(d["spurious_images"]), num(d["auc"]), num(d["ap"]),
+                      num(d["extension"]), str(d["status"]))
 
 
 def _zoo_row(model: ZooModel, protocol: str, result: JSONDict | None, status: str, reason: str,
@@ -786,7 +791,8 @@ def _write_report(result: ZooResult, out: Path) -> dict[str, str]:
 
 def _plot_vs_paper(rows: Sequence[ZooRow], path: Path, protocol: str) -> Path | None:
     """Our mAUC and mAP (y) against the paper's spurious score (x), with the diagonal."""
-    pts = [r for r in rows if r.status == STATUS_OK and r.paper_spu is not None and r.mauc is not None]
+    pts = [(r.paper_spu, r.mauc, r.map if r.map is not None else float("nan")) for r in rows
+           if r.status == STATUS_OK and r.paper_spu is not None and r.mauc is not None]
     if not pts:
         return None
     import matplotlib
@@ -795,11 +801,10 @@ def _plot_vs_paper(rows: Sequence[ZooRow], path: Path, protocol: str) -> Path | 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    xs = [r.paper_spu for r in pts]
-    ax.scatter(xs, [r.mauc for r in pts], s=18, label="mAUC (ROC)")
-    ax.scatter(xs, [r.map if r.map is not None else float("nan") for r in pts], s=18, marker="x",
-               label="mAP (reference code)")
-    lo = min([*xs, *(r.mauc for r in pts if r.mauc is not None)]) - 0.02
+    xs, aucs, aps = ([float(p[i]) for p in pts] for i in range(3))
+    ax.scatter(xs, aucs, s=18, label="mAUC (ROC)")
+    ax.scatter(xs, aps, s=18, marker="x", label="mAP (reference code)")
+    lo = min(xs + aucs) - 0.02
     ax.plot([lo, 1.0], [lo, 1.0], color="grey", lw=0.8)
     ax.set_xlabel("paper: spurious score")
     ax.set_ylabel("ours")
