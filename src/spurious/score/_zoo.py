@@ -335,7 +335,7 @@ class ZooResult:
         lines = []
         for protocol in self.protocols:
             lines.append(f"protocol {protocol}: ours / paper (difference); acc in %")
-            lines.append(f"{'model':<{width}}  {'acc':^21}  {'mAUC':^21}  {'mAP':^7}  {'SpuFix mAUC':^21}")
+            lines.append(f"{'model':<{width}}  {'acc':<21}  {'mAUC':<21}  {'mAP':>7}  {'SpuFix mAUC':<21}")
             for r in (r for r in self.rows if r.protocol == protocol):
                 if r.status != STATUS_OK:
                     lines.append(f"{r.id:<{width}}  {r.status}: {r.reason}")
