@@ -156,7 +156,7 @@ def _known_specs() -> tuple[set[str], list[str]]:
     return set(names), names
 
 
-def spec_is_known(spec: str, known: set[str] | None = None) -> bool:
+def _spec_is_known(spec: str, known: set[str] | None = None) -> bool:
     """Whether ``spec`` names a model ``load_model`` knows, without loading anything.
 
     ``PREFIX:NAME[.TAG]`` must be listed by :func:`spurious.models.list_models` (timm names and
@@ -221,7 +221,7 @@ def read_zoo(zoo: str | os.PathLike[str]) -> list[ZooModel]:
         spec = given_spec or (paper[model_id].spec if model_id in paper else model_id)
         if not given_spec and model_id not in paper and f"timm:{model_id}" in known:
             spec = f"timm:{model_id}"  # a bare timm name, as the reference code wrote them
-        if not spec_is_known(spec, known):
+        if not _spec_is_known(spec, known):
             unknown.append(spec if given_spec else model_id)
             continue
         if row is None:
@@ -593,7 +593,8 @@ def score_zoo(
     images = computed = cached = 0
     used_heads: set[str] = set()
     folders = _folders(models)
-    for model in models:
+    for i, model in enumerate(models, start=1):
+        log.info("zoo %d/%d: %s (%s)", i, len(models), model.id, model.spec)
         folder = out_dir / "models" / folders[model.id]
         spec = model.spec
         if model.checkpoint is not None:
