@@ -205,7 +205,7 @@ _CALLS: dict[tuple[str, ...], tuple[list[str], dict[str, str]]] = {
     ("label",): (["spurious.label.app:serve", "spurious.label:LabelStore.export_labels"], {}),
     ("retrieve",): (["spurious.retrieve:retrieve"], {"workers": "num_workers", "top": "top_n",
                                                      "agree_model": "agree_models"}),
-    ("score",): (["spurious.score:score"], {"workers": "num_workers"}),
+    ("score",): (["spurious.score:score", "spurious.score:score_zoo"], {"workers": "num_workers"}),
     ("visualize",): (["spurious.visualize:visualize"], {}),
     ("counterfactual",): (["spurious.counterfactual:counterfactual"], {"eval_model": "eval_models"}),
 }

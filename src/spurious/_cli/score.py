@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spurious._cli._common import (
     common_options,
@@ -46,16 +46,26 @@ examples:
       --spurious spurious_imagenet/images --val /data/imagenet/val
   spurious score --model efficientnet_lite0 --spurious spurious_imagenet/images \\
       --val /data/imagenet/val_flat --val-labels LOC_val_solution.csv --protocol reference
-  spurious score --model demo:standard --fix ws/fix --spurious planted/spurious --val planted/val"""
+  spurious score --model demo:standard --fix ws/fix --spurious planted/spurious --val planted/val
+  spurious score --zoo paper --checkpoint robust_resnet=robust_resnet50.pt \\
+      --spurious spurious_imagenet/images --val /data/imagenet/val --out zoo-out"""
 
 
 def register(sub: SubParsers) -> None:
     """Add the ``score`` sub-command to the argparse sub-parser action ``sub``."""
     p = sub.add_parser("score", help="spurious score (mAUC / mAP / class extension / accuracy) of models",
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", dest="models", action="append", required=True, metavar="SPEC",
+    p.add_argument("--model", dest="models", action="append", default=None, metavar="SPEC",
                    help="model spec (repeat for several models): torchvision:NAME, timm:NAME, efficientnet_lite0, "
-                        "demo:NAME, ARCH@CHECKPOINT")
+                        "demo:NAME, ARCH@CHECKPOINT (or --zoo)")
+    p.add_argument("--zoo", dest="zoo_spec", default=None, metavar="paper|FILE",
+                   help="score a whole zoo instead of --model: 'paper' (the paper's 77 models, beside its published "
+                        "figures) or a file (one model spec or paper id per line, or a TSV with a model_id column); "
+                        "both protocols unless --protocol is given; resumable per model, a failing model is "
+                        "reported and skipped (docs/score.md)")
+    p.add_argument("--checkpoint", dest="checkpoints", action="append", default=None, metavar="NAME=PATH",
+                   help="with --zoo: the checkpoint of a zoo model whose spec needs one (the paper's robust_resnet, "
+                        "resnet_salient_imagenet); without it that model is skipped")
     p.add_argument("--spurious", required=True, metavar="DIR",
                    help="spurious benchmark in the published Spurious ImageNet layout (sub-folders "
                         "<a>_<b>_<class>_..._<component>; any subset of classes)")
@@ -108,9 +118,48 @@ def _class_names(path: str) -> list[str]:
     return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _checkpoints(values: list[str]) -> dict[str, str]:
+    """``--checkpoint NAME=PATH`` (repeatable)."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--checkpoint {value!r}: expected NAME=PATH, e.g. --checkpoint robust_resnet=rn50.pt")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from spurious.score import score_zoo
+
+    if args.models:
+        raise ValueError("give either --zoo or --model, not both (add your models to a zoo file instead)")
+    opts = model_options(args)
+    if opts.preprocessing is not None or opts.config is not None or args.strict or args.plot_models:
+        raise ValueError("--zoo scores every model with its own preprocessing and takes no preprocessing options, "
+                         "--model-config, --strict or --plot-model; score a single model with --model for those")
+    options: dict[str, Any] = given(
+        class_names=_class_names(args.class_names) if is_given(args.class_names) else args.class_names,
+        out=args.out, val_labels=args.val_labels, classes=args.classes, class_map=args.class_map,
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device, chunk_size=args.chunk_size)
+    if is_given(args.protocol):  # else the zoo's own default: both protocols
+        options["protocols"] = [args.protocol]
+    r = score_zoo(args.zoo_spec, spurious=args.spurious, val=args.val, fixes=args.fixes,
+                  checkpoints=_checkpoints(args.checkpoints or []), pretrained=not args.random_weights,
+                  progress=not args.no_progress, plots=not args.no_plots, **options)
+    emit_result(args, r)
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from spurious.score import score
 
+    if args.zoo_spec is not None:
+        return _cmd_zoo(args)
+    if not args.models:
+        raise ValueError("give the models to score: --model SPEC (repeatable) or --zoo paper|FILE")
+    if args.checkpoints:
+        raise ValueError("--checkpoint goes with --zoo; with --model write the checkpoint into the spec (ARCH@PATH)")
     opts = model_options(args)
     r = score(args.models, spurious=args.spurious, val=args.val, fixes=args.fixes, plot_models=args.plot_models,
               pretrained=not args.random_weights, progress=not args.no_progress, plots=not args.no_plots,

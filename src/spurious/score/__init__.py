@@ -25,18 +25,36 @@ from ._stage import (
     ScoreRow,
     score,
 )
+from ._zoo import (
+    PAPER_ZOO,
+    PaperFigures,
+    ZooModel,
+    ZooResult,
+    ZooRow,
+    paper_zoo,
+    read_zoo,
+    score_zoo,
+)
 from .metrics import average_precision, class_extension_rate, roc_auc
 
 __all__ = [
     "CLASS_MAP_KEYWORDS",
+    "PAPER_ZOO",
     "PROTOCOLS",
     "ClassScore",
+    "PaperFigures",
     "ReferenceResizeCrop",
     "ScoreResult",
     "ScoreRow",
+    "ZooModel",
+    "ZooResult",
+    "ZooRow",
     "average_precision",
     "class_extension_rate",
     "model_wnids",
+    "paper_zoo",
+    "read_zoo",
     "roc_auc",
     "score",
+    "score_zoo",
 ]
