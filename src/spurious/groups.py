@@ -197,12 +197,10 @@ def match_groups(table: GroupTable, ids: Sequence[str], labels: np.ndarray, *, w
         ValueError: images of the file that are not records (how many, the first few, and an id of the
             dataset as an example), or whose class differs from the record's label.
     """
-    by_key: dict[str, int] = {}
-    for i, rid in enumerate(ids):
-        by_key[rid] = i
+    by_key: dict[str, int] = {rid: r for r, rid in enumerate(ids)}
     if paths is not None:
-        for i, p in enumerate(paths):
-            by_key.setdefault(os.path.normpath(p), i)
+        for r, p in enumerate(paths):
+            by_key.setdefault(os.path.normpath(p), r)
     rows = np.full(len(table.images), -1, dtype=np.int64)
     unmatched: list[str] = []
     for j, image in enumerate(table.images):
