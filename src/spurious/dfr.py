@@ -119,12 +119,12 @@ def _logreg_ovr(x: np.ndarray, y: np.ndarray, k: int, c: float) -> tuple[np.ndar
 
     def binary(target: np.ndarray) -> tuple[np.ndarray, float]:
         try:  # scikit-learn >= 1.8 states the L1 penalty as l1_ratio=1 ('penalty' is deprecated there)
-            model = LogisticRegression(C=c, solver="liblinear", l1_ratio=1.0)
+            model = LogisticRegression(C=c, solver="liblinear", l1_ratio=1.0, random_state=0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=ConvergenceWarning)
                 model.fit(x, target)
         except (TypeError, ValueError):  # older versions: no l1_ratio for liblinear
-            model = LogisticRegression(C=c, solver="liblinear", penalty="l1")
+            model = LogisticRegression(C=c, solver="liblinear", penalty="l1", random_state=0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=ConvergenceWarning)
                 model.fit(x, target)
