@@ -12,6 +12,7 @@ import torch
 from conftest import cli_in_process, tiny_classifier
 from test_score import _quiet, forward, listing, make_bench
 
+from spurious.datasets import load_image
 from spurious.groups import group_metrics, match_groups, read_groups
 from spurious.score import score
 
@@ -232,6 +233,14 @@ def test_dfr_on_a_workspace_scored_and_exported_like_spufix(tmp_path: Path) -> N
     aucs = [roc_auc_score(np.r_[np.ones((vl == k).sum()), np.zeros((sl == k).sum())],
                           np.r_[pv_s[vl == k, k], ps_s[sl == k, k]]) for k in (0, 2)]
     assert r.row("test:a + DFR").mauc == pytest.approx(np.mean(aucs), abs=1e-6)
+    # exported like SpuFix: the traced model gives the new last layer's logits
+    from spurious.fix import SpuFix, export
+
+    x = torch.stack([clf.preprocessing(load_image(p)) for p in vp[:4]])
+    export(SpuFix(clf, head), tmp_path / "dfr.pt")
+    with torch.no_grad():
+        got = torch.jit.load(str(tmp_path / "dfr.pt"))(x).double().numpy()
+    assert np.allclose(got, new[:4], atol=1e-4)
     # errors: one line, exit 2
     _write_csv(tmp_path / "bad.csv", ["image", "class", "group"], [*rows, ["a/none.png", 0, "g0"]])
     for argv, msg in [
