@@ -201,7 +201,7 @@ _CALLS: dict[tuple[str, ...], tuple[list[str], dict[str, str]]] = {
     ("train", "demo"): (["spurious.demo.train:train_demo_model"], {}),
     ("benchmark", "build"): (["spurious.benchmark:build_benchmark"], {"license": "license_text"}),
     ("fix",): (["spurious.fix:fix", "spurious.fix:transfer", "spurious.fix:export_fix",
-                "spurious.components:components_from_labels"], {"target_ws": "target"}),
+                "spurious.components:components_from_labels", "spurious.dfr:dfr"], {"target_ws": "target"}),
     ("label",): (["spurious.label.app:serve", "spurious.label:LabelStore.export_labels"], {}),
     ("retrieve",): (["spurious.retrieve:retrieve"], {"workers": "num_workers", "top": "top_n",
                                                      "agree_model": "agree_models"}),

@@ -84,6 +84,7 @@ __all__ = [
     "FixHead",
     "FixResult",
     "ImportedAlphas",
+    "LastLayerHead",
     "SpuFix",
     "components_from_labels",
     "export",
@@ -103,6 +104,7 @@ _FIX_FORMAT = "spurious-fix"
 _ALPHAS_FORMAT = "spurious-alphas"
 _VERSION = 1
 _FIX_FILE = "spufix.safetensors"
+DFR_FILE = "dfr.safetensors"  # a last-layer head (spurious.dfr), in the same format
 _META_KEY = "spurious_fix"
 _PRECISIONS = ("float32", "float64")
 _EXPORT_FORMATS = ("torchscript", "onnx")
@@ -254,8 +256,25 @@ class FixHead(nn.Module):
                 "precision": str(self.A.dtype).removeprefix("torch.")}
 
 
+class LastLayerHead(FixHead):
+    """A new last layer (DFR, :mod:`spurious.dfr`) in the :class:`FixHead` format: it replaces the logits.
+
+    ``forward(phi, logits)``: the logits of the classes in ``cls`` become ``phi . A_m - c_m`` (so
+    ``A`` = the new weights ``W``, ``c = -b``), the others stay. Saved, loaded (:func:`load_fix`, kind
+    ``"dfr"``), scored (``score --fix``) and exported like a SpuFix head; ``comp`` is ``-1`` (no component).
+    """
+
+    def forward(self, phi: Tensor, logits: Tensor) -> Tensor:
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes or logits.shape[0] != phi.shape[0]:
+            raise ValueError(f"logits must have shape [N, {self.num_classes}] with the N of phi "
+                             f"{tuple(phi.shape)}, got {tuple(logits.shape)}")
+        index = self.cls.to(phi.device).unsqueeze(0).expand(phi.shape[0], -1)
+        return logits.scatter(1, index, self.values(phi).to(logits.dtype))
+
+
 def load_fix(path: str | os.PathLike[str]) -> FixHead:
-    """Load a fix artifact: a ``spufix.safetensors`` file, a ``WS/fix`` directory, or a workspace ``WS``.
+    """Load a fix artifact: a ``spufix.safetensors`` / ``dfr.safetensors`` file, a ``WS/fix`` or ``WS/dfr``
+    directory, or a workspace ``WS`` (its ``fix/`` first, then its ``dfr/``).
 
     Raises:
         FileNotFoundError: no artifact there.
@@ -266,11 +285,12 @@ def load_fix(path: str | os.PathLike[str]) -> FixHead:
 
     p = Path(path)
     if p.is_dir():
-        cands = [p / _FIX_FILE, p / "fix" / _FIX_FILE]
+        cands = [p / _FIX_FILE, p / "fix" / _FIX_FILE, p / DFR_FILE, p / "dfr" / DFR_FILE]
         found = next((c for c in cands if c.is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"no SpuFix artifact in {p} (looked for {cands[0]} and {cands[1]}); "
-                                    "make one with `spurious fix WS --components FILE`")
+            raise FileNotFoundError(f"no SpuFix artifact in {p} (looked for {cands[0]}, {cands[1]} and the DFR "
+                                    f"heads {cands[2].name}, dfr/{DFR_FILE}); make one with `spurious fix WS "
+                                    "--components FILE` (or `--method dfr --groups FILE --split SPLIT`)")
         p = found
     elif not p.is_file():
         raise FileNotFoundError(f"fix artifact {p} does not exist")
@@ -286,9 +306,11 @@ def load_fix(path: str | os.PathLike[str]) -> FixHead:
         raise ValueError(f"{p}: unsupported artifact format {meta.get('format')!r} version {meta.get('version')!r}")
     t = load_file(str(p))
     model = meta["model"]
-    head = FixHead(t["A"], t["c"], t["cls"], t["comp"], num_classes=int(model["num_classes"]),
+    kind = meta.get("kind", "plain")
+    head = (LastLayerHead if kind == "dfr" else FixHead)(
+                   t["A"], t["c"], t["cls"], t["comp"], num_classes=int(model["num_classes"]),
                    model_spec=model["spec"], model_fingerprint=model["fingerprint"], name=meta.get("name", "SpuFix"),
-                   kind=meta.get("kind", "plain"), meta=meta, dtype=t["A"].dtype)
+                   kind=kind, meta=meta, dtype=t["A"].dtype)
     head.path = p
     return head
 
@@ -442,8 +464,8 @@ class FixResult:
         return lines
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    target = out / _FIX_FILE
+def _prepare_out(out: Path, overwrite: bool, file: str = _FIX_FILE) -> None:
+    target = out / file
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it, or "
                               "choose another --out directory")
@@ -452,9 +474,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _write(head: FixHead, out: Path, args: JSONDict, extra: Mapping[str, np.ndarray] | None,
-           result_extra: JSONDict, seconds0: float) -> FixResult:
-    path = head.save(out / _FIX_FILE, extra)
-    manifest = {**head._metadata(), "args": args, "file": _FIX_FILE, "sha256": sha256_file(path)}
+           result_extra: JSONDict, seconds0: float, file: str = _FIX_FILE) -> FixResult:
+    path = head.save(out / file, extra)
+    manifest = {**head._metadata(), "args": args, "file": file, "sha256": sha256_file(path)}
     write_json(out / "manifest.json", manifest)
     return FixResult(path=str(path), manifest=str(out / "manifest.json"), kind=head.kind, name=head.name,
                      model_spec=head.model_spec, model_fingerprint=head.model_fingerprint,

@@ -4,6 +4,7 @@ One sub-parser with five forms (the first word picks the form; a workspace liter
 form word is written ``./transfer``)::
 
     spurious fix WS --components FILE                                 plain SpuFix of WS's model
+    spurious fix WS --method dfr --groups FILE --split SPLIT          DFR: a new last layer (group-balanced)
     spurious fix transfer --source WS|ALPHAS --target WS2 --components FILE
     spurious fix export WS --format torchscript|onnx [--out FILE]
     spurious fix import-components spurious_components.npy --out comps.json
@@ -41,6 +42,7 @@ _FORMS = ("transfer", "export", "import-components", "import-alphas")
 
 _USAGE = (
     "WS (--components FILE | --from-labels [--min-agree N]) [--out DIR] [--precision float32|float64] [--name NAME]",
+    "WS --method dfr --groups FILE --split SPLIT [--out DIR] [--precision float32|float64] [--name NAME]",
     "transfer --source WS|ALPHAS_DIR --target WS2 (--components FILE | --from-labels) [--split SPLIT] [--out DIR]",
     "export WS --format torchscript|onnx [--out FILE] [--fix PATH] [--model SPEC] [--device DEV]",
     "import-components spurious_components.npy --out comps.json",
@@ -55,6 +57,10 @@ f~_k(x) = f_k(x) - sum_{l in S_k} max(alpha_l^k(x), 0). The fix is written to WS
 
 forms:
   WS                 plain SpuFix of the workspace's model from its neural PCA (`spurious npca WS` first)
+  WS --method dfr    the retraining baseline DFR (Kirichenko et al. 2022): a new last layer, L1 logistic regression
+                     on standardised features of the held-out images of --groups FILE (in the feature split
+                     --split), groups balanced by subsampling; written to WS/dfr/dfr.safetensors, scored and
+                     exported like SpuFix (`score --fix WS/dfr`). Needs group labels; SpuFix does not
   transfer           move the components of --source (a workspace with npca, or imported reference alphas)
                      to the model of --target: matched directions over the same training images (by image id)
   export             a fixed model that runs without this package (TorchScript or ONNX; images in [0,1] ->
@@ -82,6 +88,11 @@ def register(sub: SubParsers) -> None:
     p.add_argument("path", nargs="?", default=None, metavar="PATH",
                    help="export: the workspace; import-components: the .npy file; import-alphas: the folder")
     p.add_argument("--components", default=None, help="component-set JSON file (WS and transfer)")
+    p.add_argument("--method", choices=["spufix", "dfr"], default=None,
+                   help="WS: spufix (the default: remove components) or dfr (a new last layer; --groups, --split)")
+    p.add_argument("--groups", default=None, metavar="FILE",
+                   help="--method dfr: groups file of held-out images (CSV/JSONL: image, class, group or attribute "
+                        "columns; see docs/fix.md)")
     p.add_argument("--from-labels", action="store_true",
                    help="WS and transfer: the agreed 'spurious' components of the (source) workspace's label store")
     p.add_argument("--min-agree", type=int, default=_labels_default("min_agree"),
@@ -89,7 +100,8 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--source", default=None, help="transfer: source workspace (with npca) or imported alphas dir")
     p.add_argument("--target", dest="target_ws", default=None, help="transfer: workspace of the model to fix")
     p.add_argument("--split", default=_transfer_default("split"),
-                   help="transfer: the target's labelled training split (default %(default)s)")
+                   help="transfer: the target's labelled training split (default %(default)s); --method dfr: the "
+                        "split holding the held-out images of --groups (required)")
     p.add_argument("--out", default=None,
                    help="WS/transfer: artifact dir (default WS/fix); export: file (default WS/fix/spufix.pt|.onnx); "
                         "imports: output file/dir (required)")
@@ -109,7 +121,7 @@ def register(sub: SubParsers) -> None:
 
 
 _MODEL_OPTIONS = ("input_size", "resize", "crop_pct", "interpolation", "mean", "std", "value_range", "model_config")
-_OPTIONS = ("components", "from_labels", "min_agree", "source", "target_ws", "split", "out", "precision", "name",
+_OPTIONS = ("method", "groups", "components", "from_labels", "min_agree", "source", "target_ws", "split", "out", "precision", "name",
             "overwrite", "format", "fix_path", "model", "device", "train", *_MODEL_OPTIONS)
 
 
@@ -167,10 +179,25 @@ def _plain(args: argparse.Namespace) -> int:
     if args.path is not None:
         raise ValueError(f"unexpected argument {args.path!r}: `spurious fix WS --components FILE` takes one "
                          f"workspace (other forms: {', '.join(_FORMS)})")
-    _only(args, "WS", {"components", "from_labels", "min_agree", "out", "precision", "name", "overwrite"})
+    if args.method == "dfr":
+        return _dfr(args)
+    _only(args, "WS", {"method", "components", "from_labels", "min_agree", "out", "precision", "name", "overwrite"})
     comps = _components(args, "WS", args.target)
     emit_result(args, fix(args.target, comps, out=args.out, name=args.name, overwrite=args.overwrite,
                           **given(precision=args.precision)))
+    return 0
+
+
+def _dfr(args: argparse.Namespace) -> int:
+    from spurious.dfr import dfr
+
+    _only(args, "WS --method dfr", {"method", "groups", "split", "out", "precision", "name", "overwrite"})
+    groups = _need(args.groups, "--groups FILE (the held-out images and their groups)", "WS --method dfr")
+    if not is_given(args.split):
+        raise ValueError("`spurious fix WS --method dfr` needs --split SPLIT: the feature split that holds the "
+                         "held-out images of --groups (e.g. val)")
+    emit_result(args, dfr(args.target, groups, split=args.split, out=args.out, name=args.name,
+                          overwrite=args.overwrite, **given(precision=args.precision)))
     return 0
 
 

@@ -47,6 +47,8 @@ examples:
   spurious score --model efficientnet_lite0 --spurious spurious_imagenet/images \\
       --val /data/imagenet/val_flat --val-labels LOC_val_solution.csv --protocol reference
   spurious score --model demo:standard --fix ws/fix --spurious planted/spurious --val planted/val
+  spurious score --model demo:standard --fix ws/dfr --groups groups.csv --spurious planted/spurious \\
+      --val planted/val
   spurious score --zoo paper --checkpoint robust_resnet=robust_resnet50.pt \\
       --spurious spurious_imagenet/images --val /data/imagenet/val --out zoo-out"""
 
@@ -92,6 +94,10 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--protocol", choices=["model", "reference"], default=_default("protocol"),
                    help="model: each model's own preprocessing; reference: spurious images as the "
                         "reference code fed them (shorter side resized to the input size, center crop); default %(default)s")
+    p.add_argument("--groups", default=_default("groups"), metavar="FILE",
+                   help="groups file of validation images (CSV or JSONL: image, class, and group or attribute "
+                        "columns; images by id or absolute path): adds per-group, worst-group, mean and "
+                        "group-average accuracy to every row (groups.csv)")
     p.add_argument("--plot-model", dest="plot_models", action="append", default=None, metavar="ROW",
                    help="row drawn in the class-wise AUC bars (repeatable; the first also gets image strips)")
     p.add_argument("--batch-size", type=int, default=_default("batch_size"), help="images per forward pass (default: 64 GPU, 16 CPU)")
@@ -167,7 +173,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
               **given(class_names=_class_names(args.class_names) if is_given(args.class_names) else args.class_names,
                       out=args.out, val_labels=args.val_labels, classes=args.classes, class_map=args.class_map,
                       protocol=args.protocol, batch_size=args.batch_size, num_workers=args.workers,
-                      device=args.device, chunk_size=args.chunk_size))
+                      device=args.device, chunk_size=args.chunk_size, groups=args.groups))
     if not r.complete:  # non-zero torchrun rank: rank 0 reports
         return 0
     emit_result(args, r)

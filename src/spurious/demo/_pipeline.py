@@ -10,7 +10,10 @@ trained once and cached) ->
 5. *image curation*: two labelers judge every candidate (in / out / trash);
 6. ``benchmark build``: the accepted images in the published Spurious ImageNet layout;
 7. ``fix``: SpuFix of the agreed components on the robust model, ``fix transfer`` to the standard one;
-8. ``score`` both models, original and fixed, on the built benchmark and on the planted spurious split;
+   and the retraining baseline DFR (``fix --method dfr``) of both models on group labels of half of the
+   val images (``OUT/groups/val-dfr.csv``: class x planted feature present/absent);
+8. ``score`` both models, original, SpuFix and DFR, on the built benchmark and on the planted spurious
+   split, with the group metrics on the other half of the val images (``OUT/groups/val-eval.csv``);
 9. a static report ``OUT/report/index.html``.
 
 The human steps are done either by two *simulated* labelers that answer from the planted ground truth
@@ -41,8 +44,9 @@ from spurious.agreement import Agreement
 if TYPE_CHECKING:
     from spurious.demo._models import DemoModelInfo
     from spurious.demo.planted import GroundTruthRecord, PlantedDataset
+    from spurious.fix import FixHead
 
-__all__ = ["DemoResult", "ModelSummary", "FoundComponent", "PreparedWorkspaces", "prepare_workspaces", "run_demo"]
+__all__ = ["CompareRow", "DemoResult", "ModelSummary", "FoundComponent", "PreparedWorkspaces", "prepare_workspaces", "run_demo"]
 
 _SPLITS = ("train", "val", "spurious", "pool")
 
@@ -68,6 +72,20 @@ class FoundComponent:
 
 
 @dataclass
+class CompareRow:
+    """One method on one demo model, as the report's comparison table shows it (nan: not measured)."""
+
+    method: str                  # "original", "SpuFix", "SpuFix (transferred)" or "DFR"
+    mauc_planted: float
+    mauc_benchmark: float
+    worst_group_accuracy: float  # over the val images of OUT/groups/val-eval.csv
+    mean_accuracy: float
+    val_accuracy: float          # every val image (DFR was fitted on half of them)
+    labels: str                  # the labels the method needs
+    seconds: float               # fitting the fix (not the review or the group labelling)
+
+
+@dataclass
 class ModelSummary:
     """Scores of one demo model before and after SpuFix."""
 
@@ -81,6 +99,7 @@ class ModelSummary:
     fix_kind: str
     logit_identity_max_abs_error: float
     train_agreement: dict[str, Any] = field(default_factory=dict)  # the sanity figure of extract (train split)
+    compare: list[CompareRow] = field(default_factory=list)  # original / SpuFix / DFR side by side
 
 
 @dataclass
@@ -122,6 +141,11 @@ class DemoResult:
             lines.append(f"  {m.model:<14} mAUC built benchmark {_f(m.mauc_benchmark)} -> {_f(m.mauc_benchmark_fixed)}, "
                          f"planted spurious split {_f(m.mauc_planted)} -> {_f(m.mauc_planted_fixed)}, "
                          f"val acc {_f(m.val_accuracy)} -> {_f(m.val_accuracy_fixed)} ({m.fix_kind} SpuFix)")
+            for c in m.compare:
+                if c.method != "original":
+                    lines.append(f"  {'':<14} {c.method}: worst-group acc {_f(m.compare[0].worst_group_accuracy)} -> "
+                                 f"{_f(c.worst_group_accuracy)}, mean acc {_f(m.compare[0].mean_accuracy)} -> "
+                                 f"{_f(c.mean_accuracy)}, mAUC planted {_f(c.mauc_planted)}")
             if m.train_agreement:
                 lines.append(f"  {'':<14} sanity: {Agreement.from_dict(m.train_agreement).describe()} (train split)")
         lines.append(f"report: {self.report}")
@@ -351,15 +375,19 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     t = lap("benchmark build", t)
 
     # 7. fix and transfer ------------------------------------------------------------------------------
-    from spurious.fix import FixHead, fix, load_fix, transfer
+    from spurious.fix import fix, load_fix, transfer
 
     fixes = []
+    fix_seconds: dict[str, float] = {}
     if agreed:
         fix_comps = {str(k): v for k, v in agreed.items()}
-        fix(ws_r, fix_comps, overwrite=True)
-        transfer(ws_r, ws_dirs["standard"], fix_comps, overwrite=True)
+        fix_seconds["robust"] = fix(ws_r, fix_comps, overwrite=True).seconds
+        fix_seconds["standard"] = transfer(ws_r, ws_dirs["standard"], fix_comps, overwrite=True).seconds
         fixes = [load_fix(ws_r), load_fix(ws_dirs["standard"])]
     t = lap("fix", t)
+    groups_eval, dfr_heads, dfr_cost = _dfr(planted, ws_dirs, out)
+    t = lap("dfr", t)
+    reviewed = sum(len(sheet.components) for sheet in sheets.values())
 
     # 8. score before / after ------------------------------------------------------------------------------
     from spurious.score import score
@@ -367,12 +395,13 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     specs = [infos["robust"].spec, infos["standard"].spec]
     val_spec = image_folder(planted.val, class_names=list(planted.class_folders))
     scored: dict[str, Any] = {}
+    all_fixes = [*fixes, *dfr_heads.values()]
     if result.benchmark_images:
         scored["benchmark"] = score(specs, spurious=bench_dir, val=val_spec, class_names=names,
-                                    fixes=fixes, out=out / "score", progress=progress)
+                                    fixes=all_fixes, out=out / "score", progress=progress, groups=groups_eval)
     scored["planted"] = score(specs, spurious=spurious_imagenet(planted.spurious, class_names=names), val=val_spec,
-                              class_names=names, classes=planted_classes, fixes=fixes, out=out / "score-planted",
-                              progress=progress)
+                              class_names=names, classes=planted_classes, fixes=all_fixes, out=out / "score-planted",
+                              progress=progress, groups=groups_eval)
     t = lap("score", t)
     heads: Sequence[FixHead | None] = fixes or [None, None]
     for variant, info, head in zip(("robust", "standard"), (infos["robust"], infos["standard"]), heads, strict=False):
@@ -391,12 +420,20 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
         mbf, _ = get("benchmark", True)
         mp, acc_p = get("planted", False)
         mpf, acc_pf = get("planted", True)
+        spufix_labels = (f"verdicts on {reviewed} components (robust model's review)" if variant == "robust"
+                         else "none new (the robust model's reviewed components)")
+        methods = [("original", None, "none", 0.0),
+                   ("SpuFix" if variant == "robust" else "SpuFix (transferred)", head, spufix_labels,
+                    fix_seconds.get(variant, float("nan"))),
+                   ("DFR", dfr_heads.get(variant), *dfr_cost.get(variant, ("", float("nan"))))]
         result.models.append(ModelSummary(
             model=info.spec, val_accuracy=acc_p, val_accuracy_fixed=acc_pf, mauc_benchmark=mb,
             mauc_benchmark_fixed=mbf, mauc_planted=mp, mauc_planted_fixed=mpf,
             fix_kind="plain" if variant == "robust" else "transferred",
             logit_identity_max_abs_error=identity[variant],
-            train_agreement=Workspace.open(ws_dirs[variant]).feature_store("train").agreement.to_dict()))
+            train_agreement=Workspace.open(ws_dirs[variant]).feature_store("train").agreement.to_dict(),
+            compare=[_compare_row(method, info.spec, h, scored, labels, secs)
+                     for method, h, labels, secs in methods if method == "original" or h is not None]))
 
     # 9. report ----------------------------------------------------------------------------------------
     from spurious.demo._report import write_report
@@ -405,6 +442,50 @@ def run_demo(out: str | os.PathLike[str] = "demo-out", *, fast: bool = False, in
     result.seconds = round(time.perf_counter() - t0, 2)
     result.report = str(write_report(out, result, scored))
     return result
+
+
+def _dfr(planted: PlantedDataset, ws_dirs: dict[str, Path], out: Path
+         ) -> tuple[Path, dict[str, FixHead], dict[str, tuple[str, float]]]:
+    """Groups files of the val split (DFR half, evaluation half) and a DFR head per model.
+
+    Returns the evaluation groups file, the heads and, per model, (labels needed, seconds). A model
+    whose DFR cannot be fitted (e.g. a group with one image in the fast demo) is left out with a warning.
+    """
+    from spurious.demo.planted import write_planted_groups
+    from spurious.dfr import dfr
+    from spurious.fix import load_fix
+
+    held_out = write_planted_groups(planted, out / "groups" / "val-dfr.csv", part="dfr")
+    evaluate = write_planted_groups(planted, out / "groups" / "val-eval.csv", part="eval")
+    heads: dict[str, FixHead] = {}
+    cost: dict[str, tuple[str, float]] = {}
+    for variant, ws in ws_dirs.items():
+        try:
+            r = dfr(ws, held_out, split="val", overwrite=True)
+        except ValueError as err:
+            warnings.warn(f"demo: no DFR head for the {variant} model: {err}", RuntimeWarning, stacklevel=2)
+            continue
+        heads[variant] = load_fix(r.fix.path)
+        cost[variant] = (f"{r.images} val images with class and group", r.seconds)
+    return evaluate, heads, cost
+
+
+def _compare_row(method: str, spec: str, head: FixHead | None, scored: dict[str, Any], labels: str,
+                 seconds: float) -> CompareRow:
+    label = spec if head is None else f"{spec} + {head.name}"
+    nan = float("nan")
+
+    def row(which: str) -> Any:
+        res = scored.get(which)
+        try:
+            return None if res is None else res.row(label)
+        except KeyError:
+            return None
+
+    planted, bench = row("planted"), row("benchmark")
+    return CompareRow(method, planted.mauc if planted else nan, bench.mauc if bench else nan,
+                      planted.worst_group_accuracy if planted else nan, planted.mean_accuracy if planted else nan,
+                      planted.val_accuracy if planted else nan, labels, round(seconds, 2))
 
 
 @dataclass

@@ -178,6 +178,23 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
                  "class (positives) from spurious-only images of the class (negatives) by the class probability; "
                  "1 = no reliance on the spurious feature.</p>")
 
+    compare = [(m, c) for m in result.models for c in m.compare]
+    if compare:
+        parts.append("<h2>SpuFix beside the retraining baseline DFR</h2>")
+        parts.append(_html.table(
+            ["model", "method", "mAUC planted spurious split", "mAUC built benchmark", "worst-group accuracy",
+             "mean accuracy", "val accuracy", "labels needed", "fit seconds"],
+            [[_model_cell(m.model, names), c.method, c.mauc_planted, c.mauc_benchmark, c.worst_group_accuracy,
+              c.mean_accuracy, c.val_accuracy, c.labels, c.seconds] for m, c in compare],
+            html_cols=(0,), left_cols=(0, 1, 7)))
+        parts.append('<p class="muted">Groups: class x planted feature present/absent. DFR (Kirichenko et al. '
+                     "2022) fits a new last layer on the group labels of half of the val images "
+                     "(<code>groups/val-dfr.csv</code>); worst-group and mean accuracy are measured on the other "
+                     "half (<code>groups/val-eval.csv</code>); val accuracy counts every val image, the DFR half "
+                     "too. SpuFix needs no image labels, only the component review. Seconds: fitting the fix, "
+                     "not the review or the labelling. The full comparison (both SpuFix kinds on both models) "
+                     "is <code>bench/bench_compare_planted.py</code>, see docs/benchmarks.md.</p>")
+
     parts.append("<h2>Sanity check: do the models agree with the labels?</h2>")
     rows = []
     for m in result.models:

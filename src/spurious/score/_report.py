@@ -17,7 +17,9 @@ from ._result import Preds, ScoreResult, ScoreRow
 
 _ROW_FIELDS = ("model", "spec", "variant", "fingerprint", "mauc", "map", "mean_extension", "val_accuracy",
                "val_chance", "val_kappa", "val_labels_ok", "val_complete", "classes_scored", "classes_skipped",
-               "spurious_images", "val_images", "failed_images", "class_map", "cached")
+               "spurious_images", "val_images", "failed_images", "class_map", "cached", "worst_group_accuracy",
+               "worst_group", "mean_accuracy", "group_average_accuracy")
+_GROUP_FIELDS = ("model", "variant", "group", "class_index", "images", "accuracy")
 _CLASS_FIELDS = ("model", "variant", "class_index", "class_name", "val_images", "spurious_images", "auc", "ap",
                  "extension", "status")
 STRIP_CLASSES = 8
@@ -85,7 +87,21 @@ def _markdown(result: ScoreResult) -> str:
             c = auc[(m, k)]
             cells.append(_md(c.auc) if c.status == "ok" else c.status)
         lines.append(f"| {k} | {_md(result.class_names[k])} | " + " | ".join(cells) + " |")
+    if result.groups_file:
+        lines += ["", "## Groups", "", f"{GROUPS_NOTE} Groups file: `{result.groups_file}` "
+                  f"({result.groups_images} validation images).", "",
+                  "| model | worst-group accuracy | worst group | mean accuracy | group-average accuracy |",
+                  "|---|---|---|---|---|"]
+        for r in result.rows:
+            lines.append(f"| {_md(r.model)} | {_md(r.worst_group_accuracy)} | {_md(r.worst_group)} | "
+                         f"{_md(r.mean_accuracy)} | {_md(r.group_average_accuracy)} |")
     return "\n".join(lines) + "\n"
+
+
+GROUPS_NOTE = ("Group metrics over the validation images of the groups file (a group = a class and its group "
+               "value): worst-group accuracy = the lowest per-group accuracy; mean accuracy = the accuracy over "
+               "all those images (group accuracies weighted by group size); group-average accuracy = the "
+               "unweighted mean of the group accuracies.")
 
 
 def write_outputs(result: ScoreResult, out: Path, bench: Benchmark, preds: Mapping[str, tuple[Sequence[str], Preds]],
@@ -103,6 +119,9 @@ def write_outputs(result: ScoreResult, out: Path, bench: Benchmark, preds: Mappi
     with atomic_path(out / "scores.md") as tmp:
         tmp.write_text(_markdown(result), encoding="utf-8")
     paths["scores_md"] = str(out / "scores.md")
+    if result.groups_file:
+        paths["groups_csv"] = str(_write_csv(out / "groups.csv", _GROUP_FIELDS,
+                                             [{f: getattr(g, f) for f in _GROUP_FIELDS} for g in result.groups]))
     paths["scores_json"] = str(out / "scores.json")
     if not plots or not result.rows:
         return paths
@@ -185,6 +204,8 @@ def _write_html(result: ScoreResult, out: Path, selected: Sequence[str], strips:
         [[names[r.model], r.mauc, r.map, r.mean_extension, r.val_accuracy, _agreement_cell(r), r.classes_scored,
           r.classes_skipped, f"{r.spurious_images} / {r.val_images}"] for r in result.rows]))
     parts.append(_spec_table(result, names))
+    if result.groups_file:
+        parts.append(_groups_html(result, names))
     parts.append("<h2>Spurious score vs accuracy</h2>")
     parts.append(_html.img(rel(result_path(out, "scatter.png")), "mAUC vs validation accuracy"))
     parts.append("<h2>Class-wise ROC-AUC</h2>")
@@ -219,6 +240,23 @@ def _write_html(result: ScoreResult, out: Path, selected: Sequence[str], strips:
                  f'{_html.link("scores.json", "scores.json")}</p>')
     return _html.write_page(out / "report.html", "Spurious score", "\n".join(parts),
                             subtitle=f"protocol {result.protocol}; {len(result.classes)} classes")
+
+
+def _groups_html(result: ScoreResult, names: dict[str, str]) -> str:
+    """The group metrics: one row per model row, then the accuracy of every group."""
+    group_names = list(dict.fromkeys(g.group for g in result.groups))
+    acc = {(g.model, g.group): g for g in result.groups}
+    first = result.rows[0].model
+    parts = ["<h2>Groups</h2>",
+             f'<p class="muted">{_html.esc(GROUPS_NOTE)} Groups file: {_html.esc(result.groups_file)} '
+             f"({result.groups_images} validation images).</p>",
+             _html.table(["model", "worst-group accuracy", "worst group", "mean accuracy", "group-average accuracy"],
+                         [[names[r.model], r.worst_group_accuracy, r.worst_group, r.mean_accuracy,
+                           r.group_average_accuracy] for r in result.rows], left_cols=(0, 2)),
+             _html.table(["group", "images"] + [f"acc. {names[r.model]}" for r in result.rows],
+                         [[name, acc[(first, name)].images] + [acc[(r.model, name)].accuracy for r in result.rows]
+                          for name in group_names], left_cols=(0,))]
+    return "\n".join(parts)
 
 
 def result_path(out: Path, name: str) -> Path:

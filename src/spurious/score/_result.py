@@ -9,7 +9,7 @@ import numpy as np
 from spurious._io import JSONDict
 from spurious.agreement import Agreement
 
-__all__ = ["ClassScore", "Preds", "ScoreResult", "ScoreRow"]
+__all__ = ["ClassScore", "GroupScore", "Preds", "ScoreResult", "ScoreRow"]
 
 
 @dataclass
@@ -38,6 +38,11 @@ class ScoreRow:
             labels on the same images as ``val_accuracy`` (so ``agreement.agreement == val_accuracy``),
             with the agreement expected by chance and Cohen's kappa. Suspect (``not agreement.ok``)
             when the preprocessing or the label matching is wrong.
+        worst_group_accuracy / worst_group / mean_accuracy / group_average_accuracy: the group metrics
+            over the validation images of the groups file (``score(groups=...)``; :mod:`spurious.groups`):
+            the lowest per-group accuracy and its group, the accuracy over all those images (group
+            accuracies weighted by group size) and the unweighted mean of the group accuracies;
+            ``nan`` / ``""`` without a groups file.
     """
 
     model: str
@@ -57,6 +62,10 @@ class ScoreRow:
     class_map: str
     cached: bool
     agreement: Agreement
+    worst_group_accuracy: float = float("nan")
+    worst_group: str = ""
+    mean_accuracy: float = float("nan")
+    group_average_accuracy: float = float("nan")
 
     def to_dict(self) -> JSONDict:
         d = _nan_to_none(asdict(self))
@@ -87,6 +96,21 @@ class ClassScore:
 
 
 @dataclass
+class GroupScore:
+    """Accuracy of one model row on one group of the groups file (one row of ``groups.csv``)."""
+
+    model: str
+    variant: str
+    group: str
+    class_index: int
+    images: int
+    accuracy: float
+
+    def to_dict(self) -> JSONDict:
+        return _nan_to_none(asdict(self))
+
+
+@dataclass
 class ScoreResult:
     """What :func:`score` measured and wrote (``--json`` prints :meth:`to_dict`).
 
@@ -107,6 +131,8 @@ class ScoreResult:
         label_source: where the benchmark's class names and the validation labels come from, e.g.
             ``"the class names of demo:standard: folder names matched to the given class names
             (10 as NN_name)"``.
+        groups: one :class:`GroupScore` per row and group of the groups file (empty without one).
+        groups_file: the groups file (``""`` without one); groups_images: validation images it lists.
     """
 
     out: str
@@ -121,6 +147,9 @@ class ScoreResult:
     world_size: int = 1
     complete: bool = True
     label_source: str = ""
+    groups: list[GroupScore] = field(default_factory=list)
+    groups_file: str = ""
+    groups_images: int = 0
 
     def row(self, model: str) -> ScoreRow:
         """The row labelled ``model`` (a spec, or ``"<spec> + <fix name>"``)."""
@@ -140,6 +169,8 @@ class ScoreResult:
             "rows": [r.to_dict() for r in self.rows], "per_class": [c.to_dict() for c in self.per_class],
             "paths": self.paths, "images_computed": self.images_computed, "seconds": self.seconds,
             "world_size": self.world_size, "complete": self.complete, "label_source": self.label_source,
+            "groups_file": self.groups_file, "groups_images": self.groups_images,
+            "groups": [g.to_dict() for g in self.groups],
         }
 
     def summary_lines(self) -> list[str]:
@@ -151,6 +182,11 @@ class ScoreResult:
                          f"{_f(r.val_accuracy)}    {_f(r.agreement.kappa)}  {r.classes_scored}"
                          + (f" ({r.classes_skipped} skipped)" if r.classes_skipped else "")
                          + ("  [cached]" if r.cached else ""))
+        if self.groups_file:
+            lines.append(f"groups ({self.groups_images} validation images of {self.groups_file}):")
+            for r in self.rows:
+                lines.append(f"{r.model:<{width}}  worst-group acc {_f(r.worst_group_accuracy)} ({r.worst_group}), "
+                             f"mean acc {_f(r.mean_accuracy)}, group-average acc {_f(r.group_average_accuracy)}")
         lines.append(f"validation labels: {self.label_source}")
         for r in self.rows:
             if not r.agreement.ok:

@@ -48,7 +48,7 @@ from ._inputs import (
     label_model,
     resolve_inputs,
 )
-from ._result import ClassScore, Preds, ScoreResult, ScoreRow
+from ._result import ClassScore, GroupScore, Preds, ScoreResult, ScoreRow
 from .metrics import average_precision, class_extension_rate, roc_auc
 
 if TYPE_CHECKING:
@@ -368,6 +368,40 @@ def _load_preds(folder: Path, n_records: int, chunk_size: int, key: str | None, 
     return Preds(ok, logp, pred, top_index, top_prob, failed)
 
 
+@dataclass
+class _Groups:
+    """The groups file matched to the validation images: group index per record (``-1``: not listed)."""
+
+    path: str
+    names: list[str]
+    group_class: list[int]
+    of: np.ndarray
+
+
+def _open_groups(groups: str | os.PathLike[str], bench: Benchmark) -> _Groups:
+    """Read the groups file and match it to the validation images by id or absolute path (never by order)."""
+    from spurious.groups import match_groups, read_groups
+
+    table = read_groups(groups, bench.class_names)
+    val = bench.val
+    records = [val.record(i) for i in range(len(val))]
+    of = match_groups(table, [r.id for r in records], val.labels(), what=f"the validation set {val.spec}",
+                      paths=[r.path for r in records])
+    return _Groups(table.path, table.names, table.group_class, of)
+
+
+def _group_scores(label: str, variant: str, entry: _Entry, val: Preds, labels: np.ndarray,
+                  groups: _Groups) -> tuple[list[GroupScore], dict[str, float | str]]:
+    from spurious.groups import group_metrics
+
+    scored = val.ok & (entry.cmap[labels] >= 0) & (groups.of >= 0)
+    m = group_metrics(val.pred == labels, np.where(scored, groups.of, -1), groups.names)
+    rows = [GroupScore(label, variant, name, groups.group_class[g], int(m.counts[g]), float(m.accuracy[g]))
+            for g, name in enumerate(groups.names)]
+    return rows, {"worst_group_accuracy": m.worst_group_accuracy, "worst_group": m.worst_group,
+                  "mean_accuracy": m.mean_accuracy, "group_average_accuracy": m.group_average_accuracy}
+
+
 def _metrics(label: str, entry: _Entry, variant: str, spu: Preds, val: Preds, bench: Benchmark,
              cached: bool) -> tuple[ScoreRow, list[ClassScore]]:
     spu_labels, val_labels = bench.spurious.labels(), bench.val.labels()
@@ -520,6 +554,7 @@ def score(
     preprocessing: Preprocessing | Mapping[str, object] | None = None,
     model_config: str | os.PathLike[str] | None = None,
     strict: bool = False,
+    groups: str | os.PathLike[str] | None = None,
 ) -> ScoreResult:
     """Spurious score of one or more classifiers (DESIGN.md "Math": spurious score).
 
@@ -595,6 +630,11 @@ def score(
             ``config=``); default: the one beside each checkpoint.
         strict: raise :class:`~spurious.agreement.AgreementError` (after writing the results) when a
             model does not agree with the validation labels, instead of warning.
+        groups: a groups file (CSV or JSONL: ``image``, ``class``, ``group`` or attribute columns;
+            :mod:`spurious.groups`) of validation images, matched by image id or absolute path: adds
+            per-group accuracy, worst-group, mean and group-average accuracy to every row (and
+            ``groups.csv``). Every image it lists must be a validation image of its class; images
+            it does not list are left out of the group metrics only.
 
     Returns:
         a :class:`ScoreResult`; also written to ``OUT/scores.json``, ``scores.csv``, ``scores.md``,
@@ -604,10 +644,11 @@ def score(
         ValueError: an unknown model spec (with the closest names), a model given twice, a fix that
             matches no model, a bad class map, class or protocol, a folder that is not a score
             output, an invalid dataset layout, validation folders or labels that match none or
-            several of the model's class names, or preprocessing options without a model spec.
+            several of the model's class names, preprocessing options without a model spec, or a
+            groups file that does not match the validation images (how many and which).
         AgreementError: ``strict`` and a model's top-1 predictions do not agree with the
             validation labels (Cohen's kappa below ``spurious.agreement.KAPPA_MIN``).
-        FileNotFoundError: a dataset folder, labels file, class map or fix artifact does not exist.
+        FileNotFoundError: a dataset folder, labels file, class map, groups file or fix artifact does not exist.
         TypeError: an argument of the wrong type.
     """
     t0 = time.perf_counter()
@@ -620,12 +661,15 @@ def score(
     out_dir = Path(os.path.expanduser(os.fspath(out)))
     _check_out(out_dir)
     check_paths(spurious, val, val_labels)
+    if groups is not None and not Path(os.path.expanduser(os.fspath(groups))).is_file():
+        raise FileNotFoundError(f"groups file {os.fspath(groups)} does not exist")
     heads = _load_fix_heads(fixes)
     clfs, inline_heads, restore = _resolve_models(models, device, pretrained, preprocessing, model_config)
     try:
         namer, note = label_model(clfs, class_map)
         bench = resolve_inputs(spurious, val, val_labels=val_labels, class_names=class_names, classes=classes,
                                inputs_dir=out_dir / "inputs", namer=namer, note=note)
+        matched = None if groups is None else _open_groups(groups, bench)
         return _score(clfs, inline_heads, heads, bench, out_dir, class_map=class_map, protocol=protocol,
                       batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size, progress=progress,
                       plots=plots, plot_models=plot_models, strict=strict, t0=t0, args={
@@ -635,7 +679,8 @@ def score(
                           else "explicit", "protocol": protocol, "batch_size": batch_size, "chunk_size": chunk_size,
                           "preprocessing": _jsonable_preprocessing(preprocessing),
                           "model_config": None if model_config is None else os.fspath(model_config),
-                          "strict": strict})
+                          "strict": strict, "groups": None if groups is None else os.fspath(groups)},
+                      matched=matched)
     finally:
         _restore(restore)
 
@@ -657,7 +702,7 @@ def _restore(restore: list[tuple[Classifier, torch.device, bool]]) -> None:
 def _score(clfs: list[Classifier], inline_heads: list[list[nn.Module]], heads: list[nn.Module], bench: Benchmark,
            out: Path, *, class_map: ClassMapSpec, protocol: str, batch_size: int | None, num_workers: int | None,
            chunk_size: int, progress: bool, plots: bool, plot_models: Sequence[str] | None, strict: bool,
-           t0: float, args: JSONDict) -> ScoreResult:
+           t0: float, args: JSONDict, matched: _Groups | None = None) -> ScoreResult:
     from spurious.extract import default_num_workers
 
     entries: list[_Entry] = []
@@ -741,6 +786,7 @@ def _score(clfs: list[Classifier], inline_heads: list[list[nn.Module]], heads: l
     rows: list[ScoreRow] = []
     per_class: list[ClassScore] = []
     preds_for_plots: dict[str, tuple[list[str], Preds]] = {}
+    group_rows: list[GroupScore] = []
     failures: dict[str, list[tuple[int, str]]] = {}
     for i, entry in enumerate(entries):
         k = min(_TOPK, int(entry.clf.num_classes))
@@ -750,6 +796,11 @@ def _score(clfs: list[Classifier], inline_heads: list[list[nn.Module]], heads: l
             vp = _load_preds(folders[(i, "val")], len(bench.val), chunk_size, key, k)
             label = entry.spec if key is None else f"{entry.spec} + {variant}"
             row, classes_ = _metrics(label, entry, variant, spu, vp, bench, cached=not computed_any[i])
+            if matched is not None:
+                scores_, figures = _group_scores(label, variant, entry, vp, bench.val.labels(), matched)
+                group_rows.extend(scores_)
+                for name, value in figures.items():
+                    setattr(row, name, value)
             rows.append(row)
             per_class.extend(classes_)
             preds_for_plots[label] = (entry.clf.class_names, spu)
@@ -759,7 +810,9 @@ def _score(clfs: list[Classifier], inline_heads: list[list[nn.Module]], heads: l
     if rows:
         _warn_skipped(per_class, rows[0].model, bench)
     result = ScoreResult(str(out), rows, per_class, bench.classes, bench.class_names, protocol,
-                         images_computed=images_all, world_size=info.world_size, label_source=bench.label_source)
+                         images_computed=images_all, world_size=info.world_size, label_source=bench.label_source,
+                         groups=group_rows, groups_file="" if matched is None else matched.path,
+                         groups_images=0 if matched is None else int((matched.of >= 0).sum()))
     from ._report import write_outputs
 
     if plot_models is not None:

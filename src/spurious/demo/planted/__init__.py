@@ -84,6 +84,7 @@ from __future__ import annotations
 
 from ._drawing import BACKGROUNDS, CLASS_SHAPES
 from ._generator import (
+    GROUP_PARTS,
     PLANTED_FEATURES,
     GroundTruthRecord,
     PlantedConfig,
@@ -92,10 +93,12 @@ from ._generator import (
     SpuriousFeature,
     generate_planted,
     load_planted,
+    write_planted_groups,
 )
 
 __all__ = [
     "BACKGROUNDS",
+    "GROUP_PARTS",
     "CLASS_SHAPES",
     "PLANTED_FEATURES",
     "GroundTruthRecord",
@@ -105,4 +108,5 @@ __all__ = [
     "SpuriousFeature",
     "generate_planted",
     "load_planted",
+    "write_planted_groups",
 ]

@@ -38,8 +38,10 @@ __all__ = [
     "PlantedDataset",
     "PlantedFeatureBox",
     "SpuriousFeature",
+    "GROUP_PARTS",
     "generate_planted",
     "load_planted",
+    "write_planted_groups",
 ]
 
 _log = logging.getLogger(__name__)
@@ -662,3 +664,51 @@ def _check_replaceable(out: Path, config: PlantedConfig, overwrite: bool) -> Non
             f"{out} already holds a planted dataset generated with {existing.config}, not "
             f"{config}; pass overwrite=True to replace it or choose another folder"
         )
+
+
+# ---------------------------------------------------------------------- groups files
+GROUP_PARTS: tuple[str, ...] = ("all", "dfr", "eval")
+"""Parts of a split that :func:`write_planted_groups` writes: every image, the held-out half for DFR, the rest."""
+
+
+def write_planted_groups(planted: PlantedDataset, path: str | os.PathLike[str], *, split: str = "val",
+                         part: str = "all") -> Path:
+    """Write a groups file (``spurious.groups``) of a labelled split: class x planted feature present/absent.
+
+    Columns ``image`` (the id relative to the split's folder, as ``score`` and the feature stores name
+    images, e.g. ``00_star/00000.png``), ``class`` (the class index) and ``feature``: ``present`` when
+    the image shows a feature planted on its class (``index.jsonl``), else ``absent``. Classes without
+    a planted feature have one group (``absent``).
+
+    ``part``: ``"all"`` images of the split, or the halves of every (class, feature) group by id order:
+    ``"dfr"`` the 1st, 3rd, 5th, ... image (the held-out set for ``fix --method dfr``; ``ceil(n/2)`` of a
+    group of ``n``) and ``"eval"`` the others (where the fixes are compared), so the two never share
+    an image. The file is written atomically, outside the dataset folder (its content hash stays).
+
+    Raises:
+        ValueError: a split without labels (``spurious``, ``pool``) or an unknown ``part``.
+    """
+    from spurious._io import atomic_path
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val' (the labelled splits), got {split!r}")
+    if part not in GROUP_PARTS:
+        raise ValueError(f"part must be one of {GROUP_PARTS}, got {part!r}")
+    planted_on = {k: {f.name for f in planted.features if f.rate(k) > 0} for k in range(len(planted.class_names))}
+    groups: dict[tuple[int, str], list[str]] = {}
+    for rec in planted.ground_truth():
+        if rec["split"] != split:
+            continue
+        k = int(rec["label"])
+        shown = {f["name"] for f in rec["features"]} & planted_on[k]
+        groups.setdefault((k, "present" if shown else "absent"), []).append(rec["id"].split("/", 1)[1])
+    lines = ["image,class,feature"]
+    for (k, value), ids in sorted(groups.items()):
+        ids = sorted(ids)
+        chosen = ids if part == "all" else ids[0::2] if part == "dfr" else ids[1::2]
+        lines += [f"{i},{k},{value}" for i in chosen]
+    out = Path(os.path.expanduser(os.fspath(path)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
