@@ -72,10 +72,10 @@ def _random_unet(folder: Path, kind: str) -> Path:
 def _diffusion_folder(spec: str, out: Path) -> Path:
     if spec in ("random-tiny", "random-64"):
         return _random_unet(out / spec, spec)
-    if spec == "demo":
-        from spurious.demo.diffusion import demo_diffusion_dir
+    if spec == "demo":  # built by `spurious.demo.diffusion` (a separate module; imported by name here)
+        import importlib
 
-        return Path(demo_diffusion_dir())
+        return Path(importlib.import_module("spurious.demo.diffusion").demo_diffusion_dir())
     return Path(spec)
 
 
