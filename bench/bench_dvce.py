@@ -86,7 +86,12 @@ def _rgb(path: Path) -> np.ndarray:
 def _speed(clf: Any, basis: Any, component: int, x0: torch.Tensor, folder: Path, settings: Any,
            device: str) -> dict[str, Any]:
     """Seconds per image of plain denoising and of DVCE, same steps, same start images, one after the other."""
-    from spurious.counterfactual._dvce import _resize, denoise, dvce_images, load_diffusion
+    from spurious.counterfactual._dvce import (
+        _resize,
+        denoise,
+        dvce_images,
+        load_diffusion,
+    )
 
     dm = load_diffusion(folder, device=device)
     size = dm.image_size(clf.input_size[1:])
@@ -149,7 +154,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
-    from spurious.counterfactual import DvceSettings, counterfactual, counterfactual_pairs
+    from spurious.counterfactual import (
+        DvceSettings,
+        counterfactual,
+        counterfactual_pairs,
+    )
     from spurious.demo import prepare_workspaces
     from spurious.demo.planted import PLANTED_FEATURES, load_planted
     from spurious.demo.train import train_demo_model

@@ -35,10 +35,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -58,6 +58,11 @@ from spurious.counterfactual._optimize import (
 )
 from spurious.models import Classifier
 from spurious.npca import ClassBasis
+
+if TYPE_CHECKING:
+    from diffusers.models.unets.unet_2d import UNet2DModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
 __all__ = ["DISTANCES", "DiffusionModel", "DvceSettings", "GuidanceTerms", "check_dvce_settings", "dvce_images",
            "guidance_terms", "load_diffusion", "posterior_variance"]
@@ -126,8 +131,8 @@ class DiffusionModel:
         fingerprint: a hash of its configs and weights.
     """
 
-    unet: Any  # diffusers.UNet2DModel (diffusers ships no type information)
-    scheduler: Any  # diffusers.DDPMScheduler | diffusers.DDIMScheduler
+    unet: UNet2DModel
+    scheduler: DDPMScheduler | DDIMScheduler
     path: Path
     sample_size: tuple[int, int] | None
     factor: int
@@ -236,7 +241,7 @@ def load_diffusion(path: str | os.PathLike[str], device: str | torch.device | No
                           fingerprint=_fingerprint(folders))
 
 
-def posterior_variance(scheduler: Any, t: int, prev_t: int) -> float:
+def posterior_variance(scheduler: DDPMScheduler | DDIMScheduler, t: int, prev_t: int) -> float:
     """``beta~_t = (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)`` from the scheduler's ``alphas_cumprod``
     (``abar_prev = 1`` for ``prev_t < 0``)."""
     abar = scheduler.alphas_cumprod
@@ -332,7 +337,7 @@ def _noise(shape: Sequence[int], generators: list[torch.Generator], device: torc
 
 
 def denoise(diffusion: DiffusionModel, x_orig: Tensor, settings: DvceSettings, *, seed: int | None = 0,
-            guide: Any = None) -> Tensor:
+            guide: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
     """Noise ``x_orig`` ``[N, 3, H, W]`` (UNet space) to ``t_start`` and denoise it with the scheduler's steps.
 
     ``guide(x0_hat, t_index) -> Tensor`` (the shift direction, before ``||Sigma_t||``) is added after each
@@ -347,15 +352,18 @@ def denoise(diffusion: DiffusionModel, x_orig: Tensor, settings: DvceSettings, *
     dev = diffusion.device
     x_orig = x_orig.to(dev)
     noise = _noise(x_orig.shape, generators, dev)
-    x = scheduler.add_noise(x_orig, noise, run[:1].to(dev))
+    x = scheduler.add_noise(x_orig, noise, cast(torch.IntTensor, run[:1].to(dev)))
     n = float(np.prod(x.shape[1:]))
-    extra = {"eta": 0.0} if type(scheduler).__name__ == "DDIMScheduler" else {}
+    # one generator per image: diffusers' randn_tensor draws each row from its own (typed as a single one)
+    per_image = cast(torch.Generator, generators)
     for i, t in enumerate(run):
         with torch.no_grad():
             out = diffusion.unet(x, t.to(dev)).sample
-            step = scheduler.step(out, t, x, generator=generators, **extra)
+            step = scheduler.step(out, int(t), x, generator=per_image)  # DDIM: eta = 0, its default
+        if isinstance(step, tuple):
+            raise TypeError("the scheduler's step returned a tuple; expected its output dataclass")
         x = step.prev_sample
-        if guide is not None:
+        if guide is not None and step.pred_original_sample is not None:
             prev_t = int(run[i + 1]) if i + 1 < len(run) else -1
             sigma_norm = posterior_variance(scheduler, int(t), prev_t) * math.sqrt(n)
             if sigma_norm > 0:
