@@ -103,7 +103,7 @@ def register(sub: SubParsers) -> None:
 
 def _diffusion_folder(args: argparse.Namespace) -> str | None:
     """``--diffusion`` as a folder: ``demo`` (also the default of ``--engine diffusion``) is the embedded model."""
-    engine, folder = resolve(args.engine), args.diffusion
+    engine, folder = resolve(args.engine), resolve(args.diffusion)
     if folder is None and engine == "diffusion":
         folder = "demo"
     if folder != "demo":
