@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import TYPE_CHECKING
 
-from spurious._cli._common import common_options, defaults_of, emit_result, given
+from spurious._cli._common import (
+    common_options,
+    defaults_of,
+    emit_result,
+    given,
+    is_given,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from spurious._cli._common import SubParsers
@@ -27,7 +35,10 @@ def register(sub: SubParsers) -> None:
                     "optimising model and every --eval-model, to WS/counterfactual/ (resumable) and an HTML "
                     "sheet. Start images: --images / --data, else the component's max-activating training images "
                     "(--remove) or val images of the classes most confused with K (--add). Only meaningful on an "
-                    "adversarially robust model (--model), as the NPFV.")
+                    "adversarially robust model (--model), as the NPFV. --engine diffusion (DVCE, paper Appendix H) "
+                    "instead noises each image part-way and denoises it with an unconditional diffusion model "
+                    "(--diffusion DIR, a diffusers folder; 'demo' = the embedded planted-data model), the mean of "
+                    "each step shifted along the normalised gradients of log p(k), alpha_l^k and -distance.")
     p.add_argument("workspace", help="workspace with npca")
     p.add_argument("--class", dest="k", required=True, help="class index or name")
     p.add_argument("--component", type=int, required=True, help="component index l (0-based, by eigenvalue)")
@@ -64,18 +75,59 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--device", default=_default("device"), help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--seed", type=int, default=_default("seed"), help="APGD seed (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="discard counterfactuals made for another model/npca")
+    dv = p.add_argument_group("diffusion engine (DVCE; see docs/dvce.md)")
+    dv.add_argument("--engine", choices=["image", "diffusion"], default=_default("engine"),
+                    help="image: APGD in a ball around each image; diffusion: DVCE (default %(default)s; "
+                         "--diffusion alone implies diffusion)")
+    dv.add_argument("--diffusion", default=_default("diffusion"), metavar="DIR",
+                    help="diffusers folder (model_index.json, unet/, scheduler/) of an unconditional UNet2DModel, "
+                         "or 'demo' (the embedded model trained on the planted images; the default of --engine "
+                         "diffusion)")
+    dv.add_argument("--class-weight", type=float, default=_default("class_weight"),
+                    help="C_c, weight of the normalised gradient of log p(k) (default %(default)s, DVCE's; "
+                         "0 = a pure component edit)")
+    dv.add_argument("--component-weight", type=float, default=_default("component_weight"),
+                    help="C_a, weight of the normalised gradient of alpha_l^k, + for --add, - for --remove "
+                         "(default %(default)s)")
+    dv.add_argument("--distance-weight", type=float, default=_default("distance_weight"),
+                    help="C_d, weight of the normalised gradient of -d(x0_hat, x_orig) (default %(default)s, DVCE's)")
+    dv.add_argument("--distance", choices=["l1", "l2"], default=_default("distance"),
+                    help="d: L1 (DVCE's) or L2 (default %(default)s)")
+    dv.add_argument("--diffusion-steps", type=int, default=_default("diffusion_steps"),
+                    help="length of the scheduler's chain (default %(default)s, DVCE's)")
+    dv.add_argument("--t-start", type=float, default=_default("t_start"),
+                    help="share of the chain run from the noised image (default %(default)s: DVCE's last 100 of 200)")
     common_options(p)
     p.set_defaults(func=_cmd_counterfactual)
+
+
+def _diffusion_folder(args: argparse.Namespace) -> str | None:
+    """``--diffusion`` as a folder: ``demo`` (also the default of ``--engine diffusion``) is the embedded model."""
+    engine, folder = resolve(args.engine), resolve(args.diffusion)
+    if folder is None and engine == "diffusion":
+        folder = "demo"
+    if folder != "demo":
+        return str(folder) if folder is not None else None
+    try:  # the embedded model lives in the demo package (built separately); only the CLI reaches into it
+        demo_diffusion_dir = importlib.import_module("spurious.demo.diffusion").demo_diffusion_dir
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--diffusion demo needs the embedded demo diffusion model (spurious.demo.diffusion), which "
+                         f"cannot be imported here ({err}); pass a diffusers folder with --diffusion DIR") from None
+    return str(demo_diffusion_dir())
 
 
 def _cmd_counterfactual(args: argparse.Namespace) -> int:
     from spurious.counterfactual import counterfactual
 
+    diffusion = _diffusion_folder(args)
+    engine = "diffusion" if diffusion is not None and not is_given(args.engine) else args.engine
     emit_result(args, counterfactual(
         args.workspace, args.k, args.component, mode=args.mode, images=args.images, eval_models=args.eval_model,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, diffusion=diffusion,
         **given(data=args.data, n_images=args.n_images, norm=args.norm, eps=args.eps, steps=args.steps,
                 keep_weight=args.keep_weight, logprob_weight=args.logprob_weight, model=args.model,
                 split=args.split, val_split=args.val_split, confused=args.confused, batch_size=args.batch_size,
-                device=args.device, seed=args.seed)))
+                device=args.device, seed=args.seed, engine=engine, class_weight=args.class_weight,
+                component_weight=args.component_weight, distance_weight=args.distance_weight,
+                distance=args.distance, diffusion_steps=args.diffusion_steps, t_start=args.t_start)))
     return 0

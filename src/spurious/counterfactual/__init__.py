@@ -18,6 +18,11 @@ per image with the APGD of the NPFV (:func:`spurious.apgd.apgd`, L2 / L-inf) or 
 (:func:`default_budget`): L2 ``30 sqrt(n / (3*224*224))``, L-inf that over ``sqrt(n)``, L1
 ``eps_2 sqrt(n / 100)``.
 
+Engines: ``engine="image"`` (the default) solves the problem above; ``engine="diffusion"`` runs DVCE
+(Augustin et al., NeurIPS 2022; the paper's Appendix H) with an unconditional ``diffusers`` UNet: the start
+image is noised part-way and denoised with each step's mean shifted along the normalised gradients of
+``log p_k``, ``s alpha_l^k`` and ``-d(x0_hat, x_orig)`` at the denoised estimate (:mod:`._dvce`, docs/dvce.md).
+
 Start images (:mod:`._starts`): files or a dataset given by the user; for ``remove`` by default the
 component's max-activating training images; for ``add`` by default validation images of the classes
 whose images give ``k`` the highest mean probability (excluding ``k``).
@@ -52,6 +57,12 @@ from spurious.counterfactual._index import (
 )
 
 if TYPE_CHECKING:
+    from spurious.counterfactual._dvce import (
+        DiffusionModel,
+        DvceSettings,
+        dvce_images,
+        load_diffusion,
+    )
     from spurious.counterfactual._optimize import (
         Counterfactuals,
         ImageScores,
@@ -66,6 +77,8 @@ __all__ = [
     "CounterfactualPair",
     "CounterfactualResult",
     "Counterfactuals",
+    "DiffusionModel",
+    "DvceSettings",
     "ImageScores",
     "StartImages",
     "confused_classes",
@@ -73,6 +86,8 @@ __all__ = [
     "counterfactual_images",
     "counterfactual_pairs",
     "default_budget",
+    "dvce_images",
+    "load_diffusion",
     "read_counterfactual_index",
     "score_images",
     "shown_pairs",
@@ -83,6 +98,7 @@ _LAZY = {
     "default_budget": "_optimize", "score_images": "_optimize",
     "CounterfactualResult": "_stage", "counterfactual": "_stage",
     "StartImages": "_starts", "confused_classes": "_starts",
+    "DiffusionModel": "_dvce", "DvceSettings": "_dvce", "dvce_images": "_dvce", "load_diffusion": "_dvce",
 }
 
 

@@ -65,9 +65,16 @@ def run_page(path: Path, run: dict[str, Any], class_names: Sequence[str]) -> Pat
                                    for c in starts["classes"]) + ")"
     summary_rows = [[f"{m['role']}: {m['spec']}", m["alpha_before"], m["alpha_after"], m["probability_before"],
                      m["probability_after"], m["top1_is_k_before"], m["top1_is_k_after"]] for m in run["summary"]]
-    body = [f'<p class="note">{esc(_NOTE)}</p>',
-            f"<p>{esc(s['norm'])} ball, eps {fmt(s['eps'], 4)}, {s['steps']} APGD steps, keep weight "
-            f"{fmt(s['keep_weight'])}, log-probability weight {fmt(s['logprob_weight'])}; start images: {origin}.</p>",
+    if s.get("engine") == "diffusion":
+        d = s["diffusion"]
+        how = (f"DVCE (diffusion, {esc(d['scheduler'])}, model {esc(d['fingerprint'])}): the last "
+               f"{d['denoising_steps']} of {d['steps']} steps from the noised image, class weight C_c "
+               f"{fmt(d['class_weight'])}, component weight C_a {fmt(d['component_weight'])}, distance weight C_d "
+               f"{fmt(d['distance_weight'])} ({esc(d['distance'])}), seed {s['seed']}")
+    else:
+        how = (f"{esc(s['norm'])} ball, eps {fmt(s['eps'], 4)}, {s['steps']} APGD steps, keep weight "
+               f"{fmt(s['keep_weight'])}, log-probability weight {fmt(s['logprob_weight'])}")
+    body = [f'<p class="note">{esc(_NOTE)}</p>', f"<p>{how}; start images: {origin}.</p>",
             "<h2>Means over the images</h2>",
             table(["model", "alpha before", "alpha after", "p(k) before", "p(k) after", "top-1 = k before",
                    "top-1 = k after"], summary_rows), "<h2>Pairs</h2>"]
@@ -90,7 +97,8 @@ def index_page(path: Path, runs: list[dict[str, Any]]) -> Path:
     rows = []
     for r in runs:
         m = r["summary"][0] if r["summary"] else {}
-        rows.append([link(r["sheet"], f"{r['class_name']} / component {r['component']}"), r["mode"], r["norm"],
+        mode = r["mode"] if r.get("engine", "image") == "image" else f"{r['mode']} (DVCE)"
+        rows.append([link(r["sheet"], f"{r['class_name']} / component {r['component']}"), mode, r["norm"],
                      r["eps"], r["steps"], r["pairs"], m.get("alpha_before"), m.get("alpha_after"),
                      m.get("probability_before"), m.get("probability_after")])
     body = (f'<p class="note">{esc(_NOTE)}</p>'

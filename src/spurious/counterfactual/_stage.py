@@ -17,6 +17,12 @@ from torch import Tensor
 from spurious import __version__
 from spurious._dist import resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
+from spurious.counterfactual._dvce import (
+    DvceSettings,
+    check_dvce_settings,
+    dvce_images,
+    load_diffusion,
+)
 from spurious.counterfactual._index import FOLDER, INDEX_FORMAT
 from spurious.counterfactual._optimize import (
     ImageScores,
@@ -60,7 +66,7 @@ class CounterfactualResult:
     component: int
     mode: str
     norm: str
-    eps: float
+    eps: float | None
     steps: int
     source: str
     pairs: int
@@ -72,15 +78,23 @@ class CounterfactualResult:
     index_json: str = ""
     seconds: float = 0.0
     device: str = "cpu"
+    engine: str = "image"
+    diffusion: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
         """What the CLI prints."""
+        if self.diffusion is not None:
+            d = self.diffusion
+            how = (f"DVCE on {d['model']}: C_c {d['class_weight']:g}, C_a {d['component_weight']:g}, C_d "
+                   f"{d['distance_weight']:g} ({d['distance']}), {self.steps} of {d['steps']} steps")
+        else:
+            how = f"{self.norm} eps {self.eps:.4g}, {self.steps} steps"
         lines = [f"{self.mode} component {self.component} of class {self.k} ({self.class_name}): {self.pairs} "
-                 f"images from {self.source} ({self.pairs_done} done, {self.pairs_reused} reused), {self.norm} "
-                 f"eps {self.eps:.4g}, {self.steps} steps, {self.seconds:.1f} s on {self.device}"]
+                 f"images from {self.source} ({self.pairs_done} done, {self.pairs_reused} reused), {how}, "
+                 f"{self.seconds:.1f} s on {self.device}"]
         for m in self.models:
             alpha = "" if m["alpha_before"] is None else \
                 f"alpha {m['alpha_before']:.3g} -> {m['alpha_after']:.3g}, "
@@ -202,6 +216,14 @@ def counterfactual(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    engine: str = "image",
+    diffusion: str | os.PathLike[str] | None = None,
+    class_weight: float = DvceSettings.class_weight,
+    component_weight: float = DvceSettings.component_weight,
+    distance_weight: float = DvceSettings.distance_weight,
+    distance: str = DvceSettings.distance,
+    diffusion_steps: int = DvceSettings.steps,
+    t_start: float = DvceSettings.t_start,
 ) -> CounterfactualResult:
     """Feature counterfactuals of component ``component`` of class ``k`` on real images -> ``WS/counterfactual/``.
 
@@ -231,14 +253,25 @@ def counterfactual(
         split: the training split (max-activating images); ``val_split``: the split of the default
             ``add`` start images; ``confused``: how many confused classes they come from.
         batch_size: images per APGD batch (default all); ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``.
-        seed: APGD seed; ``overwrite``: discard ``WS/counterfactual`` made for another model or npca.
+        seed: APGD seed / the diffusion noise; ``overwrite``: discard ``WS/counterfactual`` made for another
+            model or npca.
         progress: log each batch.
+        engine: ``"image"`` (APGD in a ball around each image, the default) or ``"diffusion"`` (DVCE,
+            :mod:`spurious.counterfactual._dvce`: guided denoising of the noised image with an unconditional
+            diffusion model; ``norm``, ``eps``, ``steps``, ``keep_weight`` and ``logprob_weight`` are unused).
+        diffusion: the diffusers folder of the diffusion engine (``model_index.json``, ``unet/``, ``scheduler/``).
+        class_weight, component_weight, distance_weight: DVCE's ``C_c``, ``C_a``, ``C_d`` (>= 0).
+        distance: ``"l1"`` (DVCE's) or ``"l2"``; ``diffusion_steps``: the scheduler's chain;
+            ``t_start``: the share of it that is run, from the noised start image (DVCE: 100 of 200).
 
     Raises:
         FileNotFoundError: no workspace, no npca, or no features for a default start-image split.
-        ValueError: a class or component that does not exist, ``eps <= 0``, an unknown mode or norm,
-            unreadable start images or images of the wrong size, a model with other class names or
-            another feature dimension.
+        ValueError: a class or component that does not exist, ``eps <= 0``, an unknown mode, norm or
+            engine, unreadable start images or images of the wrong size, a model with other class names or
+            another feature dimension; for the diffusion engine: no ``diffusion`` folder given, a folder that
+            is not an unconditional diffusers UNet2DModel with a DDPM/DDIM scheduler, an image size the UNet
+            cannot take, bad DVCE settings.
+        FileNotFoundError: also a ``diffusion`` folder that does not exist.
         IncompatibleArtifactError: ``WS/counterfactual`` was made for another model / npca.
     """
     t0 = time.perf_counter()
@@ -250,6 +283,18 @@ def counterfactual(
     for name, value in (("n_images", n_images), ("steps", steps), ("confused", confused)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if engine not in ("image", "diffusion"):
+        raise ValueError(f"unknown engine {engine!r}; use 'image' (APGD around each image) or 'diffusion' (DVCE)")
+    dvce: DvceSettings | None = None
+    if engine == "diffusion":
+        if diffusion is None:
+            raise ValueError("engine='diffusion' needs a diffusion model: diffusion= / --diffusion DIR (a diffusers "
+                             "folder with model_index.json, unet/ and scheduler/), or --diffusion demo on the CLI")
+        dvce = check_dvce_settings(DvceSettings(class_weight=class_weight, component_weight=component_weight,
+                                                distance_weight=distance_weight, distance=distance,
+                                                steps=diffusion_steps, t_start=t_start))
+    elif diffusion is not None:
+        raise ValueError("diffusion= (--diffusion) is for engine='diffusion' (--engine diffusion)")
     ws = Workspace.open(workspace)
     kk = ws.resolve_class(k)
     pca = load_npca(ws.root)
@@ -262,6 +307,10 @@ def counterfactual(
     clf = _resolve_model(model, ws, dev, "the optimising model (model=, --model)")
     check_basis_fits(clf, basis, "the optimising model")
     radius = check_eps(eps, key, clf.input_size)
+    model_dm = None
+    if dvce is not None and diffusion is not None:
+        model_dm = load_diffusion(diffusion, device=dev)
+        model_dm.image_size(clf.input_size[1:])  # the size check, before any work
     evals = [_resolve_model(m, ws, dev, "the evaluation model (eval_models=, --eval-model)") for m in eval_models]
     for e in evals:
         if tuple(e.input_size) != tuple(clf.input_size):
@@ -281,11 +330,19 @@ def counterfactual(
                 "pass --overwrite to discard them")
 
     prepare_artifact_dir(root, plan, overwrite=overwrite, mismatch=mismatch)
-    settings = {"class": kk, "component": component, "mode": mode, "norm": key, "eps": radius, "steps": steps,
-                "keep_weight": keep_weight, "logprob_weight": logprob_weight, "seed": seed,
-                "model": clf.fingerprint(), "eval_models": [e.fingerprint() for e in evals]}
+    settings: dict[str, Any] = {
+        "class": kk, "component": component, "mode": mode, "norm": key, "eps": radius, "steps": steps,
+        "keep_weight": keep_weight, "logprob_weight": logprob_weight, "seed": seed, "model": clf.fingerprint(),
+        "eval_models": [e.fingerprint() for e in evals]}
+    engine_info: dict[str, Any] | None = None
+    if dvce is not None and model_dm is not None:  # the image engine's settings (and run folders) stay as they were
+        engine_info = {**dvce.to_dict(), "model": str(model_dm.path), "fingerprint": model_dm.fingerprint,
+                       "denoising_steps": dvce.denoising_steps, "scheduler": type(model_dm.scheduler).__name__}
+        settings.update({"engine": "diffusion", "norm": dvce.distance, "eps": None, "steps": dvce.steps,
+                         "keep_weight": 0.0, "logprob_weight": 0.0,
+                         "diffusion": {k: v for k, v in engine_info.items() if k != "model"}})
     shash = sha256_strings([repr(sorted(settings.items()))])[:8]
-    run_rel = f"class_{kk:05d}/l{component:04d}/{mode}-{key}-{shash}"
+    run_rel = f"class_{kk:05d}/l{component:04d}/{mode}-{'dvce-' + dvce.distance if dvce else key}-{shash}"
     run_dir = root / run_rel
     run_dir.mkdir(parents=True, exist_ok=True)
     hashes = [sha256_strings([shash, image_id, _image_hash(x)])
@@ -310,8 +367,11 @@ def counterfactual(
             log.info("counterfactual %s class %d component %d: images %d-%d of %d", mode, kk, component,
                      start + 1, start + len(chunk), len(pending))
         x0 = starts.images[chunk]
-        cf = counterfactual_images(clf, basis, component, x0, mode=mode, norm=key, eps=radius, steps=steps,
-                                   keep_weight=keep_weight, logprob_weight=logprob_weight, seed=seed)
+        if model_dm is not None and dvce is not None:
+            cf = dvce_images(clf, basis, component, x0, model_dm, mode=mode, settings=dvce, seed=seed)
+        else:
+            cf = counterfactual_images(clf, basis, component, x0, mode=mode, norm=key, eps=radius, steps=steps,
+                                       keep_weight=keep_weight, logprob_weight=logprob_weight, seed=seed)
         scored = [(cf.before, cf.after)] + [(score_images(e, basis, component, x0),
                                              score_images(e, basis, component, cf.images)) for e in evals]
         for j, i in enumerate(chunk):
@@ -325,8 +385,9 @@ def counterfactual(
             _png(root / files["heatmap"], _heatmap(cf.original[j], delta))
             flat = delta.flatten().double()
             rec = {"hash": h, "id": starts.ids[i], "source": starts.source, "label": starts.labels[i],
-                   "mode": mode, "norm": key, "eps": radius, "steps": steps, "run": run_rel, "files": files,
-                   "objective": float(cf.objective[j]),
+                   "mode": mode, "norm": settings["norm"], "eps": settings["eps"], "steps": settings["steps"],
+                   "run": run_rel, "files": files, "objective": float(cf.objective[j]),
+                   **({"engine": "diffusion", "diffusion": engine_info} if engine_info else {}),
                    "distance": {"l2": float(flat.norm()), "linf": float(flat.abs().max()),
                                 "l1": float(flat.abs().sum())},
                    "models": [{"spec": m.spec, "fingerprint": m.fingerprint(), "role": role,
@@ -349,9 +410,10 @@ def counterfactual(
     refresh_sheets(ws, [kk])  # the inspection sheet of class k shows the new pairs under the component
     return CounterfactualResult(
         path=str(root), run=str(run_dir), k=kk, class_name=ws.class_names[kk], component=component, mode=mode,
-        norm=key, eps=radius, steps=steps, source=starts.source, pairs=len(ordered), pairs_done=len(pending),
-        pairs_reused=reused, images=list(starts.ids), models=summary, sheet=str(sheet), index_json=str(index_json),
-        seconds=round(time.perf_counter() - t0, 3), device=str(dev))
+        norm=settings["norm"], eps=settings["eps"], steps=dvce.denoising_steps if dvce else steps,
+        source=starts.source, pairs=len(ordered), pairs_done=len(pending), pairs_reused=reused,
+        images=list(starts.ids), models=summary, sheet=str(sheet), index_json=str(index_json),
+        seconds=round(time.perf_counter() - t0, 3), device=str(dev), engine=engine, diffusion=engine_info)
 
 
 def _merge_pairs(run_json: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -379,6 +441,7 @@ def _write_index(root: Path, ws: Workspace) -> Path:
         rel = path.parent.relative_to(root).as_posix()
         runs.append({"run": rel, "class": s["class"], "class_name": run["class_name"], "component": s["component"],
                      "mode": s["mode"], "norm": s["norm"], "eps": s["eps"], "steps": s["steps"],
+                     "engine": s.get("engine", "image"),
                      "pairs": len(run["pairs"]), "created": run["created"], "summary": run["summary"],
                      "sheet": f"{rel}/index.html"})
         components.setdefault(f"{s['class']}/{s['component']}", []).extend(run["pairs"])
