@@ -199,6 +199,8 @@ _CALLS: dict[tuple[str, ...], tuple[list[str], dict[str, str]]] = {
     ("data", "planted"): (["spurious.demo.planted:PlantedConfig", "spurious.demo.planted:generate_planted"],
                           {}),
     ("train", "demo"): (["spurious.demo.train:train_demo_model"], {}),
+    ("train-diffusion",): (["spurious.demo.diffusion:train_demo_diffusion", "spurious.demo.diffusion:quality_check",
+                            "spurious.demo.diffusion:DemoDiffusionConfig"], {}),
     ("benchmark", "build"): (["spurious.benchmark:build_benchmark"], {"license": "license_text"}),
     ("fix",): (["spurious.fix:fix", "spurious.fix:transfer", "spurious.fix:export_fix",
                 "spurious.components:components_from_labels", "spurious.dfr:dfr"], {"target_ws": "target"}),

@@ -14,7 +14,14 @@ __all__ = ["register"]
 
 
 def register(sub: SubParsers) -> None:
-    """Add the ``train`` sub-command group to the argparse sub-parser action ``sub``."""
+    """Add the ``train`` sub-command group and ``train-diffusion`` to the argparse sub-parser action ``sub``."""
+    from spurious._cli import _train_diffusion
+
+    _register_train(sub)
+    _train_diffusion.register(sub)
+
+
+def _register_train(sub: SubParsers) -> None:
     p = sub.add_parser("train", help="train the embedded demo classifiers",
                        description="Train models; see 'spurious train demo -h'.")
     train_sub = p.add_subparsers(dest="train_command", metavar="WHAT", required=True)

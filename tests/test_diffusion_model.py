@@ -1,0 +1,166 @@
+"""The embedded diffusion model: the shipped folder, the cache key, deterministic and atomic training, quality."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spurious.cli import main
+from spurious.demo.diffusion import (
+    DIFFUSION_METADATA,
+    DemoDiffusionConfig,
+    demo_diffusion_dir,
+    quality_check,
+    shipped_diffusion_dir,
+    train_demo_diffusion,
+)
+from spurious.demo.planted import PlantedConfig
+
+
+def _cache_with_tiny_planted(root: Path, session_cache: Path) -> Path:
+    """A fresh cache that links the session's tiny planted data (no regeneration)."""
+    root.mkdir(parents=True)
+    (root / "planted").symlink_to(session_cache / "planted", target_is_directory=True)
+    return root
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_shipped_model_is_a_ddpm_pipeline_folder_of_the_default_config() -> None:
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    config = DemoDiffusionConfig()
+    folder = shipped_diffusion_dir()
+    assert folder is not None and folder.name == f"diffusion-{config.cache_key()}"
+    assert demo_diffusion_dir() == folder  # the shipped copy wins: no training
+    meta = json.loads((folder / DIFFUSION_METADATA).read_text())
+    assert meta["key"] == config.cache_key()
+    assert DemoDiffusionConfig.from_dict(meta["config"]) == config  # the recipe it records is the default
+    assert meta["planted_config_hash"] == PlantedConfig().config_hash()
+    pipe = DDPMPipeline.from_pretrained(folder)
+    assert pipe.unet.config.sample_size == config.image_size == 64
+    assert tuple(pipe.unet.config.block_out_channels) == config.block_out_channels
+    assert pipe.scheduler.config.num_train_timesteps == config.train_timesteps
+    DDIMScheduler.from_config(pipe.scheduler.config)  # the sampler the quality check uses takes its schedule
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 8e6, size  # ships in the wheel
+
+
+def test_tiny_training_is_deterministic_atomic_and_cached(tmp_path: Path, session_cache: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config = DemoDiffusionConfig.tiny()
+    a = train_demo_diffusion(config, cache_dir=_cache_with_tiny_planted(tmp_path / "a", session_cache), progress=False)
+    b = train_demo_diffusion(config, cache_dir=_cache_with_tiny_planted(tmp_path / "b", session_cache), progress=False)
+    assert a.trained and b.trained and a.path.name == f"diffusion-{config.cache_key()}"
+    wa, wb = _weights(a.path), _weights(b.path)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the checkpoints in between were removed; nothing half-written is left next to the folder
+    assert sorted(p.name for p in a.path.parent.iterdir()) == [a.path.name]
+    again = train_demo_diffusion(config, cache_dir=tmp_path / "a", progress=False)
+    assert not again.trained and again.path == a.path
+    other = train_demo_diffusion(dataclasses.replace(config, seed=1), cache_dir=tmp_path / "a", progress=False)
+    assert other.path != a.path
+    assert not all(torch.equal(wa[k], w) for k, w in _weights(other.path).items())
+
+    # a failure while saving leaves no folder (and no temporary one)
+    from diffusers import DDPMPipeline
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DDPMPipeline, "save_pretrained", boom)
+    failing = dataclasses.replace(config, seed=2)
+    with pytest.raises(OSError, match="disk full"):
+        train_demo_diffusion(failing, cache_dir=tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "models" / failing.folder_name()).exists()
+    assert not [p for p in (tmp_path / "a" / "models").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, session_cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import spurious.demo.diffusion as diffusion
+
+    config = dataclasses.replace(DemoDiffusionConfig.tiny(), steps=6, checkpoint_every=2)
+    whole = train_demo_diffusion(config, cache_dir=_cache_with_tiny_planted(tmp_path / "a", session_cache),
+                                 progress=False)
+    cache = _cache_with_tiny_planted(tmp_path / "b", session_cache)
+    real_lr = diffusion._lr_at
+
+    def stop_at_5(step: int, c: DemoDiffusionConfig) -> float:
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_lr(step, c)
+
+    monkeypatch.setattr(diffusion, "_lr_at", stop_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_demo_diffusion(config, cache_dir=cache, progress=False)
+    partial = cache / "models" / f"{config.folder_name()}.partial.pt"
+    assert partial.is_file() and not (cache / "models" / config.folder_name()).exists()
+    monkeypatch.setattr(diffusion, "_lr_at", real_lr)
+    resumed = train_demo_diffusion(config, cache_dir=cache, progress=False)
+    assert resumed.metadata["train_stats"]["resumed_at"] == [4] and not partial.exists()
+    wa, wb = _weights(whole.path), _weights(resumed.path)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"image_size": 60}, "divisible by 8"),
+    ({"norm_num_groups": 6}, "norm_num_groups=6 must divide"),
+    ({"beta_schedule": "cubic"}, "unknown beta_schedule 'cubic'"),
+    ({"steps": 0}, "steps >= 1"),
+    ({"ema_decay": 1.0}, "ema_decay must lie in"),
+    ({"attention_levels": (5,)}, "attention_levels"),
+    ({"lr": -1.0}, "lr > 0"),
+])
+def test_bad_config_values_get_one_line_errors(bad: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        DemoDiffusionConfig(**bad)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_cli_bad_values_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["train-diffusion", "--image-size", "60", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "image_size=60 must be >= 8 and divisible by 8" in err
+    assert main(["train-diffusion", "--out", str(tmp_path)]) == 2
+    assert "give --samples N too" in capsys.readouterr().err
+    assert main(["train-diffusion", "--samples", "0"]) == 2
+    assert "--samples must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is not a diffusers pipeline folder"):
+        quality_check(tmp_path, n=2)
+
+
+def test_shipped_model_samples_spread_over_classes_unlike_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """32 samples with 25 DDIM steps against 32 images of uniform noise, judged by the same classifier.
+
+    ``demo:standard`` gives uniform noise p >= 0.8 too, all in one class, so the yardstick is the spread
+    over the classes, not the confidence.
+
+    The issue's target (>= 70 % of 256 samples at p >= 0.8, no class above twice its share) is NOT met by
+    the shipped model (26 %, 2.7x; docs/planted.md says why): this only checks that sampling works end to
+    end and that the samples carry class evidence that noise does not.
+    """
+    from spurious.models import load_model
+
+    code = main(["train-diffusion", "--samples", "32", "--sample-steps", "25", "--out", str(tmp_path), "--json",
+                 "--no-progress"])
+    assert code == 0
+    q = json.loads(capsys.readouterr().out)["quality"]
+    assert q["n"] == 32 and Path(q["grid"]).is_file()
+    assert len(q["class_shares"]) == 10 and abs(sum(q["class_shares"].values()) - 1) < 1e-3  # shares rounded to 4 places
+    clf = load_model("demo:standard")
+    with torch.inference_mode():
+        noise = torch.rand(32, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        noise_top = torch.softmax(clf(noise), 1).argmax(1)
+    noise_ratio = float(torch.bincount(noise_top, minlength=10).max()) / 32 * 10
+    assert noise_ratio >= 8  # the classifier sends (nearly) all noise to one class, confidently
+    assert q["max_share_ratio"] <= noise_ratio / 2, (q, noise_ratio)
+    assert sum(share > 0 for share in q["class_shares"].values()) >= 4, q  # samples of several classes
