@@ -51,12 +51,18 @@ def ws_with_pairs(fast_demo, tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_shown_pairs_are_the_first_remove_then_the_first_add(ws_with_pairs) -> None:  # type: ignore[no-untyped-def]
     ws, k, l = ws_with_pairs
     index = json.loads((ws / "counterfactual" / "index.json").read_text())
-    entries = index["components"][f"{k}/{l}"]
-    pairs = shown_pairs(ws)[(k, l)]
-    assert [p.mode for p in pairs] == ["remove", "add"]
-    for p in pairs:
-        first = next(e for e in entries if e["mode"] == p.mode)
-        assert p.image_id == first["id"] and p.original == ws / "counterfactual" / first["files"]["original"]
+    shown = shown_pairs(ws)
+    for (kk, ll), pairs in shown.items():
+        entries = index["components"][f"{kk}/{ll}"]
+        image = [e for e in entries if e.get("engine", "image") == "image"]
+        dvce = [e for e in entries if e.get("engine") == "diffusion"]
+        expected = [next(e for e in image if e["mode"] == m) for m in ("remove", "add") if any(e["mode"] == m for e in image)]
+        expected += dvce[:1]
+        assert [(p.mode, p.engine, p.image_id) for p in pairs] == [
+            (e["mode"], e.get("engine", "image"), e["id"]) for e in expected]
+        for p, e in zip(pairs, expected, strict=True):
+            assert p.original == ws / "counterfactual" / e["files"]["original"]
+    assert [(p.mode, p.engine) for p in shown[(k, l)][:2]] == [("remove", "image"), ("add", "image")]
     assert shown_pairs(ws.parent / "ws-standard") == {}  # the stage never ran there
 
 
@@ -113,9 +119,20 @@ def test_the_demo_report_card_shows_the_pairs(ws_with_pairs) -> None:  # type: i
     for pair in shown_pairs(ws)[(k, l)]:
         for path in (pair.original, pair.counterfactual, pair.difference, pair.heatmap):
             assert f'src="{path.relative_to(out).as_posix()}"' in card
-    # the demo's own step: one remove- and one add-pair per found component, scored on the standard model too
+    assert "DVCE" not in card
+    # the demo's own step: an image-space remove- and add-pair and a DVCE add-pair (the diffusion engine on
+    # the tiny diffusion recipe under --fast) per found component, scored on the standard model too
     _counterfactuals(ws, [f], _FAST, "demo:standard-tiny", progress=False)
     entries = json.loads((ws / "counterfactual" / "index.json").read_text())["components"][f"{k}/{l}"]
     runs = {e["run"] for e in entries}
-    assert len(runs) == 4  # the fixture's two runs (3 steps, no eval model) and the demo's two (other settings)
+    assert len(runs) == 5  # the fixture's two runs (3 steps, no eval model) and the demo's three (other settings)
     assert any([m["role"] for m in e["models"]] == ["optimised", "eval"] for e in entries)
+    pairs = shown_pairs(ws)[(k, l)]
+    assert [(p.mode, p.engine) for p in pairs] == [("remove", "image"), ("add", "image"), ("add", "diffusion")]
+    dvce = pairs[-1]
+    assert dvce.record["diffusion"]["component_weight"] > 0 and dvce.record["steps"] == _FAST.dvce_steps
+    assert [m["role"] for m in dvce.models] == ["optimised", "eval"]
+    assert Image.open(dvce.counterfactual).size == Image.open(dvce.original).size
+    card = _found_card(f, out, out, shown_pairs(ws))
+    assert card.count("DVCE add: p(k)") == 1
+    assert f'src="{dvce.counterfactual.relative_to(out).as_posix()}"' in card

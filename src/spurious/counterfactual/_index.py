@@ -56,6 +56,11 @@ class CounterfactualPair:
     record: dict[str, Any]
 
     @property
+    def engine(self) -> str:
+        """``"image"`` (APGD in a norm ball) or ``"diffusion"`` (DVCE)."""
+        return engine_of(self.record)
+
+    @property
     def optimised(self) -> dict[str, Any]:
         """The numbers of the optimising model: ``{"before": {...}, "after": {...}, ...}``."""
         return self.models[0]
@@ -88,6 +93,12 @@ def counterfactual_pairs(workspace: str | os.PathLike[str], k: int, component: i
             if mode is None or e["mode"] == mode]
 
 
+def engine_of(entry: dict[str, Any]) -> str:
+    """The engine that made an ``index.json`` entry: ``"image"`` (APGD; also entries written before the
+    diffusion engine existed) or ``"diffusion"`` (DVCE)."""
+    return str(entry.get("engine", "image"))
+
+
 def _pair(root: Path, k: int, component: int, e: dict[str, Any]) -> CounterfactualPair:
     files = e["files"]
     return CounterfactualPair(
@@ -97,14 +108,17 @@ def _pair(root: Path, k: int, component: int, e: dict[str, Any]) -> Counterfactu
 
 
 def shown_pairs(workspace: str | os.PathLike[str]) -> dict[tuple[int, int], list[CounterfactualPair]]:
-    """The pairs to show where components are reviewed: per ``(k, l)``, its first remove-pair and its
-    first add-pair (in that order, each when it exists). One read of ``index.json``; ``{}`` when the
-    stage never ran. Used by the inspection sheets, the label UI and the demo report."""
+    """The pairs to show where components are reviewed: per ``(k, l)``, the image-space engine's first
+    remove-pair and first add-pair, then the diffusion engine's (DVCE) first pair, in that order, each
+    when it exists. One read of ``index.json``; ``{}`` when the stage never ran. Used by the inspection
+    sheets, the label UI and the demo report."""
     root = Path(workspace) / FOLDER
     out: dict[tuple[int, int], list[CounterfactualPair]] = {}
     for key, entries in read_counterfactual_index(workspace)["components"].items():
         k, _, l = str(key).partition("/")
-        chosen = [next((e for e in entries if e["mode"] == m), None) for m in ("remove", "add")]
+        image = [e for e in entries if engine_of(e) == "image"]
+        chosen = [next((e for e in image if e["mode"] == m), None) for m in ("remove", "add")]
+        chosen.append(next((e for e in entries if engine_of(e) == "diffusion"), None))
         pairs = [_pair(root, int(k), int(l), e) for e in chosen if e is not None]
         if pairs:
             out[(int(k), int(l))] = pairs

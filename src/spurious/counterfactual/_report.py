@@ -33,7 +33,8 @@ def _pair_caption(pair: CounterfactualPair) -> str:
     """``remove: p(k) 0.91 -> 0.20, alpha 3.1 -> -0.4, top-1 hummingbird -> feeder`` on the optimising model."""
     m = pair.optimised
     b, a = m["before"], m["after"]
-    return (f"{pair.mode}: p(k) {fmt(b['probability'])} -> {fmt(a['probability'])}, alpha {fmt(b['alpha'])} -> "
+    how = "DVCE " if pair.engine == "diffusion" else ""
+    return (f"{how}{pair.mode}: p(k) {fmt(b['probability'])} -> {fmt(a['probability'])}, alpha {fmt(b['alpha'])} -> "
             f"{fmt(a['alpha'])}, top-1 {b['top1_name']} -> {a['top1_name']} ({m['spec']})")
 
 

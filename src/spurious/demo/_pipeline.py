@@ -173,12 +173,14 @@ class _Settings:
     top_n: int
     per_component: int
     counterfactual_images: int
+    dvce_steps: int  # the diffusion chain's length for the DVCE pairs (half of it is run: DVCE's t_start)
+    tiny_diffusion: bool  # the DVCE pairs use the tiny diffusion recipe (32 px, like the fast demo's data)
 
 
 _DEFAULT = _Settings(candidates=16, keep=8, steps=50, top_images=5, top_n=100, per_component=40,
-                     counterfactual_images=2)
+                     counterfactual_images=2, dvce_steps=200, tiny_diffusion=False)
 _FAST = _Settings(candidates=8, keep=4, steps=10, top_images=5, top_n=30, per_component=10,
-                  counterfactual_images=1)
+                  counterfactual_images=1, dvce_steps=20, tiny_diffusion=True)
 
 
 # ---------------------------------------------------------------------------- ground truth
@@ -536,17 +538,24 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
 
 def _counterfactuals(ws: Path, found: Sequence[FoundComponent], settings: _Settings, eval_spec: str,
                      progress: bool) -> None:
-    """Per found component, one remove-pair and one add-pair on the robust model (the demo report and the
-    inspection sheets show them), each also scored on the standard model."""
+    """Per found component, one remove-pair and one add-pair on the robust model with the image-space engine,
+    and one add-pair with the diffusion engine (DVCE on the embedded diffusion model, its tiny recipe under
+    --fast: the component painted onto a validation image of another class); the demo report and the
+    inspection sheets show them, each also scored on the standard model."""
     from spurious.counterfactual import counterfactual
+    from spurious.demo.diffusion import DemoDiffusionConfig, train_demo_diffusion
 
+    recipe = DemoDiffusionConfig.tiny() if settings.tiny_diffusion else None  # the shipped one, on the default data
+    diffusion = train_demo_diffusion(recipe, progress=progress).path if found else None
     for f in found:
-        for mode in ("remove", "add"):
+        for mode, engine in (("remove", "image"), ("add", "image"), ("add", "diffusion")):
+            extra: dict[str, Any] = ({"engine": "diffusion", "diffusion": diffusion, "diffusion_steps": settings.dvce_steps}
+                                     if engine == "diffusion" else {"steps": settings.steps})
             try:
                 counterfactual(ws, f.class_index, f.component, mode=mode, n_images=settings.counterfactual_images,
-                               steps=settings.steps, eval_models=[eval_spec], progress=progress)
+                               eval_models=[eval_spec], progress=progress, **extra)
             except ValueError as err:  # e.g. no start image left: the report then shows no pair, and says why here
-                warnings.warn(f"demo: no {mode}-counterfactual for class {f.class_name}, component {f.component}: "
+                warnings.warn(f"demo: no {mode}-counterfactual ({engine} engine) for class {f.class_name}, component {f.component}: "
                               f"{err}", RuntimeWarning, stacklevel=2)
 
 

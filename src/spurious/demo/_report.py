@@ -156,7 +156,9 @@ def write_report(out: Path, result: Any, scored: dict[str, Any]) -> Path:
                      "images, each followed by its GradCAM heatmap (where the component looks); then its counterfactuals "
                      "on real images: the component removed from a training image that shows it, and added to a "
                      "validation image of the class the model confuses most with this one (robust model, "
-                     "`spurious counterfactual`), with p(class) before and after.</p>")
+                     "`spurious counterfactual`), with p(class) before and after; last, marked DVCE, the component "
+                     "painted onto such an image by the diffusion engine (Appendix H: guided denoising with the "
+                     "embedded diffusion model, `spurious counterfactual --engine diffusion`).</p>")
         pairs = shown_pairs(out / ROBUST_WS)  # one read of the counterfactual index for every card
         parts.extend(_found_card(f, out, report_dir, pairs) for f in result.found)
     else:
