@@ -71,7 +71,7 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     y = torch.tensor([k for k in range(len(CLASSES)) for _ in range(16)])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
-    for step in range(30):
+    for step in range(80):  # 30 steps left BatchNorm's running stats unsettled: 0.75 accuracy on one CPU, 1.0 on another
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(step))[:32]
         loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
