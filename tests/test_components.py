@@ -18,6 +18,7 @@ import pytest
 from spurious.components import (
     COMPONENTS_FORMAT,
     ComponentSet,
+    agreed_component_set,
     components_from_labels,
     import_components,
     labelled_components,
@@ -200,7 +201,7 @@ def test_components_from_labels_and_the_store_export_agree(ws: Workspace, tmp_pa
     assert (cs.classes, cs.model_fingerprint) == ({1: [4]}, ws.model_fingerprint)
     assert cs.source == "labels: 2 labelers, min_agree=2" and cs.path == str(ws.root / "labels.sqlite")
     assert components_from_labels(ws, min_agree=1).classes == {1: [2, 4]}
-    store.export_components(tmp_path / "export.json")
+    agreed_component_set(store).save(tmp_path / "export.json")
     assert load_components(tmp_path / "export.json") == cs  # the label UI's file is a component-set file
 
 

@@ -514,17 +514,16 @@ def test_components_from_labels(source: dict, tmp_path: Path, monkeypatch: pytes
     with pytest.raises(ValueError, match="no component of .* has 2 agreeing 'spurious' verdicts"):
         components_from_labels(ws)
     fp = Workspace.open(ws).model_fingerprint
-    doc = {"format": "spurious-components", "version": 1, "model_fingerprint": fp,
-           "classes": {"0": [2], "1": []}, "source": "labels: 2 labelers, min_agree=2"}
     seen = []
-    monkeypatch.setattr(LabelStore, "components_document", lambda self, m: seen.append(m) or doc)
+    monkeypatch.setattr(LabelStore, "agreed_components", lambda self, m: seen.append(m) or {0: [2], 1: []})
+    monkeypatch.setattr(LabelStore, "labeler_count", lambda self, task="review": 2)
     comps = components_from_labels(ws, min_agree=3)
     assert seen == [3] and comps.classes == {0: [2]} and comps.model_fingerprint == fp
     r = fix(ws, comps, precision="float64")
     x = np.abs(np.random.default_rng(1).normal(2, 1.5, (3, D)))
     want = _oracle_fixed(phi, labels, W, b, x, {0: [2]})
     np.testing.assert_allclose(_apply(load_fix(r.path), x, W, b), want, rtol=1e-9, atol=1e-9)
-    assert r.source["components_source"] == "labels: 2 labelers, min_agree=2"
+    assert r.source["components_source"] == "labels: 2 labelers, min_agree=3"
 
 
 def test_transfer_zero_direction_and_missing_inputs(source: dict, tmp_path: Path) -> None:

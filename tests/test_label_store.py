@@ -318,13 +318,19 @@ def _place_some(store: LabelStore) -> None:
     store.set_image_verdict("ann", 0, 3, "pool/p_0_3_0.png", "in")
 
 
-def test_export_components_is_the_fix_component_set(store: LabelStore, ws: Workspace, tmp_path: Path) -> None:
+def test_the_agreed_components_are_the_fix_component_set(store: LabelStore, ws: Workspace, tmp_path: Path) -> None:
+    from spurious.components import agreed_component_set
+
     _place_some(store)
-    doc = store.export_components(tmp_path / "out" / "comps.json")
+    agreed_component_set(store).save(tmp_path / "out" / "comps.json")
     on_disk = json.loads((tmp_path / "out" / "comps.json").read_text())
-    assert on_disk == doc == {"format": "spurious-components", "version": 1,
-                              "model_fingerprint": ws.model_fingerprint, "classes": {"0": [1]},
-                              "source": "labels: 2 labelers, min_agree=2"}
+    assert on_disk == {"format": "spurious-components", "version": 1,
+                       "model_fingerprint": ws.model_fingerprint, "classes": {"0": [1]},
+                       "source": "labels: 2 labelers, min_agree=2"}
+    assert store.labeler_count("review") == 2 and store.labeler_count("curate") == len(
+        {r["labeler"] for r in store.verdict_rows() if r["task"] == "curate"})
+    with pytest.raises(ValueError, match="task must be"):
+        store.labeler_count("sheets")
 
 
 def test_export_labels_json_and_csv(store: LabelStore, tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "COMPONENTS_FORMAT",
     "ComponentSet",
     "ComponentSource",
+    "agreed_component_set",
     "components_from_labels",
     "import_components",
     "labelled_components",
@@ -287,12 +288,27 @@ def import_components(path: str | os.PathLike[str], out: str | os.PathLike[str] 
     return comps
 
 
+def agreed_component_set(store: LabelStore, *, min_agree: int = 2) -> ComponentSet:
+    """The components at least ``min_agree`` labelers of ``store`` called "spurious", as a component set.
+
+    The one writer of the label store's component-set file: ``spurious label components --out``, the
+    label UI's ``/export/components.json`` and :func:`labelled_components` all go through it. Its
+    ``source`` is ``"labels: <n> labelers, min_agree=<m>"``, its model the workspace's.
+
+    Raises:
+        ValueError: ``min_agree`` is not an integer >= 1.
+    """
+    agreed = store.agreed_components(min_agree)
+    classes: dict[int | str, list[int]] = {int(k): [int(x) for x in ls] for k, ls in agreed.items() if ls}
+    return ComponentSet(classes, store.workspace.model_fingerprint,
+                        f"labels: {store.labeler_count('review')} labelers, min_agree={min_agree}", str(store.path))
+
+
 def labelled_components(workspace: str | os.PathLike[str] | Workspace, *, min_agree: int = 2) -> ComponentSet:
     """What the workspace's label store has agreed so far; an empty set when there is none.
 
-    The components at least ``min_agree`` labelers gave the verdict "spurious", read through
-    :meth:`spurious.label.LabelStore.components_document` (the document the label UI exports as a
-    component-set file). Unlike :func:`components_from_labels`, a workspace without a label store
+    The components at least ``min_agree`` labelers gave the verdict "spurious"
+    (:func:`agreed_component_set`, the set the label UI exports as a component-set file). Unlike :func:`components_from_labels`, a workspace without a label store
     or without agreed components gives a set with no class instead of an error (the fallback
     order of ``retrieve``).
 
@@ -304,18 +320,14 @@ def labelled_components(workspace: str | os.PathLike[str] | Workspace, *, min_ag
     db = ws.root / DB_NAME
     if not db.is_file():
         return ComponentSet({}, ws.model_fingerprint, f"labels of {ws.root} (no label store)", str(db))
-    doc = LabelStore(ws).components_document(min_agree)
-    classes: dict[int | str, list[int]] = {int(k): [int(x) for x in v] for k, v in doc["classes"].items() if v}
-    return ComponentSet(classes, doc.get("model_fingerprint"), str(doc.get("source") or f"labels of {ws.root}"),
-                        str(db))
+    return agreed_component_set(LabelStore(ws), min_agree=min_agree)
 
 
 def components_from_labels(workspace: str | os.PathLike[str] | Workspace, *, min_agree: int = 2) -> ComponentSet:
     """The agreed spurious components of the workspace's label store (``WS/labels.sqlite``, ``spurious label``).
 
-    A component counts when at least ``min_agree`` labelers gave it the verdict "spurious" (read
-    through :meth:`spurious.label.LabelStore.components_document`, the same document the label UI
-    exports as a component-set file).
+    A component counts when at least ``min_agree`` labelers gave it the verdict "spurious"
+    (:func:`agreed_component_set`, the same set the label UI exports as a component-set file).
 
     Raises:
         FileNotFoundError: no workspace, or no label store in it.

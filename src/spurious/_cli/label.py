@@ -126,8 +126,12 @@ def _cmd_label(args: argparse.Namespace) -> int:
         emit(args, {"path": str(store.path), **p}, [
             f"registered {p['components']} components and {p['candidates']} candidates -> {store.path}"])
     elif form == "components":
-        doc = store.export_components(args.out, min_agree=min_agree)
-        n = sum(len(v) for v in doc["classes"].values())
+        from spurious.components import agreed_component_set
+
+        comps = agreed_component_set(store, min_agree=min_agree)
+        comps.save(args.out)
+        doc = comps.to_dict()
+        n = comps.num_components
         emit(args, {"path": args.out, **doc}, [
             f"{n} agreed spurious components in {len(doc['classes'])} classes ({doc['source']}) -> {args.out}"])
     else:

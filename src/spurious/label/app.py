@@ -60,6 +60,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from spurious import __version__
 from spurious._io import JSONDict
+from spurious.components import agreed_component_set
 from spurious.label.guards import (
     MAX_BODY_BYTES,
     BodyLimit,
@@ -571,7 +572,7 @@ def create_app(workspace: str | os.PathLike[str] | Workspace, *, sync: bool = Tr
     @app.get("/export/components.json")
     def export_components(request: Request) -> JSONResponse:
         need_labeler(request)
-        return JSONResponse(store.components_document(min_agree),
+        return JSONResponse(agreed_component_set(store, min_agree=min_agree).to_dict(),
                             headers={"Content-Disposition": 'attachment; filename="components.json"'})
 
     @app.get("/favicon.ico", include_in_schema=False)

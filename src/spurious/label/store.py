@@ -1361,32 +1361,15 @@ class LabelStore:
                 **self.curate_counts(labeler, min_agree=min_agree)}
 
     # ------------------------------------------------------------------ exports
-    def _n_labelers(self, task: str) -> int:
+    def labeler_count(self, task: str = "review") -> int:
+        """How many labelers gave at least one verdict in ``task`` (``"review"`` or ``"curate"``). The
+        component-set file of the agreed components (:func:`spurious.components.agreed_component_set`)
+        names it in its ``source``."""
+        if task not in ("review", "curate"):
+            raise ValueError(f"task must be 'review' or 'curate', got {task!r}")
         table = "component_verdicts" if task == "review" else "image_verdicts"
         with self._connect() as con:
             return int(con.execute(f"SELECT count(DISTINCT labeler) FROM {table}").fetchone()[0])
-
-    def components_document(self, min_agree: int = 2) -> JSONDict:
-        """The component-set document that :meth:`export_components` writes (for ``spurious fix``)."""
-        agreed = self.agreed_components(min_agree)
-        return {
-            "format": "spurious-components",
-            "version": 1,
-            "model_fingerprint": self.workspace.model_fingerprint,
-            "classes": {str(k): ls for k, ls in agreed.items()},
-            "source": f"labels: {self._n_labelers('review')} labelers, min_agree={min_agree}",
-        }
-
-    def export_components(self, path: str | os.PathLike[str], min_agree: int = 2) -> JSONDict:
-        """Write the agreed spurious components as the component-set file used by ``spurious fix``.
-
-        Format: ``{"format": "spurious-components", "version": 1, "model_fingerprint": ...,
-        "classes": {"<k>": [l, ...]}, "source": "labels: <n> labelers, min_agree=<m>"}``.
-        Returns the written document.
-        """
-        doc = self.components_document(min_agree)
-        write_json(path, doc)
-        return doc
 
     def verdict_rows(self, min_agree: int = 2) -> list[JSONDict]:
         """Every current verdict as a flat record (the CSV export), review first, then curation.
