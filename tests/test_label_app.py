@@ -437,6 +437,8 @@ def test_cli_exports(ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, err = _cli(capsys, "label", "sync", root, "--json")
     assert code == 0, err
     assert json.loads(out)["components"] == 5 and json.loads(out)["candidates"] == 7
+    code, out, err = _cli(capsys, "label", "sync", root)  # the summary comes from the SyncResult
+    assert code == 0 and out.strip().startswith("registered 5 components and 7 candidates of ")
     store = LabelStore(root)
     for who in ("ann", "bob"):
         store.set_component_verdict(who, 1, 5, "spurious")
@@ -445,6 +447,10 @@ def test_cli_exports(ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0, err
     assert "1 agreed spurious components in 1 classes" in out
     assert json.loads((tmp_path / "c.json").read_text())["classes"] == {"1": [5]}
+    code, out, err = _cli(capsys, "label", "export", root, "--out", str(tmp_path / "l.csv"))
+    assert code == 0, err
+    assert out.splitlines() == [f"labels of 2 labelers -> {tmp_path / 'l.csv'}",
+                                "1 agreed spurious components, 1 accepted images (min_agree=2)"]
     code, out, err = _cli(capsys, "label", "export", root, "--out", str(tmp_path / "l.csv"), "--json")
     assert code == 0, err
     assert json.loads(out) == {"path": str(tmp_path / "l.csv"), "labelers": ["ann", "bob"], "agreed_components": 1,

@@ -333,6 +333,18 @@ def test_the_agreed_components_are_the_fix_component_set(store: LabelStore, ws: 
         store.labeler_count("sheets")
 
 
+def test_label_counts_against_the_agreed_sets(store: LabelStore) -> None:
+    _place_some(store)
+    for m in (1, 2, 3):
+        counts = store.label_counts(m)
+        agreed, accepted = store.agreed_components(m), store.accepted_images(m)
+        assert counts.to_dict() == {"labelers": store.labelers(),
+                                    "agreed_components": sum(map(len, agreed.values())),
+                                    "accepted_images": sum(map(len, accepted.values()))}
+        assert counts.summary_lines()[1].endswith(f"(min_agree={m})")
+    assert store.label_counts(2).agreed_components == 1  # _place_some: two labelers agree on (0, 1)
+
+
 def test_export_labels_json_and_csv(store: LabelStore, tmp_path: Path) -> None:
     _place_some(store)
     doc = json.loads(store.export_labels(tmp_path / "labels.json").read_text())

@@ -80,6 +80,11 @@ class ComponentSet:
         """Number of ``(k, l)`` pairs over all classes."""
         return sum(len(v) for v in self.classes.values())
 
+    def summary_lines(self, path: str | os.PathLike[str] | None = None, *, kind: str = "components") -> list[str]:
+        """One line: ``N <kind> in M classes (source)`` and ``-> path`` when given."""
+        where = f" -> {path}" if path is not None else ""
+        return [f"{self.num_components} {kind} in {len(self.classes)} classes ({self.source}){where}"]
+
     def to_dict(self) -> JSONDict:
         """The component-set file document: ``format``, ``version``, ``model_fingerprint``, ``classes``, ``source``."""
         return {"format": COMPONENTS_FORMAT, "version": _VERSION, "model_fingerprint": self.model_fingerprint,

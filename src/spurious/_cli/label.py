@@ -120,31 +120,21 @@ def _cmd_label(args: argparse.Namespace) -> int:
     from spurious.label import LabelStore
 
     min_agree = resolve(args.min_agree)
-    store = LabelStore(args.path, sync=form == "sync")
+    store = LabelStore(args.path)
     if form == "sync":
-        p = store.progress()
-        emit(args, {"path": str(store.path), **p}, [
-            f"registered {p['components']} components and {p['candidates']} candidates -> {store.path}"])
+        synced = store.sync()
+        emit(args, {"path": str(store.path), **store.progress()}, synced.summary_lines(store.path))
     elif form == "components":
         from spurious.components import agreed_component_set
 
         comps = agreed_component_set(store, min_agree=min_agree)
         comps.save(args.out)
-        doc = comps.to_dict()
-        n = comps.num_components
-        emit(args, {"path": args.out, **doc}, [
-            f"{n} agreed spurious components in {len(doc['classes'])} classes ({doc['source']}) -> {args.out}"])
+        emit(args, {"path": args.out, **comps.to_dict()},
+             comps.summary_lines(args.out, kind="agreed spurious components"))
     else:
         path = store.export_labels(args.out, format=args.format, min_agree=min_agree)
-        agreed = store.agreed_components(min_agree)
-        accepted = store.accepted_images(min_agree)
-        labelers = store.labelers()
-        n_agreed = sum(len(v) for v in agreed.values())
-        n_accepted = sum(len(v) for v in accepted.values())
-        emit(args, {"path": str(path), "labelers": labelers, "agreed_components": n_agreed,
-                    "accepted_images": n_accepted}, [
-            f"labels of {len(labelers)} labelers -> {path}",
-            f"{n_agreed} agreed spurious components, {n_accepted} accepted images (min_agree={min_agree})"])
+        counts = store.label_counts(min_agree)
+        emit(args, {"path": str(path), **counts.to_dict()}, counts.summary_lines(path))
     return 0
 
 

@@ -195,6 +195,34 @@ class SyncResult:
     files: int
     classes: list[int]
 
+    def summary_lines(self, path: str | os.PathLike[str] | None = None) -> list[str]:
+        """One line: what is registered (``-> path``, the label store, when given)."""
+        where = f" -> {path}" if path is not None else ""
+        return [f"registered {self.components} components and {self.candidates} candidates of "
+                f"{len(self.classes)} classes{where}"]
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """What the verdicts decided so far (:meth:`LabelStore.label_counts`; what ``spurious label export`` reports)."""
+
+    labelers: list[str]
+    agreed_components: int
+    accepted_images: int
+    min_agree: int
+
+    def to_dict(self) -> JSONDict:
+        """``labelers``, ``agreed_components``, ``accepted_images`` (the counts)."""
+        return {"labelers": list(self.labelers), "agreed_components": self.agreed_components,
+                "accepted_images": self.accepted_images}
+
+    def summary_lines(self, path: str | os.PathLike[str] | None = None) -> list[str]:
+        """Who labelled (``-> path``, the export, when given) and what they agreed on."""
+        where = f" -> {path}" if path is not None else ""
+        return [f"labels of {len(self.labelers)} labelers{where}",
+                f"{self.agreed_components} agreed spurious components, {self.accepted_images} accepted images "
+                f"(min_agree={self.min_agree})"]
+
 
 @dataclass(frozen=True)
 class ComponentRow:
@@ -902,6 +930,13 @@ class LabelStore:
         """The names of every identity (who gave a verdict, signed in or was invited), sorted."""
         with self._connect() as con:
             return [r[0] for r in con.execute("SELECT name FROM labelers ORDER BY name")]
+
+    def label_counts(self, min_agree: int = 2) -> LabelCounts:
+        """The labelers, and how many components they agreed are spurious and images they accepted."""
+        agreed = self.agreed_components(min_agree)
+        accepted = self.accepted_images(min_agree)
+        return LabelCounts(self.labelers(), sum(len(v) for v in agreed.values()),
+                           sum(len(v) for v in accepted.values()), min_agree)
 
     def identities(self) -> list[Labeler]:
         """Every identity with its kind, creation time and removal time, sorted by name."""
