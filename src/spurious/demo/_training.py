@@ -51,7 +51,7 @@ from torch import Tensor
 
 from spurious.datasets import image_folder, load_image
 from spurious.demo._network import DemoNet
-from spurious.demo.planted import PlantedConfig, PlantedDataset
+from spurious.demo.planted import PlantedConfig, PlantedDataset, config_from_dict
 from spurious.models import Preprocessing
 
 __all__ = [
@@ -232,14 +232,7 @@ class DemoTrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> DemoTrainConfig:
         """Inverse of :meth:`to_dict` (unknown keys raise ``ValueError``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown DemoTrainConfig keys {unknown}; valid keys: {sorted(names)}")
-        kwargs: dict[str, Any] = dict(d)
-        if "planted" in kwargs and not isinstance(kwargs["planted"], PlantedConfig):
-            kwargs["planted"] = PlantedConfig(**kwargs["planted"])
-        return cls(**kwargs)
+        return config_from_dict(cls, d)
 
     def cache_key(self) -> str:
         """16 hex digits: sha256 of this config, the planted config hash and the code version."""

@@ -52,7 +52,12 @@ from torch import Tensor
 
 from spurious._io import atomic_path, make_temp_dir, read_json, sha256_file, write_json
 from spurious._io import cache_dir as _default_cache_dir
-from spurious.demo.planted import PlantedConfig, PlantedDataset, generate_planted
+from spurious.demo.planted import (
+    PlantedConfig,
+    PlantedDataset,
+    config_from_dict,
+    generate_planted,
+)
 
 __all__ = [
     "DIFFUSION_CODE_VERSION",
@@ -201,14 +206,7 @@ class DemoDiffusionConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> DemoDiffusionConfig:
         """Inverse of :meth:`to_dict` (unknown keys raise ``ValueError``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown DemoDiffusionConfig keys {unknown}; valid keys: {sorted(names)}")
-        kwargs: dict[str, Any] = dict(d)
-        if "planted" in kwargs and not isinstance(kwargs["planted"], PlantedConfig):
-            kwargs["planted"] = PlantedConfig(**kwargs["planted"])
-        return cls(**kwargs)
+        return config_from_dict(cls, d)
 
     def cache_key(self) -> str:
         """16 hex digits: sha256 of this config (``checkpoint_every`` left out: it changes no weight),

@@ -461,24 +461,34 @@ def _warn_skipped(per_class: list[ClassScore], first_label: str, bench: Benchmar
 
 
 # ----------------------------------------------------------------------------- the stage
-def _check_out(out: Path) -> None:
+def check_out_folder(out: Path, stage: str, what: str, *, ignore: frozenset[str] = frozenset()) -> None:
+    """Refuse an output folder that is a file, or that holds something other than this stage's output.
+
+    A missing or empty folder (or one holding only ``ignore``) is fine; otherwise its ``manifest.json``
+    must name ``stage`` (a rerun of the same stage resumes there). ``what`` names the stage's output in
+    the message (``"a score output folder (no manifest.json of the score stage)"``).
+    """
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} is a file; pass a folder (--out DIR)")
     if not out.is_dir():
         return
     entries = {p.name for p in out.iterdir()}
-    if not entries or entries <= {"inputs"}:
+    if not entries or entries <= ignore:
         return
     manifest = out / "manifest.json"
-    stage = None
+    found = None
     if manifest.is_file():
         try:
-            stage = read_json(manifest).get("stage")
+            found = read_json(manifest).get("stage")
         except (ValueError, OSError):
-            stage = None
-    if stage != "score":
-        raise ValueError(f"{out} exists and is not a score output folder (no manifest.json of the score stage); "
-                         "pass an empty or new folder as out (--out DIR)")
+            found = None
+    if found != stage:
+        raise ValueError(f"{out} exists and is not {what}; pass an empty or new folder as out (--out DIR)")
+
+
+def _check_out(out: Path) -> None:
+    check_out_folder(out, "score", "a score output folder (no manifest.json of the score stage)",
+                     ignore=frozenset({"inputs"}))
 
 
 def _resolve_models(

@@ -48,7 +48,14 @@ from spurious.agreement import Agreement
 
 from ._inputs import ClassMapSpec, DatasetSpec, check_paths, resolve_inputs
 from ._result import ClassScore, ScoreResult, ScoreRow
-from ._stage import ORIGINAL, PROTOCOLS, _head_key, _load_fix_heads, score
+from ._stage import (
+    ORIGINAL,
+    PROTOCOLS,
+    _head_key,
+    _load_fix_heads,
+    check_out_folder,
+    score,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -415,20 +422,7 @@ def _zoo_row(model: ZooModel, protocol: str, result: JSONDict | None, status: st
 
 # ----------------------------------------------------------------------------- the run
 def _check_zoo_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} is a file; pass a folder (--out DIR)")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    manifest = out / "manifest.json"
-    stage = None
-    if manifest.is_file():
-        try:
-            stage = read_json(manifest).get("stage")
-        except (ValueError, OSError):
-            stage = None
-    if stage != "score-zoo":
-        raise ValueError(f"{out} exists and is not a zoo output folder (no manifest.json of score --zoo); pass an "
-                         "empty or new folder as out (--out DIR)")
+    check_out_folder(out, "score-zoo", "a zoo output folder (no manifest.json of score --zoo)")
 
 
 def _checked_checkpoints(checkpoints: Mapping[str, str | os.PathLike[str]] | None,

@@ -19,10 +19,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -39,6 +39,7 @@ __all__ = [
     "PlantedFeatureBox",
     "SpuriousFeature",
     "GROUP_PARTS",
+    "config_from_dict",
     "generate_planted",
     "load_planted",
     "write_planted_groups",
@@ -122,6 +123,25 @@ PLANTED_FEATURES: tuple[SpuriousFeature, ...] = (
     ),
 )
 """The planted features; the index of a feature here is the last token of its spurious folders."""
+
+
+_Config = TypeVar("_Config")
+
+
+def config_from_dict(cls: type[_Config], d: Mapping[str, object]) -> _Config:
+    """A dataclass config that trains on planted data (a ``planted`` field), from its ``to_dict()``.
+
+    The ``planted`` entry may be a :class:`PlantedConfig` or its dict. Unknown keys raise ``ValueError``
+    (naming the valid ones); the dataclass's own ``__post_init__`` checks the values.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
+    kwargs: dict[str, Any] = dict(d)
+    if "planted" in kwargs and not isinstance(kwargs["planted"], PlantedConfig):
+        kwargs["planted"] = PlantedConfig(**kwargs["planted"])
+    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
