@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -257,7 +256,7 @@ def counterfactual_images(classifier: Classifier, basis: ClassBasis, component: 
                            after=score_images(classifier, basis, component, out, batch_size))
 
 
-def check_start_images(x0: Any, classifier: Classifier) -> None:
+def check_start_images(x0: object, classifier: Classifier) -> None:
     if not isinstance(x0, Tensor) or not x0.is_floating_point():
         raise TypeError(f"start images must be a float torch.Tensor [N, 3, H, W] in [0, 1], got "
                         f"{type(x0).__name__ if not isinstance(x0, Tensor) else x0.dtype}")
