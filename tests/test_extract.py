@@ -121,12 +121,6 @@ def _save_checkpoint(tmp_path: Path) -> str:
     return f"timm:test_resnet@{path}"
 
 
-def _cli(*args: str, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "spurious", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, **kw)
-
-
 @pytest.mark.slow
 def test_sigkill_half_way_then_rerun(tmp_path: Path) -> None:
     data = write_images(tmp_path / "data", {"x": 40, "y": 40}, size=64)
@@ -146,9 +140,11 @@ def test_sigkill_half_way_then_rerun(tmp_path: Path) -> None:
     done = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.json")}
     assert 3 <= len(done) < 20, "the run must be killed half-way"
     assert not (shards.parent / "manifest.json").exists()
-    r = _cli(*args, "--json")
-    assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout)
+    from conftest import cli_in_process  # the rerun needs no process of its own (the killed run had one)
+
+    code, out, err = cli_in_process([*args, "--json"])
+    assert code == 0, err
+    summary = json.loads(out)
     assert summary["shards_reused"] == len(done) and summary["shards_computed"] == 20 - len(done)
     assert {p.name: p.stat().st_mtime_ns for p in shards.glob("*.json") if p.name in done} == done
     store = FeatureStore(summary["path"])
