@@ -333,16 +333,15 @@ def test_the_agreed_components_are_the_fix_component_set(store: LabelStore, ws: 
         store.labeler_count("sheets")
 
 
-def test_label_counts_against_the_agreed_sets(store: LabelStore) -> None:
+def test_label_counts_against_the_placed_verdicts(store: LabelStore) -> None:
     _place_some(store)
-    for m in (1, 2, 3):
+    # _place_some: ann and bob call (0, 1) spurious and say "out" on one image; ann alone calls (1, 2) core
+    # and says "in" on another image: one agreed component and one accepted image up to min_agree 2, none at 3
+    for m, n in ((1, 1), (2, 1), (3, 0)):
         counts = store.label_counts(m)
-        agreed, accepted = store.agreed_components(m), store.accepted_images(m)
-        assert counts.to_dict() == {"labelers": store.labelers(),
-                                    "agreed_components": sum(map(len, agreed.values())),
-                                    "accepted_images": sum(map(len, accepted.values()))}
-        assert counts.summary_lines()[1].endswith(f"(min_agree={m})")
-    assert store.label_counts(2).agreed_components == 1  # _place_some: two labelers agree on (0, 1)
+        assert counts.to_dict() == {"labelers": ["ann", "bob"], "agreed_components": n, "accepted_images": n}
+        assert counts.summary_lines("x.csv") == ["labels of 2 labelers -> x.csv",
+                                                 f"{n} agreed spurious components, {n} accepted images (min_agree={m})"]
 
 
 def test_export_labels_json_and_csv(store: LabelStore, tmp_path: Path) -> None:

@@ -497,3 +497,17 @@ def test_no_shipped_weights_for_tiny_or_retrain(standard_tiny: DemoModelInfo, ca
     assert _models.shipped_checkpoint(DemoTrainConfig.for_variant("standard", tiny=True)) is None
     again = _models.train_demo_model("standard", tiny=True, cache_dir=cache, progress=False, use_shipped=False)
     assert not again.shipped and again.path == standard_tiny.path and "@" in again.spec
+
+
+def test_demo_configs_from_dict_round_trip_and_name_unknown_keys() -> None:
+    from spurious.demo.diffusion import DemoDiffusionConfig
+    from spurious.demo.planted import config_from_dict
+
+    for config in (DemoTrainConfig.for_variant("robust", tiny=True), DemoDiffusionConfig.tiny()):
+        d = json.loads(json.dumps(config.to_dict()))  # as a JSON file holds it: the planted config a dict
+        assert isinstance(d["planted"], dict)
+        back = type(config).from_dict(d)
+        assert back == config and isinstance(back.planted, PlantedConfig)
+        assert config_from_dict(type(config), {**d, "planted": config.planted}) == config
+        with pytest.raises(ValueError, match=rf"unknown {type(config).__name__} keys \['nope'\]; valid keys: .*'seed'"):
+            type(config).from_dict({**d, "nope": 1})

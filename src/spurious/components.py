@@ -313,9 +313,9 @@ def labelled_components(workspace: str | os.PathLike[str] | Workspace, *, min_ag
     """What the workspace's label store has agreed so far; an empty set when there is none.
 
     The components at least ``min_agree`` labelers gave the verdict "spurious"
-    (:func:`agreed_component_set`, the set the label UI exports as a component-set file). Unlike :func:`components_from_labels`, a workspace without a label store
-    or without agreed components gives a set with no class instead of an error (the fallback
-    order of ``retrieve``).
+    (:func:`agreed_component_set`, the set the label UI exports as a component-set file). Unlike
+    :func:`components_from_labels`, a workspace without a label store or without agreed components
+    gives a set with no class instead of an error (the fallback order of ``retrieve``).
 
     Raises:
         FileNotFoundError: no workspace.

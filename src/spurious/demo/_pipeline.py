@@ -32,7 +32,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -532,8 +532,8 @@ def prepare_workspaces(out: str | os.PathLike[str] = "demo-out", *, fast: bool =
             extract(ws_dirs[variant], model=clf, data=data[split], split=split, num_workers=0, progress=progress)
         npca(ws_dirs[variant], split="train", n_components="all", precision="float64", progress=progress)
         identity[variant] = _logit_identity(ws_dirs[variant])
-    _check_trained_on(infos.values(), planted.content_hash,
-                      {info.spec: _val_accuracy_per_class(ws_dirs[v]) for v, info in infos.items()})
+    ws_of = {info.spec: ws_dirs[v] for v, info in infos.items()}
+    _check_trained_on(infos.values(), planted.content_hash, lambda spec: _val_accuracy_per_class(ws_of[spec]))
     return PreparedWorkspaces(str(planted.root), ws_dirs, infos, identity)
 
 
@@ -556,8 +556,8 @@ def _counterfactuals(ws: Path, found: Sequence[FoundComponent], settings: _Setti
                 counterfactual(ws, f.class_index, f.component, mode=mode, n_images=settings.counterfactual_images,
                                eval_models=[eval_spec], progress=progress, **extra)
             except ValueError as err:  # e.g. no start image left: the report then shows no pair, and says why here
-                warnings.warn(f"demo: no {mode}-counterfactual ({engine} engine) for class {f.class_name}, component {f.component}: "
-                              f"{err}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"demo: no {mode}-counterfactual ({engine} engine) for class {f.class_name}, "
+                              f"component {f.component}: {err}", RuntimeWarning, stacklevel=2)
 
 
 def _val_accuracy_per_class(ws_dir: Path) -> list[float]:
@@ -571,12 +571,13 @@ def _val_accuracy_per_class(ws_dir: Path) -> list[float]:
 
 
 def _check_trained_on(infos: Iterable[DemoModelInfo], content_hash: str,
-                      measured: dict[str, list[float]] | None = None) -> None:
+                      measure: Callable[[str], list[float] | None] | None = None) -> None:
     """Warn when the planted data generated here are not the data a demo model was trained on.
 
     The planted images are drawn with floating-point numpy math whose last bits can differ between CPUs
-    (SIMD code paths), so another machine can draw a few pixels differently. ``measured`` (the model's
-    val accuracy per class on the data here, by spec) says how much that matters: within one image per
+    (SIMD code paths), so another machine can draw a few pixels differently. ``measure(spec)`` (the model's
+    val accuracy per class on the data here; called only for a model whose data differ) says how much
+    that matters: within one image per
     class of the accuracy recorded at training, the warning says the figures should match; otherwise it
     says they will not, with both accuracies.
     """
@@ -588,7 +589,7 @@ def _check_trained_on(infos: Iterable[DemoModelInfo], content_hash: str,
                 f"{info.spec} was trained on ({trained_on[:16]})")
         evidence = info.evidence or {}
         recorded = evidence.get("val_accuracy_per_class")
-        here = (measured or {}).get(info.spec)
+        here = measure(info.spec) if measure is not None else None
         if recorded and here and len(recorded) == len(here):
             n_val = int(evidence.get("num_val") or 0)
             slack = 1.0 / max(n_val // len(recorded), 1) + 1e-6  # one image of a class
