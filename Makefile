@@ -22,11 +22,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/spurious demo --out demo-out
 
-# Serial: on 2 vCPUs two xdist workers were no faster (docs/benchmarks.md). The suite is xdist-safe
-# (tests/conftest.py shares the session artifacts under a file lock): `pytest -n auto --dist loadfile`
-# on a machine with more cores.
+# Two xdist workers of one CPU thread each (tests/conftest.py shares the cores out): on 2 vCPUs this is
+# ~1.3x faster than one serial process (docs/benchmarks.md). `make test TEST_WORKERS=8` on more cores;
+# `TEST_WORKERS=0` runs serially. --dist loadfile keeps a file's module fixtures in one worker.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 check: $(STAMP)
 	$(BIN)/ruff check src

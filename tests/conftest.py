@@ -17,7 +17,14 @@ from PIL import Image
 if TYPE_CHECKING:
     from spurious.demo.train import DemoModelInfo
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# CPU threads per test process: 2 (the CI machine's cores) when serial; under pytest-xdist the cores
+# are shared out among the workers (``make test`` runs two workers on 2 vCPUs: one thread each), as
+# two workers of two threads each on two cores are slower than one (oversubscription). Subprocesses
+# that tests start inherit OMP_NUM_THREADS.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def write_images(root: Path, per_class: dict[str, int], *, size: int = 40, seed: int = 0) -> Path:
@@ -196,6 +203,29 @@ def fast_demo(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> 
         os.chdir(here)
     assert code == 0, stderr.getvalue()[-3000:]
     return FastDemo(argv, cwd, cwd / argv[argv.index("--out") + 1], json.loads(stdout.getvalue()))
+
+
+@pytest.fixture(scope="session")
+def planted_ws(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
+    """The tiny planted data with the tiny robust demo model (cached), train features and npca (L=6).
+
+    Shared by the visualize tests and the torchrun test (tests/test_dist.py); copy it before writing
+    anything but its ``visualize`` stage.
+    """
+    from spurious.datasets import image_folder
+    from spurious.demo.planted import load_planted
+    from spurious.demo.train import train_demo_model
+    from spurious.extract import extract
+    from spurious.models import load_model
+    from spurious.npca import npca
+
+    info = train_demo_model("robust", tiny=True, progress=False)
+    planted = load_planted(info.planted_root)
+    ws = tmp_path_factory.mktemp("vis-planted") / "ws"
+    extract(ws, model=load_model(info.spec), data=image_folder(planted.train, class_names=planted.class_folders),
+            num_workers=0, progress=False)
+    npca(ws, n_components=6, progress=False)
+    return ws
 
 
 def copy_demo_out(demo: FastDemo, dest: Path) -> Path:

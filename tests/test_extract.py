@@ -1,4 +1,5 @@
-"""extract: store contents against direct model runs, resumption after crashes, torchrun, errors."""
+"""extract: store contents against direct model runs, resumption after crashes, errors
+(torchrun: tests/test_dist.py)."""
 
 from __future__ import annotations
 
@@ -152,33 +153,6 @@ def test_sigkill_half_way_then_rerun(tmp_path: Path) -> None:
     assert store.ids == sorted(open_dataset(data).records[i].id for i in range(80))
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_equals_single_process(tmp_path: Path) -> None:
-    data = write_images(tmp_path / "data", {"x": 9, "y": 8}, size=48)
-    spec = _save_checkpoint(tmp_path)
-    common = ["--model", spec, "--data", str(data), "--shard-size", "3", "--batch-size", "2", "--workers", "0",
-              "--no-progress", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                           "-m", "spurious", "extract", str(tmp_path / "ws_dist"), *common, "--json"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert dist.returncode == 0, dist.stderr[-3000:]
-    summary = json.loads(dist.stdout)
-    assert summary["world_size"] == 2 and summary["num_rows"] == 17
-    from conftest import cli_in_process  # the single-process side needs no process of its own
-
-    code, _, err = cli_in_process(["extract", str(tmp_path / "ws_one"), *common])
-    assert code == 0, err
-    a = FeatureStore(tmp_path / "ws_dist" / "features" / "train")
-    b = FeatureStore(tmp_path / "ws_one" / "features" / "train")
-    assert a.ids == b.ids
-    np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
-    np.testing.assert_allclose(a.phi().astype(np.float32), b.phi().astype(np.float32), rtol=1e-3, atol=1e-3)
-    np.testing.assert_array_equal(a.topk()[0], b.topk()[0])
-    for name in ("index.jsonl",):
-        assert (a.path / name).read_bytes() == (b.path / name).read_bytes()
-
-
 def test_refuses_other_model_or_other_data(tmp_path: Path, image_folder: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
     extract(tmp_path / "ws", model=tiny_model, data=image_folder, num_workers=0, progress=False)
     other = tiny_classifier(seed=1)
@@ -228,26 +202,3 @@ def test_shard_where_every_image_fails(tmp_path: Path, tiny_model) -> None:  # t
     assert store.ids == ["b/img_000.jpg", "b/img_001.png", "b/img_002.jpg"]
     np.testing.assert_array_equal(np.asarray(store.labels), [1, 1, 1])
     assert store.phi().shape == (3, 12)
-
-
-@pytest.mark.slow
-def test_torchrun_rank0_rejection_fails_every_rank_quickly(tmp_path: Path) -> None:
-    """An incompatible workspace is rejected on rank 0; rank 1 must not wait for the group timeout."""
-    import timm
-
-    data = write_images(tmp_path / "data", {"x": 3, "y": 3}, size=32)
-    spec_a = _save_checkpoint(tmp_path)
-    torch.manual_seed(1)
-    other = tmp_path / "other.pt"
-    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=5).state_dict(), other)
-    common = ["--data", str(data), "--workers", "0", "--no-progress", "--device", "cpu"]
-    from conftest import cli_in_process  # the workspace to reject needs no process of its own
-
-    assert cli_in_process(["extract", str(tmp_path / "ws"), "--model", spec_a, *common])[0] == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t = time.time()
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",
-                        "-m", "spurious", "extract", str(tmp_path / "ws"), "--model", f"timm:test_resnet@{other}",
-                        *common], capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
-    assert r.returncode != 0 and time.time() - t < 200
-    assert "was made with model" in r.stderr

@@ -214,32 +214,3 @@ def test_torch_linear_algebra_path_matches_numpy(n: int, d: int, monkeypatch: py
     np.testing.assert_allclose(basis.lam, ref_vals[:12], rtol=1e-8)
     dots = np.abs(np.sum(basis.v[:8] * ref_vecs[:, :8].T, axis=1))
     np.testing.assert_allclose(dots, 1.0, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_torchrun_two_ranks_split_classes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from spurious.npca import load_npca
-
-    ws = _ws(tmp_path, {"a": 9, "b": 30, "c": 6})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29527",
-                        "-m", "spurious", "npca", str(ws), "--components", "4", "--device", "cpu", "--no-progress"],
-                       capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    dist = load_npca(ws)
-    assert dist.classes == [0, 1, 2]
-    for k in dist.classes:
-        one = fit_class(_store_phi(ws, k), dist[k].w, dist[k].b, k=k, n_components=4)
-        np.testing.assert_allclose(dist[k].lam, one.lam, rtol=1e-5)
-
-
-def _store_phi(ws, k):  # type: ignore[no-untyped-def]
-    from spurious.workspace import Workspace
-
-    store = Workspace.open(ws).feature_store("train")
-    return store.phi(store.rows_of_class(k))

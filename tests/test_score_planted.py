@@ -1,11 +1,9 @@
-"""score end to end: the planted demo models through the CLI, a real ImageNet model on photos, torchrun."""
+"""score end to end: the planted demo models through the CLI, a real ImageNet model on photos
+(the torchrun run is in tests/test_dist.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,6 @@ from scipy.special import softmax
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from spurious.datasets import load_image
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _direct(spec: str, paths: list[Path]) -> np.ndarray:
@@ -126,31 +122,3 @@ def test_real_imagenet_model_on_photos(tmp_path: Path) -> None:
         y = np.r_[np.ones((vl == k).sum()), np.zeros((sl == k).sum())]
         assert c.auc == pytest.approx(roc_auc_score(y, np.r_[pv[vl == k, k], ps[sl == k, k]]), abs=1e-9)
     assert row.val_accuracy == pytest.approx(np.mean(lv.numpy().argmax(1) == vl))
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_equals_single_process(tmp_path: Path, demo_models: dict[str, object]) -> None:
-    # demo_models: the model is in the session cache before two ranks start (they would both train it)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_score import make_bench
-
-    spu, val = make_bench(tmp_path)
-    common = ["--model", "demo:standard-tiny", "--spurious", str(spu), "--val", str(val), "--chunk-size", "2",
-              "--batch-size", "2", "--workers", "0", "--no-progress", "--device", "cpu", "--no-plots",
-              "--class-map", "identity", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29547", "-m", "spurious", "score", "--out", str(tmp_path / "dist"), *common],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert dist.returncode == 0, dist.stderr[-3000:]
-    d = json.loads(dist.stdout)
-    assert d["world_size"] == 2 and d["images_computed"] == 27
-    from conftest import cli_in_process  # the single-process side needs no process of its own
-
-    code, out, err = cli_in_process(["score", "--out", str(tmp_path / "one"), *common])
-    assert code == 0, err[-3000:]
-    s = json.loads(out)
-    assert d["rows"] == s["rows"]
-    assert d["per_class"] == s["per_class"]
-    chunks = sorted(p.name for p in (tmp_path / "dist" / "cache").rglob("c*.npz"))
-    assert chunks == sorted(p.name for p in (tmp_path / "one" / "cache").rglob("c*.npz")) and len(chunks) == 14

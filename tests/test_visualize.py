@@ -4,7 +4,6 @@ the files it writes, HTML escaping, resumption, plan checks and the CLI."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -457,25 +456,6 @@ def test_stage_errors(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------- the CLI on the planted demo
 
 
-@pytest.fixture(scope="module")
-def planted_ws(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """The tiny planted data with the tiny robust demo model (cached), train features and npca (L=6)."""
-    from spurious.datasets import image_folder
-    from spurious.demo.planted import load_planted
-    from spurious.demo.train import train_demo_model
-    from spurious.extract import extract
-    from spurious.models import load_model
-    from spurious.npca import npca
-
-    info = train_demo_model("robust", tiny=True, progress=False)
-    planted = load_planted(info.planted_root)
-    ws = tmp_path_factory.mktemp("vis-planted") / "ws"
-    extract(ws, model=load_model(info.spec), data=image_folder(planted.train, class_names=planted.class_folders),
-            num_workers=0, progress=False)
-    npca(ws, n_components=6, progress=False)
-    return ws
-
-
 def test_cli_json_summary_on_the_planted_demo(planted_ws, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from spurious.cli import main
 
@@ -515,29 +495,6 @@ def test_cli_bad_input_exits_2(planted_ws, capsys, argv, pattern) -> None:  # ty
     code = main(["visualize", str(planted_ws), *argv, "--no-progress"])
     _, err = capsys.readouterr()
     assert code == 2 and re.search(pattern, err) and len(err.strip().splitlines()) == 1, err
-
-
-@pytest.mark.slow
-def test_torchrun_two_ranks_split_classes(planted_ws, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
-
-    ws = tmp_path / "ws"
-    shutil.copytree(planted_ws, ws, ignore=shutil.ignore_patterns("visualize"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
-                        "-m", "spurious", "visualize", str(ws), "--classes", "0", "1", "2", "--candidates", "3",
-                        "--keep", "2", "--steps", "2", "--top-images", "2", "--device", "cpu", "--no-progress",
-                        "--json"],
-                       capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=300,
-                       check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout)  # one JSON document: only rank 0 prints
-    assert summary["world_size"] == 2 and summary["classes_done"] == 3
-    manifest = json.loads((ws / "visualize" / "manifest.json").read_text())
-    assert [c["class"] for c in manifest["classes"]] == [0, 1, 2]
-    for k in (0, 1, 2):
-        assert len(json.loads((ws / "visualize" / f"class_{k:05d}" / "components.json").read_text())["components"]) == 2
 
 
 def test_cam_layer_option_changes_the_heatmaps(planted_ws, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
