@@ -9,22 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# CPU threads per test process: 2 (the CI machine's cores) when serial, unless OMP_NUM_THREADS says
+# otherwise; under pytest-xdist the cores are shared out among the workers (``make test``: two workers
+# on 2 vCPUs, one thread each), whatever the environment says, since the controller's own conftest
+# set it for one process: two workers of two threads each on two cores run the suite ~1.8x slower
+# than one thread each (oversubscription). Set before numpy and torch make their thread pools;
+# subprocesses of the tests inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, min(2, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin loaded numpy's BLAS first
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 if TYPE_CHECKING:
     from spurious.demo.train import DemoModelInfo
-
-# CPU threads per test process: 2 (the CI machine's cores) when serial; under pytest-xdist the cores
-# are shared out among the workers (``make test`` runs two workers on 2 vCPUs: one thread each), as
-# two workers of two threads each on two cores are slower than one (oversubscription). Subprocesses
-# that tests start inherit OMP_NUM_THREADS.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def write_images(root: Path, per_class: dict[str, int], *, size: int = 40, seed: int = 0) -> Path:
