@@ -64,8 +64,9 @@ if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-__all__ = ["DISTANCES", "DiffusionModel", "DvceSettings", "GuidanceTerms", "check_dvce_settings", "dvce_images",
-           "guidance_terms", "load_diffusion", "posterior_variance"]
+__all__ = ["DISTANCES", "DOMAIN_RATIO_LIMIT", "DOMAIN_T_START_LIMIT", "DiffusionModel", "DomainCheck", "DvceSettings",
+           "GuidanceTerms", "check_dvce_settings", "domain_check", "dvce_images", "guidance_terms", "load_diffusion",
+           "posterior_variance"]
 
 DISTANCES: tuple[str, ...] = ("l1", "l2")
 SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
@@ -425,3 +426,110 @@ def dvce_images(classifier: Classifier, basis: ClassBasis, component: int, x0: T
     return Counterfactuals(k=basis.k, component=component, mode=mode, norm=settings.distance, eps=float("nan"),
                            steps=settings.denoising_steps, original=x0, images=images, objective=objective,
                            before=before, after=after)
+
+
+# ---------------------------------------------------------------------------- does the model know the images?
+
+DOMAIN_RATIO_LIMIT = 0.6
+"""Largest ``l1_reconstruction / l1_between`` of a diffusion model that knows the images (:func:`domain_check`)."""
+DOMAIN_T_START_LIMIT = 0.75
+"""Above this ``t_start`` plain denoising forgets the image even for a model that knows it: no check."""
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """Does the diffusion model know the start images? Plain denoising (no guidance) of a few of them.
+
+    DVCE edits an image by noising it to ``t_start`` and denoising it: a model trained on other images
+    (faces for a workspace of birds; another resolution's statistics) turns every start image into one of
+    its own, so its "counterfactuals" are not edits of the image, whatever ``p(k)`` does. Denoised
+    without guidance, an image the model knows comes back close to itself; one it does not know comes
+    back about as far as another image of the batch is.
+
+    Attributes:
+        n: start images denoised (the first ``n`` of the run).
+        l1_reconstruction: mean per-pixel L1 (values in ``[0, 1]``, at the UNet's size) between each image and
+            its plain reconstruction.
+        l1_between: mean per-pixel L1 between each image and the next one of the same ``n`` (the scale of
+            "an unrelated image").
+        top1_kept: share of the ``n`` whose guiding-model top-1 the reconstruction keeps (for information: a
+            weak model changes it for images near a class boundary, so it is not the criterion).
+        limit: the largest ``ratio`` that counts as agreeing.
+        t_start: the ``t_start`` of the check.
+        seed: its noise seed.
+    """
+
+    n: int
+    l1_reconstruction: float
+    l1_between: float
+    top1_kept: float
+    limit: float
+    t_start: float
+    seed: int | None
+
+    @property
+    def ratio(self) -> float:
+        """``l1_reconstruction / l1_between`` (``inf`` when the images are all equal)."""
+        return self.l1_reconstruction / self.l1_between if self.l1_between > 0 else math.inf
+
+    @property
+    def agrees(self) -> bool:
+        """The reconstructions are much closer to their images than the images are to each other."""
+        return self.ratio <= self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio if math.isfinite(self.ratio) else None, "agrees": self.agrees}
+
+    def line(self) -> str:
+        """One line for the run's summary."""
+        verdict = "knows the images" if self.agrees else "DOES NOT KNOW the images"
+        return (f"diffusion check ({self.n} start images denoised without guidance from t_start {self.t_start:g}): "
+                f"L1 to the original {self.l1_reconstruction:.3f} vs {self.l1_between:.3f} between images "
+                f"(ratio {self.ratio:.2f}, limit {self.limit:g}), top-1 kept {self.top1_kept:.0%}: {verdict}")
+
+    def warning(self, model: str | os.PathLike[str]) -> str:
+        """The loud message when the check fails."""
+        return (f"the diffusion model {model} does not know these images: denoised without guidance from t_start "
+                f"{self.t_start:g}, {self.n} start images came back {self.l1_reconstruction:.3f} (mean L1 per "
+                f"pixel) from themselves, {self.ratio:.2f}x the {self.l1_between:.3f} between two different start "
+                f"images (a model trained on such images stays below {self.limit:g}x). Its DVCE pairs are not "
+                "edits of the start images, whatever p(k) says: use a diffusion model trained on images like "
+                "the workspace's (`spurious train-diffusion` for the planted data), or the image engine")
+
+
+def domain_check(classifier: Classifier, x0: Tensor, diffusion: DiffusionModel, settings: DvceSettings | None = None,
+                 *, n: int = 4, seed: int | None = 0, limit: float = DOMAIN_RATIO_LIMIT) -> DomainCheck:
+    """Denoise the first ``n`` start images without guidance and compare them with themselves (:class:`DomainCheck`).
+
+    Args:
+        classifier: the guiding model (only its top-1 is read).
+        x0: start images ``[N, 3, H, W]`` in ``[0, 1]`` at the classifier's input size; ``N >= 2``.
+        diffusion: the model to check; ``settings``: the run's (its ``steps`` and ``t_start``).
+        n: images to denoise (at most ``N``; at least 2, the distance between images needs two).
+        seed: the noise (the run's seed).
+        limit: the largest ratio that agrees.
+
+    Raises:
+        ValueError: fewer than 2 images, or ``t_start`` above :data:`DOMAIN_T_START_LIMIT`.
+    """
+    settings = check_dvce_settings(settings or DvceSettings())
+    check_start_images(x0, classifier)
+    m = min(int(n), int(x0.shape[0]))
+    if m < 2:
+        raise ValueError(f"the diffusion check needs at least 2 start images (it compares images with each other); "
+                         f"got {int(x0.shape[0])}")
+    if settings.t_start > DOMAIN_T_START_LIMIT:
+        raise ValueError(f"the diffusion check needs t_start <= {DOMAIN_T_START_LIMIT:g} (from more noise, plain "
+                         f"denoising draws a new image even with a model that knows them); got {settings.t_start:g}")
+    x = x0[:m].detach().float().cpu()
+    ws_size = tuple(int(s) for s in classifier.input_size[1:])
+    size = diffusion.image_size(ws_size)
+    original = _resize(x, size)
+    back = (denoise(diffusion, original * 2.0 - 1.0, settings, seed=seed).detach().float().cpu().clamp(-1, 1) + 1) / 2
+    with torch.no_grad(), inputs_only(classifier):
+        top_before = classifier(x.to(classifier.device)).argmax(1).cpu()
+        top_after = classifier(_resize(back, ws_size).to(classifier.device)).argmax(1).cpu()
+    return DomainCheck(n=m, l1_reconstruction=float((back - original).abs().mean()),
+                       l1_between=float((original - original.roll(1, 0)).abs().mean()),
+                       top1_kept=float((top_before == top_after).float().mean()), limit=float(limit),
+                       t_start=float(settings.t_start), seed=seed)

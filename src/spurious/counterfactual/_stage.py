@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +19,12 @@ from spurious import __version__
 from spurious._dist import resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
 from spurious.counterfactual._dvce import (
+    DOMAIN_T_START_LIMIT,
+    DiffusionModel,
+    DomainCheck,
     DvceSettings,
     check_dvce_settings,
+    domain_check,
     dvce_images,
     load_diffusion,
 )
@@ -80,6 +85,7 @@ class CounterfactualResult:
     device: str = "cpu"
     engine: str = "image"
     diffusion: dict[str, Any] | None = None
+    diffusion_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +107,9 @@ class CounterfactualResult:
             lines.append(f"  {m['role']:<9} {m['spec']}: {alpha}p(k) {m['probability_before']:.3f} -> "
                          f"{m['probability_after']:.3f}, top-1 = k {m['top1_is_k_before']:.0%} -> "
                          f"{m['top1_is_k_after']:.0%}")
+        if self.diffusion_check is not None:
+            c = self.diffusion_check
+            lines.append(c["line"] if "line" in c else f"diffusion check: not run ({c['not_checked']})")
         lines.append(f"sheet: {self.sheet}")
         return lines
 
@@ -345,6 +354,11 @@ def counterfactual(
     run_rel = f"class_{kk:05d}/l{component:04d}/{mode}-{'dvce-' + dvce.distance if dvce else key}-{shash}"
     run_dir = root / run_rel
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_record: dict[str, Any] | None = None
+    if model_dm is not None and dvce is not None:
+        check_record = _diffusion_check(root, clf, model_dm, dvce, starts.images, seed)
+        if check_record.get("agrees") is False:
+            warnings.warn(check_record["warning"], UserWarning, stacklevel=2)
     hashes = [sha256_strings([shash, image_id, _image_hash(x)])
               for image_id, x in zip(starts.ids, starts.images, strict=True)]
     records: dict[int, dict[str, Any]] = {}
@@ -403,6 +417,7 @@ def counterfactual(
            "created": utc_now(), "settings": settings, "class_name": ws.class_names[kk],
            "models": [{"spec": m.spec, "fingerprint": m.fingerprint(), "role": role} for m, role in models],
            "start_images": {"source": starts.source, **starts.detail},
+           **({"diffusion_check": check_record} if check_record is not None else {}),
            "summary": summary if len(pairs) == len(ordered) else _run_summary(pairs, kk), "pairs": pairs}
     sheet = run_page(run_dir / "index.html", run, ws.class_names)
     write_json(run_dir / "run.json", run)
@@ -413,7 +428,38 @@ def counterfactual(
         norm=settings["norm"], eps=settings["eps"], steps=dvce.denoising_steps if dvce else steps,
         source=starts.source, pairs=len(ordered), pairs_done=len(pending), pairs_reused=reused,
         images=list(starts.ids), models=summary, sheet=str(sheet), index_json=str(index_json),
-        seconds=round(time.perf_counter() - t0, 3), device=str(dev), engine=engine, diffusion=engine_info)
+        seconds=round(time.perf_counter() - t0, 3), device=str(dev), engine=engine, diffusion=engine_info,
+        diffusion_check=check_record)
+
+
+def _diffusion_check(root: Path, clf: Classifier, diffusion: DiffusionModel, settings: DvceSettings, images: Tensor,
+                     seed: int | None) -> dict[str, Any]:
+    """The :class:`DomainCheck` of this diffusion model, guiding model and chain on this workspace, as a record.
+
+    Run once on the first start images of the first DVCE run and kept in
+    ``WS/counterfactual/diffusion-checks/<key>.json``; later runs read it. The record is the check's
+    ``to_dict()`` with its summary ``line`` and ``warning``, or ``{"not_checked": why}``.
+    """
+    key = sha256_strings([diffusion.fingerprint, clf.fingerprint(), repr(settings.steps), repr(settings.t_start),
+                          repr(seed)])[:16]
+    path = root / "diffusion-checks" / f"{key}.json"
+    if path.is_file():
+        try:
+            record = read_json(path)
+        except ValueError:  # a torn file: check again
+            record = None
+        if isinstance(record, dict) and record.get("key") == key:
+            return record
+    if settings.t_start > DOMAIN_T_START_LIMIT:
+        return {"not_checked": f"t_start {settings.t_start:g} > {DOMAIN_T_START_LIMIT:g}: from that much noise plain "
+                               "denoising draws a new image even with a model that knows the images"}
+    if images.shape[0] < 2:
+        return {"not_checked": "it needs at least 2 start images"}
+    check: DomainCheck = domain_check(clf, images, diffusion, settings, seed=seed)
+    record = {"key": key, **check.to_dict(), "line": check.line(), "warning": check.warning(diffusion.path)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    return record
 
 
 def _merge_pairs(run_json: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
