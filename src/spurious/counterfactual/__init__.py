@@ -59,7 +59,9 @@ from spurious.counterfactual._index import (
 if TYPE_CHECKING:
     from spurious.counterfactual._dvce import (
         DiffusionModel,
+        DomainCheck,
         DvceSettings,
+        domain_check,
         dvce_images,
         load_diffusion,
     )
@@ -78,6 +80,7 @@ __all__ = [
     "CounterfactualResult",
     "Counterfactuals",
     "DiffusionModel",
+    "DomainCheck",
     "DvceSettings",
     "ImageScores",
     "StartImages",
@@ -86,6 +89,7 @@ __all__ = [
     "counterfactual_images",
     "counterfactual_pairs",
     "default_budget",
+    "domain_check",
     "dvce_images",
     "load_diffusion",
     "read_counterfactual_index",
@@ -99,6 +103,7 @@ _LAZY = {
     "CounterfactualResult": "_stage", "counterfactual": "_stage",
     "StartImages": "_starts", "confused_classes": "_starts",
     "DiffusionModel": "_dvce", "DvceSettings": "_dvce", "dvce_images": "_dvce", "load_diffusion": "_dvce",
+    "DomainCheck": "_dvce", "domain_check": "_dvce",
 }
 
 
