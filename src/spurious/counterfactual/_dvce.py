@@ -428,23 +428,27 @@ def dvce_images(classifier: Classifier, basis: ClassBasis, component: int, x0: T
                            before=before, after=after)
 
 
-# ---------------------------------------------------------------------------- does the model know the images?
+# ---------------------------------------------------------------------------- can the model denoise the images?
 
 DOMAIN_RATIO_LIMIT = 0.6
-"""Largest ``l1_reconstruction / l1_between`` of a diffusion model that knows the images (:func:`domain_check`)."""
+"""Largest ``l1_reconstruction / l1_between`` of a diffusion model that denoises the images back (:func:`domain_check`)."""
 DOMAIN_T_START_LIMIT = 0.75
-"""Above this ``t_start`` plain denoising forgets the image even for a model that knows it: no check."""
+"""Above this ``t_start`` plain denoising forgets much of the image even with a working model: no check."""
 
 
 @dataclass(frozen=True)
 class DomainCheck:
-    """Does the diffusion model know the start images? Plain denoising (no guidance) of a few of them.
+    """Can the diffusion model denoise the start images back? Plain denoising (no guidance) of a few of them.
 
-    DVCE edits an image by noising it to ``t_start`` and denoising it: a model trained on other images
-    (faces for a workspace of birds; another resolution's statistics) turns every start image into one of
-    its own, so its "counterfactuals" are not edits of the image, whatever ``p(k)`` does. Denoised
-    without guidance, an image the model knows comes back close to itself; one it does not know comes
-    back about as far as another image of the batch is.
+    DVCE edits an image by noising it to ``t_start`` and denoising it. A model that cannot denoise the
+    images (untrained or damaged weights, a scheduler config other than the one it was trained with,
+    e.g. ``prediction_type``) turns every start image into something else: its "counterfactuals" are
+    not edits of the image, whatever ``p(k)`` does. Denoised without guidance, an image comes back close
+    to itself from a working model, and about as far as another image of the batch is from a broken one.
+
+    A coarse check: a working model trained on *other* images often passes (at ``t_start`` 0.5 much of
+    the image survives the noise; the planted-data model gives natural photos a ratio of 0.33), and so
+    do subtler scheduler mismatches (docs/dvce.md has the measurements).
 
     Attributes:
         n: start images denoised (the first ``n`` of the run).
@@ -482,19 +486,20 @@ class DomainCheck:
 
     def line(self) -> str:
         """One line for the run's summary."""
-        verdict = "knows the images" if self.agrees else "DOES NOT KNOW the images"
+        verdict = "denoises them back" if self.agrees else "CANNOT DENOISE them back"
         return (f"diffusion check ({self.n} start images denoised without guidance from t_start {self.t_start:g}): "
                 f"L1 to the original {self.l1_reconstruction:.3f} vs {self.l1_between:.3f} between images "
                 f"(ratio {self.ratio:.2f}, limit {self.limit:g}), top-1 kept {self.top1_kept:.0%}: {verdict}")
 
     def warning(self, model: str | os.PathLike[str]) -> str:
         """The loud message when the check fails."""
-        return (f"the diffusion model {model} does not know these images: denoised without guidance from t_start "
+        return (f"the diffusion model {model} cannot denoise these images: denoised without guidance from t_start "
                 f"{self.t_start:g}, {self.n} start images came back {self.l1_reconstruction:.3f} (mean L1 per "
                 f"pixel) from themselves, {self.ratio:.2f}x the {self.l1_between:.3f} between two different start "
-                f"images (a model trained on such images stays below {self.limit:g}x). Its DVCE pairs are not "
-                "edits of the start images, whatever p(k) says: use a diffusion model trained on images like "
-                "the workspace's (`spurious train-diffusion` for the planted data), or the image engine")
+                f"images (a working model stays below {self.limit:g}x). Its DVCE pairs are not edits of the start "
+                "images, whatever p(k) says. Likely causes: untrained or damaged weights, or a scheduler config "
+                "(scheduler/scheduler_config.json: prediction_type, betas) other than the one the UNet was "
+                "trained with; see docs/dvce.md")
 
 
 def domain_check(classifier: Classifier, x0: Tensor, diffusion: DiffusionModel, settings: DvceSettings | None = None,
@@ -520,7 +525,7 @@ def domain_check(classifier: Classifier, x0: Tensor, diffusion: DiffusionModel, 
                          f"got {int(x0.shape[0])}")
     if settings.t_start > DOMAIN_T_START_LIMIT:
         raise ValueError(f"the diffusion check needs t_start <= {DOMAIN_T_START_LIMIT:g} (from more noise, plain "
-                         f"denoising draws a new image even with a model that knows them); got {settings.t_start:g}")
+                         f"denoising forgets much of the image even with a working model); got {settings.t_start:g}")
     x = x0[:m].detach().float().cpu()
     ws_size = tuple(int(s) for s in classifier.input_size[1:])
     size = diffusion.image_size(ws_size)

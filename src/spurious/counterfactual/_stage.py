@@ -452,7 +452,7 @@ def _diffusion_check(root: Path, clf: Classifier, diffusion: DiffusionModel, set
             return record
     if settings.t_start > DOMAIN_T_START_LIMIT:
         return {"not_checked": f"t_start {settings.t_start:g} > {DOMAIN_T_START_LIMIT:g}: from that much noise plain "
-                               "denoising draws a new image even with a model that knows the images"}
+                               "denoising forgets much of the image even with a working model"}
     if images.shape[0] < 2:
         return {"not_checked": "it needs at least 2 start images"}
     check: DomainCheck = domain_check(clf, images, diffusion, settings, seed=seed)
