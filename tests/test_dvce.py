@@ -267,6 +267,10 @@ def test_domain_check_is_the_l1_of_plain_denoising(tiny, unets) -> None:  # type
         domain_check(clf, x[:1], dm, settings)
     with pytest.raises(ValueError, match="needs t_start <= 0.75"):
         domain_check(clf, x, dm, DvceSettings(steps=STEPS, t_start=0.9))
+    from spurious.counterfactual._dvce import domain_check_skipped
+
+    assert domain_check_skipped(DvceSettings(t_start=0.75), 2) is None  # the limits themselves still run
+    assert "at least 2" in str(domain_check_skipped(DvceSettings(t_start=0.75), 1))
 
 
 def test_domain_check_on_planted_images_passes_the_shipped_model_and_fails_broken_ones() -> None:

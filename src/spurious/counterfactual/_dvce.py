@@ -64,9 +64,9 @@ if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-__all__ = ["DISTANCES", "DOMAIN_RATIO_LIMIT", "DOMAIN_T_START_LIMIT", "DiffusionModel", "DomainCheck", "DvceSettings",
-           "GuidanceTerms", "check_dvce_settings", "domain_check", "dvce_images", "guidance_terms", "load_diffusion",
-           "posterior_variance"]
+__all__ = ["DISTANCES", "DOMAIN_CHECK_IMAGES", "DOMAIN_RATIO_LIMIT", "DOMAIN_T_START_LIMIT", "DiffusionModel",
+           "DomainCheck", "DvceSettings", "GuidanceTerms", "check_dvce_settings", "domain_check",
+           "domain_check_skipped", "dvce_images", "guidance_terms", "load_diffusion", "posterior_variance"]
 
 DISTANCES: tuple[str, ...] = ("l1", "l2")
 SCHEDULERS: tuple[str, ...] = ("DDPMScheduler", "DDIMScheduler")
@@ -432,6 +432,8 @@ def dvce_images(classifier: Classifier, basis: ClassBasis, component: int, x0: T
 
 DOMAIN_RATIO_LIMIT = 0.6
 """Largest ``l1_reconstruction / l1_between`` of a diffusion model that denoises the images back (:func:`domain_check`)."""
+DOMAIN_CHECK_IMAGES = 4
+"""Start images :func:`domain_check` denoises (the first of the run)."""
 DOMAIN_T_START_LIMIT = 0.75
 """Above this ``t_start`` plain denoising forgets much of the image even with a working model: no check."""
 
@@ -502,8 +504,19 @@ class DomainCheck:
                 "trained with; see docs/dvce.md")
 
 
+def domain_check_skipped(settings: DvceSettings, num_images: int) -> str | None:
+    """Why :func:`domain_check` cannot run with these settings on ``num_images`` start images, else ``None``."""
+    if num_images < 2:
+        return f"needs at least 2 start images (it compares images with each other); got {num_images}"
+    if settings.t_start > DOMAIN_T_START_LIMIT:
+        return (f"needs t_start <= {DOMAIN_T_START_LIMIT:g} (here t_start {settings.t_start:g} > "
+                f"{DOMAIN_T_START_LIMIT:g}: from that much noise plain denoising forgets much of the image even "
+                "with a working model)")
+    return None
+
+
 def domain_check(classifier: Classifier, x0: Tensor, diffusion: DiffusionModel, settings: DvceSettings | None = None,
-                 *, n: int = 4, seed: int | None = 0, limit: float = DOMAIN_RATIO_LIMIT) -> DomainCheck:
+                 *, n: int = DOMAIN_CHECK_IMAGES, seed: int | None = 0, limit: float = DOMAIN_RATIO_LIMIT) -> DomainCheck:
     """Denoise the first ``n`` start images without guidance and compare them with themselves (:class:`DomainCheck`).
 
     Args:
@@ -520,12 +533,9 @@ def domain_check(classifier: Classifier, x0: Tensor, diffusion: DiffusionModel, 
     settings = check_dvce_settings(settings or DvceSettings())
     check_start_images(x0, classifier)
     m = min(int(n), int(x0.shape[0]))
-    if m < 2:
-        raise ValueError(f"the diffusion check needs at least 2 start images (it compares images with each other); "
-                         f"got {int(x0.shape[0])}")
-    if settings.t_start > DOMAIN_T_START_LIMIT:
-        raise ValueError(f"the diffusion check needs t_start <= {DOMAIN_T_START_LIMIT:g} (from more noise, plain "
-                         f"denoising forgets much of the image even with a working model); got {settings.t_start:g}")
+    why_not = domain_check_skipped(settings, m)
+    if why_not is not None:
+        raise ValueError(f"the diffusion check {why_not}")
     x = x0[:m].detach().float().cpu()
     ws_size = tuple(int(s) for s in classifier.input_size[1:])
     size = diffusion.image_size(ws_size)

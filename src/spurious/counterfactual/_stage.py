@@ -19,12 +19,13 @@ from spurious import __version__
 from spurious._dist import resolve_device
 from spurious._io import atomic_path, read_json, sha256_strings, utc_now, write_json
 from spurious.counterfactual._dvce import (
-    DOMAIN_T_START_LIMIT,
+    DOMAIN_CHECK_IMAGES,
     DiffusionModel,
     DomainCheck,
     DvceSettings,
     check_dvce_settings,
     domain_check,
+    domain_check_skipped,
     dvce_images,
     load_diffusion,
 )
@@ -450,12 +451,10 @@ def _diffusion_check(root: Path, clf: Classifier, diffusion: DiffusionModel, set
             record = None
         if isinstance(record, dict) and record.get("key") == key:
             return record
-    if settings.t_start > DOMAIN_T_START_LIMIT:
-        return {"not_checked": f"t_start {settings.t_start:g} > {DOMAIN_T_START_LIMIT:g}: from that much noise plain "
-                               "denoising forgets much of the image even with a working model"}
-    if images.shape[0] < 2:
-        return {"not_checked": "it needs at least 2 start images"}
-    check: DomainCheck = domain_check(clf, images, diffusion, settings, seed=seed)
+    why_not = domain_check_skipped(settings, min(DOMAIN_CHECK_IMAGES, int(images.shape[0])))
+    if why_not is not None:
+        return {"not_checked": f"it {why_not}"}
+    check: DomainCheck = domain_check(clf, images, diffusion, settings, n=DOMAIN_CHECK_IMAGES, seed=seed)
     record = {"key": key, **check.to_dict(), "line": check.line(), "warning": check.warning(diffusion.path)}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
