@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 # CPU threads per test process: 2 (the CI machine's cores) when serial, unless OMP_NUM_THREADS says
 # otherwise; under pytest-xdist the cores are shared out among the workers (``make test``: two workers
 # on 2 vCPUs, one thread each), whatever the environment says, since the controller's own conftest
-# set it for one process: two workers of two threads each on two cores run the suite ~1.8x slower
-# than one thread each (oversubscription). Set before numpy and torch make their thread pools;
+# set it for one process: two workers of two threads each on two cores ran the suite 2x slower
+# than one thread each (455 s vs 228 s: oversubscription). Set before numpy and torch make their thread pools;
 # subprocesses of the tests inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _cores = os.cpu_count() or 1

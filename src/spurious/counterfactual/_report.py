@@ -78,9 +78,8 @@ def run_page(path: Path, run: dict[str, Any], class_names: Sequence[str]) -> Pat
     check = run.get("diffusion_check")
     checked = []
     if check is not None:
-        line = check.get("line") or f"diffusion check: not run ({check.get('not_checked')})"
         css = "note" if check.get("agrees") is False else "muted"
-        checked = [f'<p class="{css}">{esc(line)}</p>']
+        checked = [f'<p class="{css}">{esc(check["line"])}</p>']
     body = [f'<p class="note">{esc(_NOTE)}</p>', f"<p>{how}; start images: {origin}.</p>", *checked,
             "<h2>Means over the images</h2>",
             table(["model", "alpha before", "alpha after", "p(k) before", "p(k) after", "top-1 = k before",

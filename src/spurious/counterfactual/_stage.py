@@ -109,8 +109,7 @@ class CounterfactualResult:
                          f"{m['probability_after']:.3f}, top-1 = k {m['top1_is_k_before']:.0%} -> "
                          f"{m['top1_is_k_after']:.0%}")
         if self.diffusion_check is not None:
-            c = self.diffusion_check
-            lines.append(c["line"] if "line" in c else f"diffusion check: not run ({c['not_checked']})")
+            lines.append(self.diffusion_check["line"])
         lines.append(f"sheet: {self.sheet}")
         return lines
 
@@ -439,7 +438,7 @@ def _diffusion_check(root: Path, clf: Classifier, diffusion: DiffusionModel, set
 
     Run once on the first start images of the first DVCE run and kept in
     ``WS/counterfactual/diffusion-checks/<key>.json``; later runs read it. The record is the check's
-    ``to_dict()`` with its summary ``line`` and ``warning``, or ``{"not_checked": why}``.
+    ``to_dict()`` with its summary ``line`` and ``warning``, or ``{"not_checked": why, "line": ...}``.
     """
     key = sha256_strings([diffusion.fingerprint, clf.fingerprint(), repr(settings.steps), repr(settings.t_start),
                           repr(seed)])[:16]
@@ -453,7 +452,7 @@ def _diffusion_check(root: Path, clf: Classifier, diffusion: DiffusionModel, set
             return record
     why_not = domain_check_skipped(settings, min(DOMAIN_CHECK_IMAGES, int(images.shape[0])))
     if why_not is not None:
-        return {"not_checked": f"it {why_not}"}
+        return {"not_checked": f"it {why_not}", "line": f"diffusion check: not run (it {why_not})"}
     check: DomainCheck = domain_check(clf, images, diffusion, settings, n=DOMAIN_CHECK_IMAGES, seed=seed)
     record = {"key": key, **check.to_dict(), "line": check.line(), "warning": check.warning(diffusion.path)}
     path.parent.mkdir(parents=True, exist_ok=True)
