@@ -119,6 +119,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, session_
     ({"ema_decay": 1.0}, "ema_decay must lie in"),
     ({"attention_levels": (5,)}, "attention_levels"),
     ({"lr": -1.0}, "lr > 0"),
+    ({"min_snr_gamma": -1.0}, "min_snr_gamma must be >= 0"),
 ])
 def test_bad_config_values_get_one_line_errors(bad: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match) as info:
@@ -126,7 +127,49 @@ def test_bad_config_values_get_one_line_errors(bad: dict[str, object], match: st
     assert "\n" not in str(info.value)
 
 
+def test_min_snr_loss_is_the_closed_form() -> None:
+    import numpy as np
+
+    from spurious.demo.diffusion import _make_scheduler, _noise_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, noise = torch.randn(6, 3, 8, 8, generator=g), torch.randn(6, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    abar = _make_scheduler(DemoDiffusionConfig()).alphas_cumprod[t].to(torch.float32)
+    a, mse = abar.double().numpy(), ((pred - noise).double().numpy() ** 2).mean(axis=(1, 2, 3))
+    snr = a / (1 - a)
+    for gamma in (1.0, 5.0):
+        expected = np.mean(np.minimum(snr, gamma) / snr * mse)
+        assert float(_noise_loss(pred, noise, abar, gamma)) == pytest.approx(expected, rel=1e-5)
+    # both ends of the schedule: high SNR (t = 0) is weighted down, low SNR (t = 999) keeps weight 1
+    assert snr[0] > 5 > snr[-1]
+    assert float(_noise_loss(pred, noise, abar, 0.0)) == pytest.approx(mse.mean(), rel=1e-5)
+
+
+def test_min_snr_recipe_trains_from_the_cli_under_its_own_key(tmp_path: Path, session_cache: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # the option left at 0 keeps the keys of the recipes trained before it existed (the shipped folder's)
+    assert DemoDiffusionConfig().cache_key() == "eb6dab7148d06f79"
+    weighted = dataclasses.replace(DemoDiffusionConfig.tiny(), block_out_channels=(8, 8), min_snr_gamma=5.0)
+    assert weighted.cache_key() != dataclasses.replace(weighted, min_snr_gamma=0.0).cache_key()
+    caches = [_cache_with_tiny_planted(tmp_path / name, session_cache) for name in ("plain", "weighted")]
+    runs = []
+    for cache, gamma in zip(caches, ("0", "5"), strict=True):
+        code = main(["train-diffusion", "--tiny", "--block-out-channels", "8,8", "--min-snr-gamma", gamma,
+                     "--cache-dir", str(cache), "--json", "--no-progress"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        runs.append(json.loads(out)["model"])
+    assert runs[1]["key"] == weighted.cache_key() and runs[1]["config"]["min_snr_gamma"] == 5.0
+    assert runs[0]["config"]["block_out_channels"] == [8, 8] and runs[0]["config"]["min_snr_gamma"] == 0.0
+    plain, other = (_weights(Path(r["path"])) for r in runs)
+    assert not all(torch.equal(plain[k], other[k]) for k in plain)  # same seed and data: only the loss differs
+
+
 def test_cli_bad_values_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as parse_error:  # argparse's own error: usage and one line, exit 2
+        main(["train-diffusion", "--block-out-channels", "16,x"])
+    assert parse_error.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
     assert main(["train-diffusion", "--image-size", "60", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "image_size=60 must be >= 8 and divisible by 8" in err

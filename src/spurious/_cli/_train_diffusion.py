@@ -37,6 +37,12 @@ def register(sub: SubParsers) -> None:
                    help="images per step (default %(default)s)")
     p.add_argument("--image-size", type=int, default=defaults_of(_CONFIG)("image_size"),
                    help="side of the generated images (default %(default)s)")
+    p.add_argument("--block-out-channels", type=_widths, metavar="W,W,...",
+                   default=defaults_of(_CONFIG)("block_out_channels"),
+                   help="UNet widths, one per resolution level (default %(default)s)")
+    p.add_argument("--min-snr-gamma", type=float, default=defaults_of(_CONFIG)("min_snr_gamma"),
+                   help="0: the plain noise-prediction loss; > 0: Min-SNR-gamma loss weights (Hang et al. 2023 "
+                        "use 5) (default %(default)s)")
     p.add_argument("--cache-dir", default=defaults_of(_TRAIN)("cache_dir"),
                    help="cache folder (default: $SPURIOUS_CACHE, else $XDG_CACHE_HOME/spurious or ~/.cache/spurious)")
     p.add_argument("--samples", type=int, metavar="N",
@@ -52,6 +58,14 @@ def register(sub: SubParsers) -> None:
     p.set_defaults(func=_cmd_train_diffusion)
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 16,32,64,64; got {text!r}") from None
+    return widths
+
+
 def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     from spurious.demo.diffusion import (
         DemoDiffusionConfig,
@@ -59,7 +73,8 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
         train_demo_diffusion,
     )
 
-    overrides = given(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size)
+    overrides = given(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
+                      block_out_channels=args.block_out_channels, min_snr_gamma=args.min_snr_gamma)
     if args.tiny:
         import dataclasses
 

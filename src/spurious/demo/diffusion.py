@@ -116,6 +116,10 @@ class DemoDiffusionConfig:
         weight_decay: AdamW weight decay.
         grad_clip: gradient-norm clipping (0: none).
         ema_decay: EMA decay of the saved weights (with the usual ``(1 + s) / (10 + s)`` ramp).
+        min_snr_gamma: 0 for the plain loss (every ``t`` weighted alike); ``gamma > 0`` weights each
+            image's loss by ``min(SNR_t, gamma) / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)``
+            (Min-SNR-gamma, Hang et al. 2023, their ``gamma = 5``): the low-noise steps, which only
+            refine texture, weigh less, so a short run spends more of itself on the shapes.
         flip: random horizontal flips.
         checkpoint_every: save the resumable training state every this many steps (0: never).
         seed: seeds the initialisation, the order, the flips, the noise and the time steps.
@@ -137,6 +141,7 @@ class DemoDiffusionConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995
+    min_snr_gamma: float = 0.0
     flip: bool = True
     checkpoint_every: int = 200
     seed: int = 0
@@ -152,7 +157,7 @@ class DemoDiffusionConfig:
         for name in ("image_size", "layers_per_block", "norm_num_groups", "train_timesteps", "steps",
                      "batch_size", "checkpoint_every", "seed"):
             object.__setattr__(self, name, _int(name, getattr(self, name)))
-        for name in ("lr", "warmup_frac", "weight_decay", "grad_clip", "ema_decay"):
+        for name in ("lr", "warmup_frac", "weight_decay", "grad_clip", "ema_decay", "min_snr_gamma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise TypeError(f"DemoDiffusionConfig.{name} must be a number, got {value!r}")
@@ -188,6 +193,8 @@ class DemoDiffusionConfig:
                              f"{self.grad_clip}")
         if not (0 <= self.warmup_frac < 1 and 0 <= self.ema_decay < 1):
             raise ValueError(f"warmup_frac and ema_decay must lie in [0, 1); got {self.warmup_frac}, {self.ema_decay}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0 (0: the plain loss); got {self.min_snr_gamma}")
         if self.checkpoint_every < 0 or self.seed < 0:
             raise ValueError(f"checkpoint_every and seed must be >= 0; got {self.checkpoint_every}, {self.seed}")
 
@@ -213,6 +220,8 @@ class DemoDiffusionConfig:
         the planted config hash and the code version."""
         config = {**self.to_dict(), "planted": self.planted.config_hash()}
         del config["checkpoint_every"]
+        if not self.min_snr_gamma:  # the recipes from before the option keep their keys
+            del config["min_snr_gamma"]
         text = json.dumps({"config": config, "code": DIFFUSION_CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -283,6 +292,17 @@ def _lr_at(step: int, config: DemoDiffusionConfig) -> float:
         return config.lr * (step + 1) / warm
     t = (step - warm) / max(1, config.steps - warm)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _noise_loss(pred: Tensor, noise: Tensor, abar: Tensor, min_snr_gamma: float) -> Tensor:
+    """The training loss of a batch: the plain mean squared error of the noise prediction, or with
+    ``min_snr_gamma > 0`` each image's mean squared error weighted by ``min(SNR, gamma) / SNR``,
+    ``SNR = abar / (1 - abar)`` of its time step (``abar`` ``[N]``), then averaged."""
+    if not min_snr_gamma:
+        return F.mse_loss(pred, noise)
+    per_image = (pred - noise).square().mean(dim=tuple(range(1, pred.dim())))
+    snr = abar / (1 - abar)
+    return (per_image * torch.where(snr > min_snr_gamma, min_snr_gamma / snr, 1.0)).mean()
 
 
 @contextlib.contextmanager
@@ -358,7 +378,7 @@ def _train_unet(config: DemoDiffusionConfig, planted: PlantedDataset, partial: P
                 t = torch.randint(0, config.train_timesteps, (x0.shape[0],), generator=g)
                 a = abar[t].view(-1, 1, 1, 1)
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                loss = F.mse_loss(unet(xt, t).sample, noise)
+                loss = _noise_loss(unet(xt, t).sample, noise, a.view(-1), config.min_snr_gamma)
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, config)
                 optimizer.zero_grad(set_to_none=True)
