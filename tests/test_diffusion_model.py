@@ -120,6 +120,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, session_
     ({"attention_levels": (5,)}, "attention_levels"),
     ({"lr": -1.0}, "lr > 0"),
     ({"min_snr_gamma": -1.0}, "min_snr_gamma must be >= 0"),
+    ({"prediction_type": "sample"}, "unknown prediction_type 'sample'"),
 ])
 def test_bad_config_values_get_one_line_errors(bad: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match) as info:
@@ -144,23 +145,44 @@ def test_min_snr_loss_is_the_closed_form() -> None:
     # both ends of the schedule: high SNR (t = 0) is weighted down, low SNR (t = 999) keeps weight 1
     assert snr[0] > 5 > snr[-1]
     assert float(_noise_loss(pred, noise, abar, 0.0)) == pytest.approx(mse.mean(), rel=1e-5)
+    # a v target: the weight min(SNR, gamma) / (SNR + 1)
+    expected = np.mean(np.minimum(snr, 5.0) / (snr + 1) * mse)
+    assert float(_noise_loss(pred, noise, abar, 5.0, v_prediction=True)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_min_snr_recipe_trains_from_the_cli_under_its_own_key(tmp_path: Path, session_cache: Path,
+def test_v_target_is_the_schedulers_velocity() -> None:
+    from spurious.demo.diffusion import _make_scheduler, _target
+
+    config = DemoDiffusionConfig(prediction_type="v_prediction")
+    scheduler = _make_scheduler(config)
+    assert scheduler.config.prediction_type == "v_prediction"  # every diffusers sampler reads it from there
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([3, 250, 600, 990])
+    abar = scheduler.alphas_cumprod[t].to(torch.float32).view(-1, 1, 1, 1)
+    torch.testing.assert_close(_target(x0, noise, abar, True), scheduler.get_velocity(x0, noise, t))
+    assert torch.equal(_target(x0, noise, abar, False), noise)
+
+
+def test_min_snr_v_recipe_trains_from_the_cli_under_its_own_key(tmp_path: Path, session_cache: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     # the option left at 0 keeps the keys of the recipes trained before it existed (the shipped folder's)
     assert DemoDiffusionConfig().cache_key() == "eb6dab7148d06f79"
-    weighted = dataclasses.replace(DemoDiffusionConfig.tiny(), block_out_channels=(8, 8), min_snr_gamma=5.0)
+    weighted = dataclasses.replace(DemoDiffusionConfig.tiny(), block_out_channels=(8, 8), min_snr_gamma=5.0,
+                                   prediction_type="v_prediction")
     assert weighted.cache_key() != dataclasses.replace(weighted, min_snr_gamma=0.0).cache_key()
+    assert weighted.cache_key() != dataclasses.replace(weighted, prediction_type="epsilon").cache_key()
     caches = [_cache_with_tiny_planted(tmp_path / name, session_cache) for name in ("plain", "weighted")]
     runs = []
-    for cache, gamma in zip(caches, ("0", "5"), strict=True):
-        code = main(["train-diffusion", "--tiny", "--block-out-channels", "8,8", "--min-snr-gamma", gamma,
+    for cache, extra in zip(caches, ([], ["--min-snr-gamma", "5", "--prediction-type", "v_prediction"]), strict=True):
+        code = main(["train-diffusion", "--tiny", "--block-out-channels", "8,8", *extra,
                      "--cache-dir", str(cache), "--json", "--no-progress"])
         out, err = capsys.readouterr()
         assert code == 0, err
         runs.append(json.loads(out)["model"])
     assert runs[1]["key"] == weighted.cache_key() and runs[1]["config"]["min_snr_gamma"] == 5.0
+    assert json.loads((Path(runs[1]["path"]) / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] \
+        == "v_prediction"
     assert runs[0]["config"]["block_out_channels"] == [8, 8] and runs[0]["config"]["min_snr_gamma"] == 0.0
     plain, other = (_weights(Path(r["path"])) for r in runs)
     assert not all(torch.equal(plain[k], other[k]) for k in plain)  # same seed and data: only the loss differs

@@ -40,6 +40,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--block-out-channels", type=_widths, metavar="W,W,...",
                    default=defaults_of(_CONFIG)("block_out_channels"),
                    help="UNet widths, one per resolution level (default %(default)s)")
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"),
+                   default=defaults_of(_CONFIG)("prediction_type"),
+                   help="what the UNet predicts: the noise or v (Salimans & Ho 2022) (default %(default)s)")
     p.add_argument("--min-snr-gamma", type=float, default=defaults_of(_CONFIG)("min_snr_gamma"),
                    help="0: the plain noise-prediction loss; > 0: Min-SNR-gamma loss weights (Hang et al. 2023 "
                         "use 5) (default %(default)s)")
@@ -74,7 +77,8 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     )
 
     overrides = given(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
-                      block_out_channels=args.block_out_channels, min_snr_gamma=args.min_snr_gamma)
+                      block_out_channels=args.block_out_channels, min_snr_gamma=args.min_snr_gamma,
+                      prediction_type=args.prediction_type)
     if args.tiny:
         import dataclasses
 

@@ -79,6 +79,7 @@ DIFFUSION_METADATA = "spurious_diffusion.json"
 """The file in the pipeline folder with the recipe and the training record."""
 _FORMAT = "spurious-demo-diffusion"
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 """Where the default recipe's trained folder ships (``diffusion-<key>/``, listed in ``manifest.json``)."""
@@ -116,6 +117,9 @@ class DemoDiffusionConfig:
         weight_decay: AdamW weight decay.
         grad_clip: gradient-norm clipping (0: none).
         ema_decay: EMA decay of the saved weights (with the usual ``(1 + s) / (10 + s)`` ramp).
+        prediction_type: what the UNet predicts: ``"epsilon"`` (the noise, Ho et al. 2020) or
+            ``"v_prediction"`` (``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0``, Salimans & Ho 2022),
+            written into the scheduler's config so that every diffusers sampler reads it.
         min_snr_gamma: 0 for the plain loss (every ``t`` weighted alike); ``gamma > 0`` weights each
             image's loss by ``min(SNR_t, gamma) / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)``
             (Min-SNR-gamma, Hang et al. 2023, their ``gamma = 5``): the low-noise steps, which only
@@ -141,6 +145,7 @@ class DemoDiffusionConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995
+    prediction_type: str = "epsilon"
     min_snr_gamma: float = 0.0
     flip: bool = True
     checkpoint_every: int = 200
@@ -193,6 +198,8 @@ class DemoDiffusionConfig:
                              f"{self.grad_clip}")
         if not (0 <= self.warmup_frac < 1 and 0 <= self.ema_decay < 1):
             raise ValueError(f"warmup_frac and ema_decay must lie in [0, 1); got {self.warmup_frac}, {self.ema_decay}")
+        if self.prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {self.prediction_type!r}; valid: {', '.join(_PREDICTION_TYPES)}")
         if self.min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0 (0: the plain loss); got {self.min_snr_gamma}")
         if self.checkpoint_every < 0 or self.seed < 0:
@@ -220,8 +227,10 @@ class DemoDiffusionConfig:
         the planted config hash and the code version."""
         config = {**self.to_dict(), "planted": self.planted.config_hash()}
         del config["checkpoint_every"]
-        if not self.min_snr_gamma:  # the recipes from before the option keep their keys
+        if not self.min_snr_gamma:  # the recipes from before these options keep their keys
             del config["min_snr_gamma"]
+        if self.prediction_type == "epsilon":
+            del config["prediction_type"]
         text = json.dumps({"config": config, "code": DIFFUSION_CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -258,7 +267,7 @@ def _make_scheduler(config: DemoDiffusionConfig) -> Any:  # Any: diffusers' DDPM
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule,
-                         prediction_type="epsilon", clip_sample=True)
+                         prediction_type=config.prediction_type, clip_sample=True)
 
 
 def _load_images(planted: PlantedDataset, config: DemoDiffusionConfig) -> Tensor:
@@ -294,15 +303,22 @@ def _lr_at(step: int, config: DemoDiffusionConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def _noise_loss(pred: Tensor, noise: Tensor, abar: Tensor, min_snr_gamma: float) -> Tensor:
-    """The training loss of a batch: the plain mean squared error of the noise prediction, or with
-    ``min_snr_gamma > 0`` each image's mean squared error weighted by ``min(SNR, gamma) / SNR``,
+def _target(x0: Tensor, noise: Tensor, abar: Tensor, v_prediction: bool) -> Tensor:
+    """What the UNet learns to predict: the noise, or ``v = sqrt(abar) noise - sqrt(1 - abar) x0``."""
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0 if v_prediction else noise
+
+
+def _noise_loss(pred: Tensor, target: Tensor, abar: Tensor, min_snr_gamma: float, *, v_prediction: bool = False) -> Tensor:
+    """The training loss of a batch: the plain mean squared error of the prediction, or with
+    ``min_snr_gamma > 0`` each image's mean squared error weighted by ``min(SNR, gamma) / SNR``
+    (``min(SNR, gamma) / (SNR + 1)`` for a v target, the same weight on the implied x0 error),
     ``SNR = abar / (1 - abar)`` of its time step (``abar`` ``[N]``), then averaged."""
     if not min_snr_gamma:
-        return F.mse_loss(pred, noise)
-    per_image = (pred - noise).square().mean(dim=tuple(range(1, pred.dim())))
+        return F.mse_loss(pred, target)
+    per_image = (pred - target).square().mean(dim=tuple(range(1, pred.dim())))
     snr = abar / (1 - abar)
-    return (per_image * torch.where(snr > min_snr_gamma, min_snr_gamma / snr, 1.0)).mean()
+    weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
+    return (per_image * weight).mean()
 
 
 @contextlib.contextmanager
@@ -378,7 +394,9 @@ def _train_unet(config: DemoDiffusionConfig, planted: PlantedDataset, partial: P
                 t = torch.randint(0, config.train_timesteps, (x0.shape[0],), generator=g)
                 a = abar[t].view(-1, 1, 1, 1)
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                loss = _noise_loss(unet(xt, t).sample, noise, a.view(-1), config.min_snr_gamma)
+                v = config.prediction_type == "v_prediction"
+                loss = _noise_loss(unet(xt, t).sample, _target(x0, noise, a, v), a.view(-1), config.min_snr_gamma,
+                                   v_prediction=v)
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, config)
                 optimizer.zero_grad(set_to_none=True)
