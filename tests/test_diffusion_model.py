@@ -166,15 +166,18 @@ def test_v_target_is_the_schedulers_velocity() -> None:
 
 def test_min_snr_v_recipe_trains_from_the_cli_under_its_own_key(tmp_path: Path, session_cache: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    # the option left at 0 keeps the keys of the recipes trained before it existed (the shipped folder's)
-    assert DemoDiffusionConfig().cache_key() == "eb6dab7148d06f79"
+    # left at their old values (epsilon, no weights) the options keep the keys of the recipes trained before
+    # they existed: the first shipped folder's recipe still has its key
+    assert DemoDiffusionConfig(steps=1500, prediction_type="epsilon", min_snr_gamma=0.0).cache_key() == "eb6dab7148d06f79"
     weighted = dataclasses.replace(DemoDiffusionConfig.tiny(), block_out_channels=(8, 8), min_snr_gamma=5.0,
                                    prediction_type="v_prediction")
     assert weighted.cache_key() != dataclasses.replace(weighted, min_snr_gamma=0.0).cache_key()
     assert weighted.cache_key() != dataclasses.replace(weighted, prediction_type="epsilon").cache_key()
     caches = [_cache_with_tiny_planted(tmp_path / name, session_cache) for name in ("plain", "weighted")]
     runs = []
-    for cache, extra in zip(caches, ([], ["--min-snr-gamma", "5", "--prediction-type", "v_prediction"]), strict=True):
+    plain_options = ["--min-snr-gamma", "0", "--prediction-type", "epsilon"]
+    for cache, extra in zip(caches, (plain_options, ["--min-snr-gamma", "5", "--prediction-type", "v_prediction"]),
+                            strict=True):
         code = main(["train-diffusion", "--tiny", "--block-out-channels", "8,8", *extra,
                      "--cache-dir", str(cache), "--json", "--no-progress"])
         out, err = capsys.readouterr()
@@ -184,6 +187,7 @@ def test_min_snr_v_recipe_trains_from_the_cli_under_its_own_key(tmp_path: Path, 
     assert json.loads((Path(runs[1]["path"]) / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] \
         == "v_prediction"
     assert runs[0]["config"]["block_out_channels"] == [8, 8] and runs[0]["config"]["min_snr_gamma"] == 0.0
+    assert runs[0]["config"]["prediction_type"] == "epsilon"
     plain, other = (_weights(Path(r["path"])) for r in runs)
     assert not all(torch.equal(plain[k], other[k]) for k in plain)  # same seed and data: only the loss differs
 

@@ -449,7 +449,7 @@ class DomainCheck:
     to itself from a working model, and about as far as another image of the batch is from a broken one.
 
     A coarse check: a working model trained on *other* images often passes (at ``t_start`` 0.5 much of
-    the image survives the noise; the planted-data model gives natural photos a ratio of 0.33), and so
+    the image survives the noise; the planted-data model gives natural photos a ratio of 0.32), and so
     do subtler scheduler mismatches (docs/dvce.md has the measurements).
 
     Attributes:
