@@ -131,7 +131,7 @@ def test_bad_config_values_get_one_line_errors(bad: dict[str, object], match: st
 def test_min_snr_loss_is_the_closed_form() -> None:
     import numpy as np
 
-    from spurious.demo.diffusion import _make_scheduler, _noise_loss
+    from spurious.demo.diffusion import _make_scheduler, _diffusion_loss
 
     g = torch.Generator().manual_seed(0)
     pred, noise = torch.randn(6, 3, 8, 8, generator=g), torch.randn(6, 3, 8, 8, generator=g)
@@ -141,13 +141,13 @@ def test_min_snr_loss_is_the_closed_form() -> None:
     snr = a / (1 - a)
     for gamma in (1.0, 5.0):
         expected = np.mean(np.minimum(snr, gamma) / snr * mse)
-        assert float(_noise_loss(pred, noise, abar, gamma)) == pytest.approx(expected, rel=1e-5)
+        assert float(_diffusion_loss(pred, noise, abar, gamma)) == pytest.approx(expected, rel=1e-5)
     # both ends of the schedule: high SNR (t = 0) is weighted down, low SNR (t = 999) keeps weight 1
     assert snr[0] > 5 > snr[-1]
-    assert float(_noise_loss(pred, noise, abar, 0.0)) == pytest.approx(mse.mean(), rel=1e-5)
+    assert float(_diffusion_loss(pred, noise, abar, 0.0)) == pytest.approx(mse.mean(), rel=1e-5)
     # a v target: the weight min(SNR, gamma) / (SNR + 1)
     expected = np.mean(np.minimum(snr, 5.0) / (snr + 1) * mse)
-    assert float(_noise_loss(pred, noise, abar, 5.0, v_prediction=True)) == pytest.approx(expected, rel=1e-5)
+    assert float(_diffusion_loss(pred, noise, abar, 5.0, v_prediction=True)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_v_target_is_the_schedulers_velocity() -> None:

@@ -1,9 +1,10 @@
 """The embedded default diffusion model: a small unconditional DDPM of the planted images (CPU).
 
 A diffusers :class:`~diffusers.UNet2DModel` with a :class:`~diffusers.DDPMScheduler` (Ho et al.
-2020), trained with the standard noise-prediction loss ``E ||eps - eps_theta(sqrt(abar_t) x0 +
-sqrt(1 - abar_t) eps, t)||^2`` (``t`` uniform, ``eps ~ N(0, I)``) on every image of the planted
-training split and the unlabeled pool (all classes; class objects, spurious-only and background
+2020), trained to predict ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` from ``x_t = sqrt(abar_t) x0 +
+sqrt(1 - abar_t) eps`` (v-prediction, Salimans & Ho 2022; ``t`` uniform, ``eps ~ N(0, I)``), each
+image's squared error weighted by ``min(SNR_t, 5) / (SNR_t + 1)`` (Min-SNR-gamma, Hang et al. 2023;
+the plain noise-prediction loss is a recipe option) on every image of the planted training split and the unlabeled pool (all classes; class objects, spurious-only and background
 images), scaled to ``[-1, 1]``. The weights saved are an exponential moving average (EMA) of the
 training weights, which helps a lot with a short run. It is the default model of the DVCE
 counterfactual engine (Appendix H of the paper) on the planted data.
@@ -121,9 +122,10 @@ class DemoDiffusionConfig:
             ``"v_prediction"`` (``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0``, Salimans & Ho 2022),
             written into the scheduler's config so that every diffusers sampler reads it.
         min_snr_gamma: 0 for the plain loss (every ``t`` weighted alike); ``gamma > 0`` weights each
-            image's loss by ``min(SNR_t, gamma) / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)``
-            (Min-SNR-gamma, Hang et al. 2023, their ``gamma = 5``): the low-noise steps, which only
-            refine texture, weigh less, so a short run spends more of itself on the shapes.
+            image's loss by ``min(SNR_t, gamma) / SNR_t`` (``/ (SNR_t + 1)`` for a v target) with
+            ``SNR_t = abar_t / (1 - abar_t)`` (Min-SNR-gamma, Hang et al. 2023, their ``gamma = 5``):
+            the low-noise steps, which only refine texture, weigh less, so a short run spends more
+            of itself on the shapes.
         flip: random horizontal flips.
         checkpoint_every: save the resumable training state every this many steps (0: never).
         seed: seeds the initialisation, the order, the flips, the noise and the time steps.
@@ -308,7 +310,7 @@ def _target(x0: Tensor, noise: Tensor, abar: Tensor, v_prediction: bool) -> Tens
     return abar.sqrt() * noise - (1 - abar).sqrt() * x0 if v_prediction else noise
 
 
-def _noise_loss(pred: Tensor, target: Tensor, abar: Tensor, min_snr_gamma: float, *, v_prediction: bool = False) -> Tensor:
+def _diffusion_loss(pred: Tensor, target: Tensor, abar: Tensor, min_snr_gamma: float, *, v_prediction: bool = False) -> Tensor:
     """The training loss of a batch: the plain mean squared error of the prediction, or with
     ``min_snr_gamma > 0`` each image's mean squared error weighted by ``min(SNR, gamma) / SNR``
     (``min(SNR, gamma) / (SNR + 1)`` for a v target, the same weight on the implied x0 error),
@@ -395,7 +397,7 @@ def _train_unet(config: DemoDiffusionConfig, planted: PlantedDataset, partial: P
                 a = abar[t].view(-1, 1, 1, 1)
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
                 v = config.prediction_type == "v_prediction"
-                loss = _noise_loss(unet(xt, t).sample, _target(x0, noise, a, v), a.view(-1), config.min_snr_gamma,
+                loss = _diffusion_loss(unet(xt, t).sample, _target(x0, noise, a, v), a.view(-1), config.min_snr_gamma,
                                    v_prediction=v)
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, config)
