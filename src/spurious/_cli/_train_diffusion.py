@@ -44,7 +44,7 @@ def register(sub: SubParsers) -> None:
                    default=defaults_of(_CONFIG)("prediction_type"),
                    help="what the UNet predicts: the noise or v (Salimans & Ho 2022) (default %(default)s)")
     p.add_argument("--min-snr-gamma", type=float, default=defaults_of(_CONFIG)("min_snr_gamma"),
-                   help="0: the plain noise-prediction loss; > 0: Min-SNR-gamma loss weights (Hang et al. 2023 "
+                   help="0: the plain loss (every time step alike); > 0: Min-SNR-gamma loss weights (Hang et al. 2023 "
                         "use 5) (default %(default)s)")
     p.add_argument("--cache-dir", default=defaults_of(_TRAIN)("cache_dir"),
                    help="cache folder (default: $SPURIOUS_CACHE, else $XDG_CACHE_HOME/spurious or ~/.cache/spurious)")
