@@ -4,8 +4,8 @@ A diffusers :class:`~diffusers.UNet2DModel` with a :class:`~diffusers.DDPMSchedu
 2020), trained to predict ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` from ``x_t = sqrt(abar_t) x0 +
 sqrt(1 - abar_t) eps`` (v-prediction, Salimans & Ho 2022; ``t`` uniform, ``eps ~ N(0, I)``), each
 image's squared error weighted by ``min(SNR_t, 5) / (SNR_t + 1)`` (Min-SNR-gamma, Hang et al. 2023;
-the plain noise-prediction loss is a recipe option) on every image of the planted training split and the unlabeled pool (all classes; class objects, spurious-only and background
-images), scaled to ``[-1, 1]``. The weights saved are an exponential moving average (EMA) of the
+the plain noise-prediction loss is a recipe option) on every image of the planted training split
+and the unlabeled pool (all classes; class objects, spurious-only and background images), scaled to ``[-1, 1]``. The weights saved are an exponential moving average (EMA) of the
 training weights, which helps a lot with a short run. It is the default model of the DVCE
 counterfactual engine (Appendix H of the paper) on the planted data.
 
@@ -381,6 +381,7 @@ def _train_unet(config: DemoDiffusionConfig, planted: PlantedDataset, partial: P
                    disable=not progress, file=sys.stderr, leave=False)
         perm, perm_epoch, losses = torch.empty(0, dtype=torch.long), -1, []
         unet.train()
+        v_target = config.prediction_type == "v_prediction"
         try:
             for step in range(start_step, config.steps):
                 epoch, b = divmod(step, per_epoch)
@@ -396,9 +397,8 @@ def _train_unet(config: DemoDiffusionConfig, planted: PlantedDataset, partial: P
                 t = torch.randint(0, config.train_timesteps, (x0.shape[0],), generator=g)
                 a = abar[t].view(-1, 1, 1, 1)
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                v = config.prediction_type == "v_prediction"
-                loss = _diffusion_loss(unet(xt, t).sample, _target(x0, noise, a, v), a.view(-1), config.min_snr_gamma,
-                                   v_prediction=v)
+                loss = _diffusion_loss(unet(xt, t).sample, _target(x0, noise, a, v_target), a.view(-1),
+                                       config.min_snr_gamma, v_prediction=v_target)
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, config)
                 optimizer.zero_grad(set_to_none=True)
