@@ -239,3 +239,53 @@ def copy_demo_out(demo: FastDemo, dest: Path) -> Path:
     """A private copy of the fast demo's output at ``dest`` (symlinks, such as ``planted``, kept as links)."""
     shutil.copytree(demo.out, dest, symlinks=True)
     return dest
+
+
+# ------------------------------------------------------------------------ which worker runs what
+#
+# ``make test`` runs ``--dist loadfile``: each file goes to one worker whole, so module fixtures are built
+# once. The files that need one of the costly session fixtures below are further handed out as one unit,
+# so that one worker builds that fixture once for all of them instead of each worker building its own
+# (the fast demo is ~11 s of a worker's time). The controller sees only node ids, not fixtures, hence the
+# list; every worker checks it against the fixtures its tests ask for, and a file missing from it, or
+# listed but no longer using the fixture, stops the run at collection with a message saying so.
+# (``--dist loadgroup`` with ``xdist_group`` marks would say the same, but pytest-xdist 3.8 under
+# pytest 9 sends marked tests of one group to several workers.)
+SHARED_FIXTURE_FILES: dict[str, tuple[str, ...]] = {
+    "fast_demo": ("test_counterfactual.py", "test_counterfactual_shown.py", "test_demo.py", "test_dvce.py",
+                  "test_groups_dfr.py", "test_readme.py"),
+    "planted_ws": ("test_dist.py", "test_visualize.py"),
+}
+_UNIT_OF_FILE = {f"tests/{name}": fixture for fixture, names in SHARED_FIXTURE_FILES.items() for name in names}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadfile``: a file is a work unit, except the files of ``SHARED_FIXTURE_FILES``."""
+    if config.getoption("dist", None) != "loadfile":
+        return None  # pytest-xdist's own scheduler
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return _UNIT_OF_FILE.get(file, file)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run when ``SHARED_FIXTURE_FILES`` no longer says which files use which shared fixture."""
+    used: dict[str, set[str]] = {}
+    for item in items:
+        file = item.nodeid.split("::", 1)[0]
+        for fixture in SHARED_FIXTURE_FILES:
+            if fixture in getattr(item, "fixturenames", ()):
+                used.setdefault(file, set()).add(fixture)
+    for file in {item.nodeid.split("::", 1)[0] for item in items}:
+        listed = _UNIT_OF_FILE.get(file)
+        fixtures = used.get(file, set())
+        if (fixtures and listed not in fixtures) or (listed and listed not in fixtures):
+            raise pytest.UsageError(
+                f"tests/conftest.py SHARED_FIXTURE_FILES is out of date for {file}: it uses "
+                f"{sorted(fixtures) or 'none of them'}, listed under {listed!r}; list the file under one "
+                f"fixture it uses (or remove it) so that one xdist worker builds that fixture for all its users")

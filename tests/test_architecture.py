@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -148,3 +151,44 @@ def test_every_stage_result_says_its_own_summary() -> None:
                      fix_name="SpuFix", model_spec="demo:robust")
     assert e.summary_lines() == ["exported SpuFix of demo:robust as onnx -> f.onnx",
                                  "check: not checked (install onnxruntime)"]
+
+
+def test_files_of_a_shared_fixture_are_one_xdist_unit_and_a_stale_list_stops_collection() -> None:
+    """tests/conftest.py: under ``--dist loadfile`` the users of the fast demo (and of the planted workspace)
+    go to one worker as one unit; any other file is its own unit; the list is checked against the fixtures."""
+    from types import SimpleNamespace
+
+    import conftest
+
+    class Config:  # what pytest-xdist's schedulers read of the controller's config
+        def __init__(self, dist: str) -> None:
+            self.values = {"dist": dist, "tx": ["2*popen"], "maxschedchunk": None}
+
+        def getoption(self, name: str, default: object = None) -> object:
+            return self.values.get(name, default)
+
+        getvalue = getoption
+
+    assert conftest.pytest_xdist_make_scheduler(Config("load"), None) is None  # other modes: xdist's own
+    sched = conftest.pytest_xdist_make_scheduler(Config("loadfile"), None)
+    units = {node: sched._split_scope(node) for node in (
+        "tests/test_demo.py::test_real_model_tour", "tests/test_dvce.py::test_x[a::b]",
+        "tests/test_visualize.py::test_y", "tests/test_dist.py::test_z", "tests/test_io.py::test_slug[a@b]")}
+    assert units == {"tests/test_demo.py::test_real_model_tour": "fast_demo", "tests/test_dvce.py::test_x[a::b]": "fast_demo",
+                     "tests/test_visualize.py::test_y": "planted_ws", "tests/test_dist.py::test_z": "planted_ws",
+                     "tests/test_io.py::test_slug[a@b]": "tests/test_io.py"}
+
+    def items(*rows: tuple[str, list[str]]) -> list[Any]:
+        return [SimpleNamespace(nodeid=node, fixturenames=names) for node, names in rows]
+
+    # as listed: nothing said (a listed file's other tests need not use the fixture)
+    conftest.pytest_collection_modifyitems(None, items(("tests/test_demo.py::a", ["fast_demo", "tmp_path"]),
+                                                       ("tests/test_demo.py::b", []), ("tests/test_io.py::c", [])))
+    with pytest.raises(pytest.UsageError, match=r"out of date for tests/test_io\.py: it uses \['fast_demo'\], "
+                                                r"listed under None"):
+        conftest.pytest_collection_modifyitems(None, items(("tests/test_io.py::c", ["fast_demo"])))
+    with pytest.raises(pytest.UsageError, match=r"out of date for tests/test_demo\.py: it uses none of them, "
+                                                r"listed under 'fast_demo'"):
+        conftest.pytest_collection_modifyitems(None, items(("tests/test_demo.py::a", ["tmp_path"])))
+    with pytest.raises(pytest.UsageError, match="out of date for tests/test_visualize.py"):  # listed under another
+        conftest.pytest_collection_modifyitems(None, items(("tests/test_visualize.py::a", ["fast_demo"])))
