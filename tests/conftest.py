@@ -250,9 +250,8 @@ def copy_demo_out(demo: FastDemo, dest: Path) -> Path:
 # list; every worker checks it against the fixtures its tests ask for, and a file that uses one but is
 # not listed under it stops the run at collection with a message saying so. (A listed file that no
 # longer uses its fixture is not caught: a run of a few of its tests cannot tell, and it costs only
-# some balance between the workers.)
-# (``--dist loadgroup`` with ``xdist_group`` marks would say the same, but pytest-xdist 3.8 under
-# pytest 9 sends marked tests of one group to several workers.)
+# some balance between the workers; ``--dist loadgroup`` with ``xdist_group`` marks would say the same,
+# but pytest-xdist 3.8 under pytest 9 sends marked tests of one group to several workers.)
 SHARED_FIXTURE_FILES: dict[str, tuple[str, ...]] = {
     "fast_demo": ("test_counterfactual.py", "test_counterfactual_shown.py", "test_demo.py", "test_dvce.py",
                   "test_groups_dfr.py", "test_readme.py"),
@@ -283,10 +282,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture in SHARED_FIXTURE_FILES:
             if fixture in getattr(item, "fixturenames", ()):
                 used.setdefault(file, set()).add(fixture)
-    for file in {item.nodeid.split("::", 1)[0] for item in items}:
+    for file, fixtures in used.items():
         listed = _UNIT_OF_FILE.get(file)
-        fixtures = used.get(file, set())
-        if fixtures and listed not in fixtures:
+        if listed not in fixtures:
             raise pytest.UsageError(
                 f"tests/conftest.py SHARED_FIXTURE_FILES is out of date for {file}: it uses {sorted(fixtures)}, "
                 f"listed under {listed!r}; list the file under one fixture it uses so that one xdist worker "
