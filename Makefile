@@ -25,9 +25,13 @@ demo: $(STAMP)
 # Two xdist workers of one CPU thread each (tests/conftest.py shares the cores out): on 2 vCPUs this is
 # ~1.3x faster than one serial process (docs/benchmarks.md). `make test TEST_WORKERS=8` on more cores;
 # `TEST_WORKERS=0` runs serially. --dist loadfile keeps a file's module fixtures in one worker.
+# PYTHONDONTWRITEBYTECODE= (empty: off) lets Python cache the compiled modules and pytest its
+# rewritten test modules in __pycache__/ (git-ignored) even where the environment turns that off:
+# without the cache every worker, and every subprocess the tests start, compiles them again on each
+# run (4 s of a worker's collection; docs/benchmarks.md).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 check: $(STAMP)
 	$(BIN)/ruff check src

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from collections.abc import Iterator
@@ -272,6 +273,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return _UNIT_OF_FILE.get(file, file)
 
     return SharedFixtureScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Hand every object left alive to the permanent GC generation once the session is over.
+
+    At exit the interpreter runs a full garbage collection over the whole heap (torch, timm,
+    diffusers and every test module's objects): 1.4 s for a process that only imported torch and
+    timm, 0.2 s after ``gc.freeze()``. Each xdist worker and the controller pay it in turn before
+    the run ends, and the reports are all written by now, so nothing is lost by skipping it.
+    """
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
