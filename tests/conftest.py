@@ -281,7 +281,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     At exit the interpreter runs a full garbage collection over the whole heap (torch, timm,
     diffusers and every test module's objects): 1.4 s for a process that only imported torch and
-    timm, 0.2 s after ``gc.freeze()``. Each xdist worker and the controller pay it in turn before
+    timm, 0.2 s after ``gc.freeze()``. The xdist workers pay it side by side, then the controller, before
     the run ends, and the reports are all written by now, so nothing is lost by skipping it.
     """
     gc.freeze()
