@@ -45,7 +45,7 @@ def make_jpegs(root: Path, n: int, seed: int = 0) -> Path:
         w, h = photo.size
         cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
         x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        folder = root / f"class_{i % 10}"
+        folder = root / str(i % 10)  # the bare ImageNet class index (a folder name the label check accepts)
         folder.mkdir(parents=True, exist_ok=True)
         photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((500, 375), Image.BICUBIC).save(
             folder / f"{i:06d}.jpg", quality=90)

@@ -2,8 +2,11 @@
 
 Runs each stage in a fresh child process on N and on 2N images and prints the peak RSS of the
 main process (and, for extract, of the largest decoding worker) side by side with the ratio.
+``--malloc tuned`` first calls ``spurious._malloc.tune_malloc()`` in each child, as the CLI does
+(freed memory is kept for reuse); ``default`` leaves glibc's settings.
 
     python bench/bench_memory.py --images 400 --classes 8
+    python bench/bench_memory.py --images 400 --classes 8 --malloc tuned
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from _common import emit, simulate_features  # noqa: E402
 
 def _probe(argv: list[str]) -> None:
     """Child side: run one stage, print own and children's peak RSS in MiB."""
-    stage, ws = argv[0], argv[1]
+    malloc, stage, ws = argv[0], argv[1], argv[2]
+    argv = argv[1:]
+    if malloc == "tuned":
+        from spurious._malloc import tune_malloc
+
+        assert tune_malloc(), "tune_malloc() did nothing here (not glibc, or a MALLOC_* variable is set)"
     if stage == "extract":
         from spurious.extract import extract
 
@@ -35,8 +43,12 @@ def _probe(argv: list[str]) -> None:
                       "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
+_MALLOC = "default"
+
+
 def _run_probe(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--probe", *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--probe", _MALLOC, *args], check=True, capture_output=True,
+                         text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -47,13 +59,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=400, help="N for extract (JPEGs)")
     p.add_argument("--classes", type=int, default=8, help="classes x 1300 x 2048 for npca (N)")
+    p.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                   help="glibc's malloc settings in the children: as they are, or tune_malloc() (the CLI's)")
     args = p.parse_args()
+    global _MALLOC
+    _MALLOC = args.malloc
     from bench_extract import make_jpegs
 
-    from spurious.workspace import import_features
-    from spurious.workspace import Workspace
+    from spurious.workspace import Workspace, import_features
 
-    result: dict = {"benchmark": "memory"}
+    result: dict = {"benchmark": "memory", "malloc": args.malloc}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ext = {}

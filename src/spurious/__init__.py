@@ -5,6 +5,8 @@ Pipeline stages (one module each): ``extract -> npca -> visualize -> label -> re
 
 from __future__ import annotations
 
+from spurious._malloc import tune_malloc
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "tune_malloc"]

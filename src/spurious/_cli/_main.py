@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from spurious import __version__
+from spurious._malloc import tune_malloc
 
 __all__ = ["EXIT_USAGE", "build_parser", "main"]
 
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``spurious`` console script; returns the exit status."""
+    """Entry point of the ``spurious`` console script; returns the exit status.
+
+    Raises glibc's malloc thresholds first (:func:`spurious._malloc.tune_malloc`; ``SPURIOUS_MALLOC=0``
+    leaves them alone): CPU sampling and training run up to ~2x faster without the page faults.
+    """
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
