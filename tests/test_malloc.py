@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
+from spurious import _malloc
 from spurious._malloc import MALLOC_ENV_VARS, tune_malloc
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                           reason="mallopt(3) is glibc's; elsewhere tune_malloc() does nothing")
+glibc = pytest.mark.skipif(not _malloc._is_glibc(), reason="mallopt(3) is glibc's; elsewhere tune_malloc() does nothing")
 
 # Allocates and frees blocks of 8-28 MiB (below glibc's 32 MiB cap on the mmap threshold) in a pattern that leaves a large free top on the heap, then
 # prints the minor page faults per round after the first (getrusage), measured in a fresh interpreter.
@@ -66,11 +65,15 @@ def test_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tune_malloc() is False
 
 
-def test_off_glibc_nothing_happens(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in MALLOC_ENV_VARS:
+def _unknown_name(name: str) -> str:
+    raise ValueError("unrecognized configuration name")  # os.confstr where the C library lacks the name (musl)
+
+
+@pytest.mark.parametrize("confstr", [lambda name: None, _unknown_name])
+def test_off_glibc_nothing_happens(monkeypatch: pytest.MonkeyPatch, confstr: object) -> None:
+    for var in (*MALLOC_ENV_VARS, "SPURIOUS_MALLOC", "GLIBC_TUNABLES"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("SPURIOUS_MALLOC", raising=False)
-    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    monkeypatch.setattr(_malloc.os, "confstr", confstr)
     assert tune_malloc() is False
 
 

@@ -11,8 +11,9 @@ pages serve every step. ``bench/bench_malloc.py`` measures it side by side (docs
 ``bench/bench_memory.py --malloc tuned`` checks that peak memory still does not grow with the data.
 
 :func:`tune_malloc` (also ``spurious.tune_malloc``) sets them in the running process. The CLI calls
-it first thing; a library user may call it in their own script. It does nothing off glibc, when ``SPURIOUS_MALLOC=0``, or when the
-user set any of glibc's ``MALLOC_*`` variables or ``glibc.malloc`` tunables (their settings win).
+it first thing; a library user may call it in their own script. It does nothing off glibc, when
+``SPURIOUS_MALLOC=0``, or when the user set any of glibc's ``MALLOC_*`` variables or
+``glibc.malloc`` tunables (their settings win).
 The cost: up to ``trim_threshold`` (1 GiB) of freed memory stays with the process for reuse.
 """
 
@@ -21,8 +22,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import platform
-import sys
 
 __all__ = ["tune_malloc", "MALLOC_ENV_VARS"]
 
@@ -37,6 +36,14 @@ MALLOC_ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_T
 """glibc's environment variables for the same settings; when one is set, :func:`tune_malloc` leaves malloc alone."""
 
 _MIB = 1 << 20
+
+
+def _is_glibc() -> bool:
+    """Whether this process runs on glibc (``confstr``, cheap; ``platform.libc_ver`` reads the executable)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # no such name off glibc; no os.confstr on Windows
+        return False
 
 
 def tune_malloc(*, use_mmap: bool = True, mmap_threshold: int = 32 * _MIB, trim_threshold: int = 1024 * _MIB,
@@ -59,7 +66,7 @@ def tune_malloc(*, use_mmap: bool = True, mmap_threshold: int = 32 * _MIB, trim_
     if (os.environ.get("SPURIOUS_MALLOC", "1").strip() == "0" or any(v in os.environ for v in MALLOC_ENV_VARS)
             or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return False
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
