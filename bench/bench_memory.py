@@ -43,11 +43,8 @@ def _probe(argv: list[str]) -> None:
                       "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
-_MALLOC = "default"
-
-
-def _run_probe(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--probe", _MALLOC, *args], check=True, capture_output=True,
+def _run_probe(malloc: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--probe", malloc, *args], check=True, capture_output=True,
                          text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -62,8 +59,6 @@ def main() -> None:
     p.add_argument("--malloc", choices=["default", "tuned"], default="default",
                    help="glibc's malloc settings in the children: as they are, or tune_malloc() (the CLI's)")
     args = p.parse_args()
-    global _MALLOC
-    _MALLOC = args.malloc
     from bench_extract import make_jpegs
 
     from spurious.workspace import Workspace, import_features
@@ -74,7 +69,7 @@ def main() -> None:
         ext = {}
         for mult in (1, 2):
             data = make_jpegs(tmp / f"jpeg{mult}", args.images * mult)
-            ext[mult] = _run_probe("extract", str(tmp / f"ws_e{mult}"), str(data))
+            ext[mult] = _run_probe(args.malloc, "extract", str(tmp / f"ws_e{mult}"), str(data))
         result["extract"] = {
             "images": [args.images, 2 * args.images],
             "main_peak_mib": [round(ext[1]["self_mib"], 1), round(ext[2]["self_mib"], 1)],
@@ -89,7 +84,7 @@ def main() -> None:
             Workspace.create_from_head(ws, W, b, spec="bench:simulated")
             import_features(ws, phi, labels, [f"i{j}" for j in range(len(labels))])
             del phi
-            npc[name] = {"images": classes * per_class, "peak_mib": round(_run_probe("npca", str(ws))["self_mib"], 1)}
+            npc[name] = {"images": classes * per_class, "peak_mib": round(_run_probe(args.malloc, "npca", str(ws))["self_mib"], 1)}
         base = npc["N"]["peak_mib"]
         result["npca"] = {**npc, "ratio_2N_classes": round(npc["2N classes"]["peak_mib"] / base, 3),
                           "ratio_2N_per_class": round(npc["2N per class"]["peak_mib"] / base, 3)}

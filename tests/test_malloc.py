@@ -13,8 +13,11 @@ from spurious._malloc import MALLOC_ENV_VARS, tune_malloc
 
 glibc = pytest.mark.skipif(not _malloc._is_glibc(), reason="mallopt(3) is glibc's; elsewhere tune_malloc() does nothing")
 
-# Allocates and frees blocks of 8-28 MiB (below glibc's 32 MiB cap on the mmap threshold) in a pattern that leaves a large free top on the heap, then
-# prints the minor page faults per round after the first (getrusage), measured in a fresh interpreter.
+_SETTINGS_VARS = (*MALLOC_ENV_VARS, "SPURIOUS_MALLOC", "GLIBC_TUNABLES")  # every variable tune_malloc() reads
+
+# Allocates and frees blocks of 8-28 MiB (below glibc's 32 MiB cap on the mmap threshold) in a pattern
+# that leaves a large free top on the heap, then prints the minor page faults per round after the first
+# (getrusage), measured in a fresh interpreter.
 _PROBE = """
 import os, resource, sys
 import numpy as np
@@ -34,7 +37,7 @@ print((faults() - f0) / 40)
 
 
 def _faults_per_round(mode: str) -> float:
-    env = {k: v for k, v in os.environ.items() if k not in (*MALLOC_ENV_VARS, "SPURIOUS_MALLOC", "GLIBC_TUNABLES")}
+    env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_VARS}
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True, text=True, timeout=120,
                          check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -51,18 +54,16 @@ def test_tuned_process_reuses_its_pages() -> None:
     assert tuned < plain / 10, (plain, tuned)
 
 
+@glibc
 @pytest.mark.parametrize(("var", "value"), [("MALLOC_TRIM_THRESHOLD_", "131072"), ("MALLOC_ARENA_MAX", "2"),
-                                            ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")])
-def test_users_malloc_variables_win(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+                                            ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0"), ("SPURIOUS_MALLOC", "0")])
+def test_users_settings_and_the_opt_out_win(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    for other in _SETTINGS_VARS:
+        monkeypatch.delenv(other, raising=False)
     monkeypatch.setenv(var, value)
     assert tune_malloc() is False
-
-
-def test_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in MALLOC_ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SPURIOUS_MALLOC", "0")
-    assert tune_malloc() is False
+    monkeypatch.delenv(var)
+    assert tune_malloc() is True  # that variable alone was the reason (this sets the worker's malloc: harmless)
 
 
 def _unknown_name(name: str) -> str:
@@ -71,7 +72,7 @@ def _unknown_name(name: str) -> str:
 
 @pytest.mark.parametrize("confstr", [lambda name: None, _unknown_name])
 def test_off_glibc_nothing_happens(monkeypatch: pytest.MonkeyPatch, confstr: object) -> None:
-    for var in (*MALLOC_ENV_VARS, "SPURIOUS_MALLOC", "GLIBC_TUNABLES"):
+    for var in _SETTINGS_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(_malloc.os, "confstr", confstr)
     assert tune_malloc() is False

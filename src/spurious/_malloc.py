@@ -20,7 +20,6 @@ The cost: up to ``trim_threshold`` (1 GiB) of freed memory stays with the proces
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["tune_malloc", "MALLOC_ENV_VARS"]
@@ -68,9 +67,8 @@ def tune_malloc(*, use_mmap: bool = True, mmap_threshold: int = 32 * _MIB, trim_
         return False
     if not _is_glibc():
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols include libc's (no library search, which runs ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
